@@ -1,0 +1,375 @@
+//! The engine's commands: `info`, `trace` and `profile`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::data::{DataOptions, load_prompts};
+use crate::model::device::DeviceChoice;
+use crate::model::routing::RecordingHook;
+use crate::model::{
+    Batch, LoadOptions, LoadedModel, Output, RouteCtx, load_model, loader, parse_dtype,
+};
+use crate::profiling::{ProfileError, ProfileOptions, run_profile};
+
+/// Which model to load and how.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model folder (config.json, tokenizer.json, *.safetensors) or HF hub id (owner/name);
+    /// the embedded demo model when omitted.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Hub revision: branch, tag or commit.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Weight dtype: f32 (CPU default), bf16 or f16.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<candle_core::DType>,
+    /// Device: auto, cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+impl ModelArgs {
+    /// Loads the model; `routing_only` skips what routing capture never uses.
+    pub fn load(&self, show_progress: bool, routing_only: bool) -> Result<LoadedModel> {
+        let model = match &self.model {
+            Some(m) => m.clone(),
+            None => crate::demo::demo_dir()?.display().to_string(),
+        };
+        let opts = LoadOptions {
+            model,
+            revision: self.revision.clone(),
+            dtype: self.dtype,
+            device: self.device,
+            routing_only,
+        };
+        let mut bar = DownloadBar::default();
+        let progress: Option<&mut dyn crate::model::hub::DownloadProgress> =
+            if show_progress { Some(&mut bar) } else { None };
+        Ok(load_model(&opts, progress)?)
+    }
+}
+
+/// An indicatif bar for hub downloads.
+#[derive(Default)]
+struct DownloadBar(Option<indicatif::ProgressBar>);
+
+impl crate::model::hub::DownloadProgress for DownloadBar {
+    fn on_file(&mut self, file: &str, total_bytes: usize) {
+        if let Some(b) = self.0.take() {
+            b.finish();
+        }
+        let bar = indicatif::ProgressBar::new(total_bytes as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(file.to_string());
+        self.0 = Some(bar);
+    }
+
+    fn on_bytes(&mut self, bytes: usize) {
+        if let Some(b) = &self.0 {
+            b.inc(bytes as u64);
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn info(args: InfoArgs) -> Result<()> {
+    let loaded = args.model.load(true, false)?;
+    let i = loaded.model.info();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(i)?);
+        return Ok(());
+    }
+    let dense: Vec<usize> = (0..i.num_layers)
+        .filter(|l| !i.moe_layers.contains(l))
+        .collect();
+    println!("model            {}", i.id);
+    println!("architecture     {} ({:?})", i.architecture, i.family);
+    println!(
+        "layers           {} ({} MoE: {:?}{})",
+        i.num_layers,
+        i.moe_layers.len(),
+        i.moe_layers,
+        if dense.is_empty() {
+            String::new()
+        } else {
+            format!("; dense: {dense:?}")
+        }
+    );
+    println!(
+        "experts          {} routed per MoE layer, {} per token",
+        i.num_experts, i.top_k
+    );
+    println!("shared experts   {}", i.num_shared_experts);
+    println!("hidden size      {}", i.hidden_size);
+    println!("vocabulary       {}", i.vocab_size);
+    println!("context          {}", i.max_position_embeddings);
+    println!(
+        "parameters       {} total, {} active per token",
+        human(i.total_params),
+        human(i.active_params)
+    );
+    println!("dtype            {}", i.dtype);
+    println!("device           {}", i.device);
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B ({n})", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M ({n})", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K ({n})", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to tokenise (with the tokenizer's special tokens).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    pub text: Option<String>,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
+    /// Print one JSON object (router logits, scores, chosen experts, weights, last-token logits).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn trace(args: TraceArgs) -> Result<()> {
+    let mut loaded = args.model.load(true, false)?;
+    let ids = match (&args.text, &args.ids) {
+        (Some(t), _) => {
+            if t.is_empty() {
+                bail!("--text is empty");
+            }
+            loader::encode(&loaded.tokenizer, t)?
+        }
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => bail!("pass --text or --ids"),
+    };
+    let info = loaded.model.info().clone();
+    if ids.is_empty() {
+        bail!("no tokens to trace");
+    }
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= info.vocab_size) {
+        bail!(
+            "token id {bad} is outside the vocabulary of {} tokens",
+            info.vocab_size
+        );
+    }
+    let batch = Batch::from_sequences(std::slice::from_ref(&ids), &loaded.device)?;
+    let mut hook = RecordingHook::default();
+    let logits = {
+        let mut ctx = RouteCtx::new(&mut hook);
+        loaded.model.forward(&batch, Output::LastLogits, &mut ctx)?
+    }
+    .context("the model returned no logits")?;
+    let last: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+    let tokens: Vec<String> = ids
+        .iter()
+        .map(|&id| loaded.tokenizer.decode(&[id], false).unwrap_or_default())
+        .collect();
+    let rows = |v: &[f32], w: usize| -> Vec<Vec<f32>> {
+        v.chunks(w.max(1)).map(<[f32]>::to_vec).collect()
+    };
+    if args.json {
+        let layers: Vec<_> = hook
+            .layers
+            .iter()
+            .map(|l| {
+                json!({
+                    "layer": l.layer,
+                    "router_logits": rows(&l.logits, l.num_experts),
+                    "routing_scores": rows(&l.scores, l.num_experts),
+                    "topk_indices": l.topk_indices.chunks(l.top_k).map(<[u32]>::to_vec).collect::<Vec<_>>(),
+                    "topk_weights": rows(&l.topk_weights, l.top_k),
+                })
+            })
+            .collect();
+        let out = json!({
+            "model": info.id,
+            "architecture": info.architecture,
+            "input_ids": ids,
+            "tokens": tokens,
+            "moe_layers": info.moe_layers,
+            "layers": layers,
+            "last_token_logits": last,
+        });
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} · {} tokens · top-{} of {} experts",
+        info.id,
+        ids.len(),
+        info.top_k,
+        info.num_experts
+    );
+    for l in &hook.layers {
+        println!("\nlayer {}", l.layer);
+        for (t, tok) in tokens.iter().enumerate() {
+            let chosen: Vec<String> = (0..l.top_k)
+                .map(|j| {
+                    format!(
+                        "{}:{:.3}",
+                        l.topk_indices[t * l.top_k + j],
+                        l.topk_weights[t * l.top_k + j]
+                    )
+                })
+                .collect();
+            println!(
+                "  {:>4} {:<16} {}",
+                ids[t],
+                format!("{tok:?}"),
+                chosen.join(" ")
+            );
+        }
+    }
+    let best = crate::model::routing::top_k_indices(&last, 5);
+    let next: Vec<String> = best
+        .iter()
+        .map(|&i| {
+            format!(
+                "{:?} ({:.3})",
+                loaded.tokenizer.decode(&[i], false).unwrap_or_default(),
+                last[i as usize]
+            )
+        })
+        .collect();
+    println!("\nnext-token logits, top 5: {}", next.join(", "));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset: JSONL, CSV or Parquet with a subject and a text column, or a folder of
+    /// `<subject>.txt` prompt files. Without it (and without --model), the demo's bundled
+    /// prompts.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where to write the profile (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub subject_column: Option<String>,
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Keep at most N prompts per subject.
+    #[arg(long)]
+    pub max_per_subject: Option<usize>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Truncate prompts to this many tokens.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Also write per-sequence traces (JSON Lines) here.
+    #[arg(long)]
+    pub traces: Option<PathBuf>,
+}
+
+pub fn profile(args: ProfileArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let data = match (&args.data, &args.model.model) {
+        (Some(d), _) => d.clone(),
+        (None, None) => crate::demo::demo_dir()?.join("prompts"),
+        (None, Some(m)) => {
+            bail!("--data is needed with --model {m} (the bundled prompts go with the demo model)")
+        }
+    };
+    let prompts = if data.is_dir() {
+        crate::data::load_prompt_dir(&data)?
+    } else {
+        let opts = DataOptions {
+            subject_column: args.subject_column.clone(),
+            text_column: args.text_column.clone(),
+            max_per_subject: args.max_per_subject,
+        };
+        load_prompts(&data, &opts)?
+    };
+    let mut prompts = prompts;
+    if let Some(n) = args.max_per_subject {
+        prompts.limit_per_subject(n);
+    }
+    let mut loaded = args.model.load(true, true)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        // A second handler registration fails only if one exists already; ignore that.
+        let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
+    }
+    let bar = indicatif::ProgressBar::new(prompts.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "profiling [{bar:30}] {pos}/{len} seqs {msg} {elapsed} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let started = std::time::Instant::now();
+    let opts = ProfileOptions {
+        batch_size: args.batch_size,
+        max_tokens: args.max_tokens,
+        traces: args.traces.clone(),
+    };
+    let mut tokens = 0usize;
+    let result = run_profile(
+        loaded.model.as_mut(),
+        &loaded.tokenizer,
+        &prompts,
+        &opts,
+        &cancel,
+        &mut |p| {
+            bar.set_position(p.sequences_done as u64);
+            tokens = p.tokens_done;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{} tok, {:.0} tok/s",
+                p.tokens_done,
+                p.tokens_done as f64 / secs
+            ));
+        },
+    );
+    bar.finish_and_clear();
+    let profile = match result {
+        Ok(p) => p,
+        Err(ProfileError::Cancelled) => bail!("cancelled; nothing was written"),
+        Err(e) => return Err(e.into()),
+    };
+    profile.save(&args.out)?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "profiled {} sequences ({} tokens, {} subjects) in {:.1} s ({:.0} tokens/s) -> {}",
+        prompts.len(),
+        tokens,
+        profile.subjects.len(),
+        secs,
+        tokens as f64 / secs.max(1e-9),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Command-line front ends over the library: one module per group of subcommands.
+
+pub mod compare;
+pub mod demo;
+pub mod engine;
+pub mod report;
+pub mod select;

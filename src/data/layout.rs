@@ -1,0 +1,332 @@
+//! Which columns hold the subject and the text, and how a row becomes a prompt.
+//!
+//! Subject: `--subject-column` if given, else the first of `subject`, `category`, `domain`,
+//! `topic` present (`category` first for the MMLU-Pro layout). Text: `--text-column` if given
+//! (used as it is), else the multiple-choice layouts — `question` + `options` (MMLU-Pro) or
+//! `question` + `choices` (MMLU) — formatted by [`format_multiple_choice`], else the first of
+//! `text`, `prompt`, `question`. Default names match case-insensitively (an exact match wins);
+//! names given with a flag must match exactly, or case-insensitively if that picks one column.
+
+use std::path::Path;
+
+use super::error::{DataError, Location};
+use super::table::{Cell, RawRow};
+use super::{DataOptions, Prompt};
+
+const SUBJECT_DEFAULTS: [&str; 4] = ["subject", "category", "domain", "topic"];
+const MMLU_PRO_SUBJECT_DEFAULTS: [&str; 4] = ["category", "subject", "domain", "topic"];
+const TEXT_DEFAULTS: [&str; 3] = ["text", "prompt", "question"];
+
+/// MMLU-Pro pads some option lists with this placeholder; its own evaluation drops it.
+const PLACEHOLDER_OPTION: &str = "N/A";
+
+/// Formats a multiple-choice item as one prompt: the question (trailing whitespace removed),
+/// then one line per option, lettered from `A`: `"{question}\nA. {option}\nB. {option}…"`.
+/// Options are trimmed; no trailing newline and no "Answer:" cue is added. Callers pass at most
+/// 26 options.
+pub fn format_multiple_choice(question: &str, options: &[String]) -> String {
+    let mut out = question.trim_end().to_string();
+    for (letter, option) in (b'A'..=b'Z').zip(options) {
+        out.push('\n');
+        out.push(letter as char);
+        out.push_str(". ");
+        out.push_str(option.trim());
+    }
+    out
+}
+
+/// Where a prompt's text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TextPlan {
+    /// One column, used as it is.
+    Column(String),
+    /// A question column and a list-of-options column, formatted by
+    /// [`format_multiple_choice`].
+    MultipleChoice { question: String, options: String },
+}
+
+/// The resolved column choice for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub subject: String,
+    pub text: TextPlan,
+}
+
+/// Finds a column by name: exact match first, then a case-insensitive one.
+fn find_default<'a>(columns: &'a [String], name: &str) -> Option<&'a String> {
+    columns
+        .iter()
+        .find(|c| *c == name)
+        .or_else(|| columns.iter().find(|c| c.eq_ignore_ascii_case(name)))
+}
+
+/// Finds a column named with a flag: exact, or case-insensitive if exactly one column matches.
+fn find_named(
+    path: &Path,
+    columns: &[String],
+    name: &str,
+    flag: &'static str,
+) -> Result<String, DataError> {
+    if let Some(c) = columns.iter().find(|c| *c == name) {
+        return Ok(c.clone());
+    }
+    let folded: Vec<&String> = columns
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case(name))
+        .collect();
+    match folded.as_slice() {
+        [only] => Ok((*only).clone()),
+        _ => Err(DataError::MissingColumn {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            flag,
+            available: columns.to_vec(),
+        }),
+    }
+}
+
+/// Picks the subject and text columns for a file with these columns.
+pub(crate) fn resolve(
+    path: &Path,
+    columns: &[String],
+    opts: &DataOptions,
+) -> Result<Plan, DataError> {
+    let question = find_default(columns, "question");
+    let multiple_choice = match (&opts.text_column, question) {
+        (None, Some(q)) => find_default(columns, "options")
+            .map(|o| (q, o, true))
+            .or_else(|| find_default(columns, "choices").map(|o| (q, o, false))),
+        _ => None,
+    };
+    let is_mmlu_pro = matches!(multiple_choice, Some((_, _, true)));
+
+    let subject = match &opts.subject_column {
+        Some(name) => find_named(path, columns, name, "--subject-column")?,
+        None => {
+            let defaults = if is_mmlu_pro {
+                MMLU_PRO_SUBJECT_DEFAULTS
+            } else {
+                SUBJECT_DEFAULTS
+            };
+            defaults
+                .iter()
+                .find_map(|d| find_default(columns, d))
+                .cloned()
+                .ok_or_else(|| DataError::NoSubjectColumn {
+                    path: path.to_path_buf(),
+                    available: columns.to_vec(),
+                })?
+        }
+    };
+
+    let text = match (&opts.text_column, multiple_choice) {
+        (Some(name), _) => TextPlan::Column(find_named(path, columns, name, "--text-column")?),
+        (None, Some((q, o, _))) => TextPlan::MultipleChoice {
+            question: q.clone(),
+            options: o.clone(),
+        },
+        (None, None) => TEXT_DEFAULTS
+            .iter()
+            .find_map(|d| find_default(columns, d))
+            .map(|c| TextPlan::Column(c.clone()))
+            .ok_or_else(|| DataError::NoTextColumn {
+                path: path.to_path_buf(),
+                available: columns.to_vec(),
+            })?,
+    };
+    Ok(Plan { subject, text })
+}
+
+impl Plan {
+    /// The columns a row must carry, in the order [`Plan::to_prompt`] reads them.
+    pub(crate) fn columns(&self) -> Vec<&str> {
+        match &self.text {
+            TextPlan::Column(t) => vec![&self.subject, t],
+            TextPlan::MultipleChoice { question, options } => {
+                vec![&self.subject, question, options]
+            }
+        }
+    }
+
+    /// Builds the prompt of one row (cells in [`Plan::columns`] order).
+    pub(crate) fn to_prompt(&self, path: &Path, row: &RawRow) -> Result<Prompt, DataError> {
+        let cell = |i: usize| row.cells.get(i).unwrap_or(&Cell::Null);
+        let location = row.location;
+
+        let subject = match scalar(path, location, &self.subject, cell(0), "a subject label")? {
+            Some(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                return Err(DataError::EmptySubject {
+                    path: path.to_path_buf(),
+                    location,
+                    column: self.subject.clone(),
+                });
+            }
+        };
+
+        let (text, text_column) = match &self.text {
+            TextPlan::Column(column) => (
+                scalar(path, location, column, cell(1), "prompt text")?.unwrap_or_default(),
+                column,
+            ),
+            TextPlan::MultipleChoice { question, options } => {
+                let q =
+                    scalar(path, location, question, cell(1), "question text")?.unwrap_or_default();
+                if q.trim().is_empty() {
+                    (q, question)
+                } else {
+                    let opts = option_list(path, location, options, cell(2))?;
+                    (format_multiple_choice(&q, &opts), question)
+                }
+            }
+        };
+        if text.trim().is_empty() {
+            return Err(DataError::EmptyText {
+                path: path.to_path_buf(),
+                location,
+                column: Some(text_column.clone()),
+            });
+        }
+        Ok(Prompt { subject, text })
+    }
+}
+
+/// A cell as text: `None` for null, an error for a list.
+fn scalar(
+    path: &Path,
+    location: Location,
+    column: &str,
+    cell: &Cell,
+    expected: &'static str,
+) -> Result<Option<String>, DataError> {
+    match cell {
+        Cell::Null => Ok(None),
+        Cell::Text(s) | Cell::Other(s) => Ok(Some(s.clone())),
+        Cell::List(_) => Err(DataError::WrongType {
+            path: path.to_path_buf(),
+            location,
+            column: column.to_string(),
+            expected,
+            found: cell.kind(),
+        }),
+    }
+}
+
+/// The options of a multiple-choice row, placeholders (`N/A`, null) dropped. A text cell (CSV)
+/// is parsed as a JSON array or a Python/NumPy list literal.
+fn option_list(
+    path: &Path,
+    location: Location,
+    column: &str,
+    cell: &Cell,
+) -> Result<Vec<String>, DataError> {
+    let wrong = || DataError::WrongType {
+        path: path.to_path_buf(),
+        location,
+        column: column.to_string(),
+        expected: "a list of answer options (e.g. [\"first\", \"second\"])",
+        found: cell.kind(),
+    };
+    let items: Vec<Option<String>> = match cell {
+        Cell::List(items) => items
+            .iter()
+            .map(|item| match item {
+                Cell::Null => Ok(None),
+                Cell::Text(s) | Cell::Other(s) => Ok(Some(s.clone())),
+                Cell::List(_) => Err(wrong()),
+            })
+            .collect::<Result<_, _>>()?,
+        Cell::Text(s) => parse_list_literal(s).ok_or_else(wrong)?,
+        Cell::Null | Cell::Other(_) => return Err(wrong()),
+    };
+    let options: Vec<String> = items
+        .into_iter()
+        .flatten()
+        .filter(|o| o.trim() != PLACEHOLDER_OPTION)
+        .collect();
+    if options.len() > 26 {
+        return Err(DataError::TooManyOptions {
+            path: path.to_path_buf(),
+            location,
+            column: column.to_string(),
+            count: options.len(),
+        });
+    }
+    Ok(options)
+}
+
+/// Parses a list written as text: a JSON array (strings, numbers, nulls), or a Python list
+/// literal of quoted strings as pandas writes list columns (`['a', "b's"]`), also without
+/// commas as NumPy prints arrays (`['a' 'b']`).
+pub(crate) fn parse_list_literal(s: &str) -> Option<Vec<Option<String>>> {
+    let s = s.trim();
+    if !(s.starts_with('[') && s.ends_with(']')) {
+        return None;
+    }
+    if let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(s) {
+        return values
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::Null => Some(None),
+                serde_json::Value::String(s) => Some(Some(s)),
+                serde_json::Value::Number(n) => Some(Some(n.to_string())),
+                serde_json::Value::Bool(b) => Some(Some(b.to_string())),
+                _ => None,
+            })
+            .collect();
+    }
+    parse_python_list(&s[1..s.len() - 1])
+}
+
+fn parse_python_list(inner: &str) -> Option<Vec<Option<String>>> {
+    let mut items = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(quote) = chars.next() else {
+            return Some(items);
+        };
+        if quote != '\'' && quote != '"' {
+            return None;
+        }
+        let mut item = String::new();
+        loop {
+            match chars.next()? {
+                c if c == quote => break,
+                '\\' => match chars.next()? {
+                    'n' => item.push('\n'),
+                    't' => item.push('\t'),
+                    'r' => item.push('\r'),
+                    '0' => item.push('\0'),
+                    'x' => item.push(hex_char(&mut chars, 2)?),
+                    'u' => item.push(hex_char(&mut chars, 4)?),
+                    'U' => item.push(hex_char(&mut chars, 8)?),
+                    '\n' => {}
+                    c @ ('\\' | '\'' | '"') => item.push(c),
+                    other => {
+                        item.push('\\');
+                        item.push(other);
+                    }
+                },
+                c => item.push(c),
+            }
+        }
+        items.push(Some(item));
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+}
+
+fn hex_char(chars: &mut impl Iterator<Item = char>, digits: usize) -> Option<char> {
+    let hex: String = chars.take(digits).collect();
+    if hex.len() != digits {
+        return None;
+    }
+    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)
+}

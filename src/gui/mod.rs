@@ -1,0 +1,54 @@
+//! The explorer GUI (eframe + wgpu): one module per panel (`*_panel`), the app shell in
+//! [`app`], the shared state and worker-event handling in [`state`].
+//!
+//! The GUI never touches the model: it sends [`crate::worker::Command`]s and drains
+//! [`crate::worker::Event`]s in `App::logic`. Heatmaps are drawn by [`crate::render`].
+
+pub mod app;
+pub mod das_panel;
+pub mod data_panel;
+pub mod dialogs;
+pub mod heatmap_panel;
+pub mod load_panel;
+pub mod model_panel;
+pub mod selection_panel;
+pub mod state;
+pub mod subjects_panel;
+pub mod tokens_panel;
+
+use std::path::PathBuf;
+
+pub use app::MoeScopeApp;
+pub use state::{AppState, HeatmapMetric, Tab, UiState};
+
+/// `moescope gui` options (all optional: with none, the embedded demo opens).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct GuiArgs {
+    /// Model folder or HF hub id to load (default: the embedded demo).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Prompt dataset (JSONL / CSV / Parquet, or a prompt folder) to profile.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A saved profile to open.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+}
+
+/// Opens the explorer window and runs until it is closed.
+pub fn run(args: GuiArgs) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("MoEScope")
+            .with_app_id("moescope")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([640.0, 400.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "MoEScope",
+        options,
+        Box::new(move |cc| Ok(Box::new(MoeScopeApp::new(cc, args)))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the MoEScope window: {e}"))
+}

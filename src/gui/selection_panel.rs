@@ -1,0 +1,348 @@
+//! Selection panel: apply a rule (hot / mass / coverage / greedy / DAS / random) with a budget,
+//! or edit by clicking the heatmap; selected count, LoRA parameters and reduction vs all
+//! experts, coverage; save / load selection files; export PEFT and ESFT configs.
+
+use std::path::PathBuf;
+
+use crate::analysis::HotSignal;
+use crate::selection::accounting::require_layout;
+use crate::selection::export::{write_esft_config, write_peft_config};
+use crate::selection::{
+    Accounting, AccountingOptions, EsftOptions, PeftOptions, Selection, SelectionRule, account,
+    select,
+};
+
+use super::model_panel::human;
+use super::state::AppState;
+
+/// The rules offered, in the combo box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    HotCount,
+    HotMass,
+    Coverage,
+    Greedy,
+    Das,
+    Random,
+}
+
+impl RuleKind {
+    pub const ALL: [RuleKind; 6] = [
+        RuleKind::HotCount,
+        RuleKind::HotMass,
+        RuleKind::Coverage,
+        RuleKind::Greedy,
+        RuleKind::Das,
+        RuleKind::Random,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleKind::HotCount => "hot top-k (count)",
+            RuleKind::HotMass => "hot top-k (mass)",
+            RuleKind::Coverage => "coverage threshold",
+            RuleKind::Greedy => "greedy budget",
+            RuleKind::Das => "DAS top-k",
+            RuleKind::Random => "random (seeded)",
+        }
+    }
+}
+
+/// What the cached accounting was computed for: profile generation, LoRA rank, selected cells.
+type AccountingKey = (u64, usize, Vec<(usize, usize)>);
+
+pub struct SelectionPanel {
+    pub rule: RuleKind,
+    /// Experts per layer for k-based rules.
+    pub k: usize,
+    /// Coverage threshold (share).
+    pub threshold: f64,
+    pub seed: u64,
+    /// `None` = pooled; for DAS, the domain.
+    pub data: Option<String>,
+    pub path_field: String,
+    pub peft_dir: String,
+    pub esft_file: String,
+    cache: Option<(AccountingKey, Result<Accounting, String>)>,
+}
+
+impl Default for SelectionPanel {
+    fn default() -> Self {
+        Self {
+            rule: RuleKind::HotCount,
+            k: 0,
+            threshold: 0.6,
+            seed: 0,
+            data: None,
+            path_field: "selection.json".into(),
+            peft_dir: "adapter".into(),
+            esft_file: "esft_experts.json".into(),
+            cache: None,
+        }
+    }
+}
+
+impl SelectionPanel {
+    /// The rule with the panel's parameters.
+    pub fn rule(&self) -> SelectionRule {
+        let k = self.k.max(1);
+        match self.rule {
+            RuleKind::HotCount => SelectionRule::Hot {
+                signal: HotSignal::Count,
+                k,
+            },
+            RuleKind::HotMass => SelectionRule::Hot {
+                signal: HotSignal::Mass,
+                k,
+            },
+            RuleKind::Coverage => SelectionRule::Coverage {
+                signal: HotSignal::Count,
+                threshold: self.threshold,
+            },
+            RuleKind::Greedy => SelectionRule::Greedy {
+                signal: HotSignal::Count,
+                k,
+            },
+            RuleKind::Das => SelectionRule::Das {
+                domain: self.data.clone().unwrap_or_default(),
+                general: Vec::new(),
+                k,
+            },
+            RuleKind::Random => SelectionRule::Random { k, seed: self.seed },
+        }
+    }
+
+    /// Applies the panel's rule to the profile, replacing the selection.
+    pub fn apply(&mut self, state: &mut AppState) {
+        let Some(profile) = state.profile.clone() else {
+            state.error("no profile: profile a dataset or open a profile first");
+            return;
+        };
+        let data = match self.rule {
+            RuleKind::Das | RuleKind::Random => None,
+            _ => self.data.as_deref(),
+        };
+        match select(&profile, &self.rule(), data) {
+            Ok(s) => {
+                state.info(format!("{}: {} experts", self.rule.name(), s.len()));
+                state.set_selection(&s);
+            }
+            Err(e) => state.error(format!("{e:#}")),
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, state: &mut AppState) {
+        let Some(profile) = state.profile.clone() else {
+            ui.label("No profile yet.");
+            return;
+        };
+        let n = profile.model.num_experts.max(1);
+        if self.k == 0 || self.k > n {
+            self.k = (n / 4).max(1);
+        }
+        if self.rule == RuleKind::Das && self.data.is_none() {
+            self.data = profile.subjects.first().map(|s| s.name.clone());
+        }
+        ui.heading("Rule");
+        ui.horizontal_wrapped(|ui| {
+            egui::ComboBox::from_id_salt("rule_kind")
+                .selected_text(self.rule.name())
+                .show_ui(ui, |ui| {
+                    for r in RuleKind::ALL {
+                        ui.selectable_value(&mut self.rule, r, r.name());
+                    }
+                })
+                .response
+                .on_hover_text("selection rule");
+            match self.rule {
+                RuleKind::Coverage => {
+                    ui.add(egui::Slider::new(&mut self.threshold, 0.05..=1.0).text("coverage"));
+                }
+                _ => {
+                    ui.add(egui::Slider::new(&mut self.k, 1..=n).text("experts per layer"));
+                }
+            }
+            if self.rule == RuleKind::Random {
+                ui.add(egui::DragValue::new(&mut self.seed).prefix("seed "));
+            }
+            if self.rule != RuleKind::Random {
+                let label = if self.rule == RuleKind::Das {
+                    "domain"
+                } else {
+                    "data"
+                };
+                egui::ComboBox::from_label(label)
+                    .selected_text(self.data.clone().unwrap_or_else(|| "pooled".into()))
+                    .show_ui(ui, |ui| {
+                        if self.rule != RuleKind::Das {
+                            ui.selectable_value(&mut self.data, None, "pooled");
+                        }
+                        for s in &profile.subjects {
+                            ui.selectable_value(&mut self.data, Some(s.name.clone()), &s.name);
+                        }
+                    });
+            }
+            if ui.button("Apply rule").clicked() {
+                self.apply(state);
+            }
+            if ui.button("Clear").clicked() {
+                state.clear_selection();
+            }
+        });
+        ui.separator();
+        ui.heading("Selection");
+        ui.add(egui::Slider::new(&mut state.ui.lora_rank, 1..=256).text("LoRA rank"));
+        let cells: Vec<(usize, usize)> = state.selected.iter().copied().collect();
+        let fresh = self.cache.as_ref().is_none_or(|((g, r, c), _)| {
+            *g != state.profile_generation || *r != state.ui.lora_rank || *c != cells
+        });
+        if fresh {
+            let acc = state.selection().and_then(|s| {
+                account(&s, &profile, &AccountingOptions::new(state.ui.lora_rank))
+                    .map_err(|e| format!("{e:#}"))
+            });
+            self.cache = Some((
+                (state.profile_generation, state.ui.lora_rank, cells.clone()),
+                acc,
+            ));
+        }
+        let total = profile.model.moe_layers.len() * n;
+        ui.label(format!(
+            "{} of {total} experts selected ({}){}",
+            cells.len(),
+            rule_text(&state.selection_rule),
+            state
+                .selection_data
+                .as_ref()
+                .map_or(String::new(), |d| format!(" on {d}"))
+        ));
+        if let Some((_, acc)) = &self.cache {
+            match acc {
+                Ok(a) => {
+                    egui::Grid::new("accounting")
+                        .num_columns(2)
+                        .striped(true)
+                        .show(ui, |ui| {
+                            ui.label("LoRA parameters");
+                            ui.label(format!(
+                                "{} ({})",
+                                human(a.selected.total),
+                                a.selected.total
+                            ));
+                            ui.end_row();
+                            ui.label("all-experts LoRA");
+                            ui.label(human(a.all_experts.total));
+                            ui.end_row();
+                            ui.label("reduction");
+                            ui.label(format!("{:.1}%", a.total_reduction * 100.0));
+                            ui.end_row();
+                            ui.label("adapter size");
+                            ui.label(format!("{:.2} MB", a.adapter_bytes as f64 / 1e6));
+                            ui.end_row();
+                            ui.label("coverage (pooled)");
+                            ui.label(format!(
+                                "{:.1}% of activations, {:.1}% of routing mass",
+                                a.pooled_coverage.count_share * 100.0,
+                                a.pooled_coverage.mass_share * 100.0
+                            ));
+                            ui.end_row();
+                            for c in &a.coverage {
+                                ui.weak(&c.subject);
+                                ui.weak(format!(
+                                    "{:.1}% / {:.1}%",
+                                    c.count_share * 100.0,
+                                    c.mass_share * 100.0
+                                ));
+                                ui.end_row();
+                            }
+                        });
+                }
+                Err(e) => {
+                    ui.colored_label(ui.visuals().warn_fg_color, e);
+                }
+            }
+        }
+        ui.separator();
+        ui.heading("Files");
+        ui.horizontal(|ui| {
+            let label = ui.label("Selection file");
+            ui.add(egui::TextEdit::singleline(&mut self.path_field).desired_width(220.0))
+                .labelled_by(label.id);
+            if ui.button("Save selection").clicked() {
+                let path = PathBuf::from(self.path_field.trim());
+                match state
+                    .selection()
+                    .and_then(|s| s.save(&path).map_err(|e| format!("{e:#}")))
+                {
+                    Ok(()) => state.info(format!("saved selection to {}", path.display())),
+                    Err(e) => state.error(e),
+                }
+            }
+            if ui.button("Load selection").clicked() {
+                let path = PathBuf::from(self.path_field.trim());
+                match Selection::load(&path)
+                    .and_then(|s| s.validate_for(&profile.model).map(|()| s))
+                {
+                    Ok(s) => {
+                        state.info(format!(
+                            "loaded {} experts from {}",
+                            s.len(),
+                            path.display()
+                        ));
+                        state.set_selection(&s);
+                    }
+                    Err(e) => state.error(format!("{e:#}")),
+                }
+            }
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("PEFT folder");
+            ui.add(egui::TextEdit::singleline(&mut self.peft_dir).desired_width(220.0))
+                .labelled_by(label.id);
+            if ui.button("Export PEFT config").clicked() {
+                let dir = PathBuf::from(self.peft_dir.trim());
+                let mut opts = PeftOptions::moe_sieve(&profile.model.id);
+                opts.rank = state.ui.lora_rank;
+                opts.alpha = 2.0 * state.ui.lora_rank as f64;
+                let result = state.selection().and_then(|s| {
+                    let layout = require_layout(&profile.model).map_err(|e| format!("{e:#}"))?;
+                    write_peft_config(&dir, &s, layout, &opts).map_err(|e| format!("{e:#}"))
+                });
+                match result {
+                    Ok(p) => state.info(format!("wrote {}", p.display())),
+                    Err(e) => state.error(e),
+                }
+            }
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("ESFT file");
+            ui.add(egui::TextEdit::singleline(&mut self.esft_file).desired_width(220.0))
+                .labelled_by(label.id);
+            if ui.button("Export ESFT config").clicked() {
+                let path = PathBuf::from(self.esft_file.trim());
+                let result = state.selection().and_then(|s| {
+                    write_esft_config(&path, &s, &EsftOptions::default())
+                        .map_err(|e| format!("{e:#}"))
+                });
+                match result {
+                    Ok(()) => state.info(format!("wrote {}", path.display())),
+                    Err(e) => state.error(e),
+                }
+            }
+        });
+    }
+}
+
+fn rule_text(rule: &SelectionRule) -> String {
+    match rule {
+        SelectionRule::Hot { signal, k } => format!("hot top-{k} by {signal}"),
+        SelectionRule::Coverage { threshold, .. } => {
+            format!("coverage ≥ {:.0}%", threshold * 100.0)
+        }
+        SelectionRule::Greedy { k, .. } => format!("greedy budget {k}·L"),
+        SelectionRule::Das { domain, k, .. } => format!("DAS top-{k} for {domain}"),
+        SelectionRule::Random { k, seed } => format!("random {k} per layer, seed {seed}"),
+        SelectionRule::RandomMatched { seed, .. } => format!("random matched, seed {seed}"),
+        SelectionRule::Explicit => "by hand".into(),
+    }
+}

@@ -1,0 +1,573 @@
+//! The app's state: what persists between launches ([`UiState`]) and what is rebuilt each run
+//! ([`AppState`]: model info, prompts, profile, selection, running job, messages, worker).
+//!
+//! Worker events are applied here ([`AppState::handle_event`]), so tests can feed events
+//! without a model.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataOptions, PromptSet};
+use crate::model::ModelInfo;
+use crate::render::{ColorScale, HeatmapView};
+use crate::routing::RoutingProfile;
+use crate::selection::{Selection, SelectionModel, SelectionRule};
+use crate::worker::{Command, Event, JobId, TokenTrace, Worker};
+
+/// How many recent models are remembered.
+const MAX_RECENT: usize = 8;
+
+/// The central tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Tab {
+    #[default]
+    Heatmap,
+    Subjects,
+    Load,
+    Das,
+    Tokens,
+    Selection,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 6] = [
+        Tab::Heatmap,
+        Tab::Subjects,
+        Tab::Load,
+        Tab::Das,
+        Tab::Tokens,
+        Tab::Selection,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tab::Heatmap => "Heatmap",
+            Tab::Subjects => "Subjects",
+            Tab::Load => "Load",
+            Tab::Das => "DAS",
+            Tab::Tokens => "Tokens",
+            Tab::Selection => "Selection",
+        }
+    }
+}
+
+/// What the heatmap shows per (layer, expert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HeatmapMetric {
+    /// count / Σ_e count of the layer.
+    #[default]
+    CountShare,
+    /// Mean routing weight per token (mass / tokens).
+    RoutingMass,
+    /// Mean routing score per token (score / tokens).
+    RoutingScore,
+    /// DAS of the subject against the other subjects pooled.
+    DasVsGeneral,
+    /// Count share of the subject minus the pooled count share.
+    SubjectMinusPooled,
+}
+
+impl HeatmapMetric {
+    pub const ALL: [HeatmapMetric; 5] = [
+        HeatmapMetric::CountShare,
+        HeatmapMetric::RoutingMass,
+        HeatmapMetric::RoutingScore,
+        HeatmapMetric::DasVsGeneral,
+        HeatmapMetric::SubjectMinusPooled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HeatmapMetric::CountShare => "count share",
+            HeatmapMetric::RoutingMass => "routing mass",
+            HeatmapMetric::RoutingScore => "routing score",
+            HeatmapMetric::DasVsGeneral => "DAS vs general",
+            HeatmapMetric::SubjectMinusPooled => "subject − pooled",
+        }
+    }
+
+    /// Signed metrics use the diverging colour map.
+    pub fn is_signed(self) -> bool {
+        matches!(
+            self,
+            HeatmapMetric::DasVsGeneral | HeatmapMetric::SubjectMinusPooled
+        )
+    }
+
+    /// Metrics comparing one subject with others need a subject (not pooled).
+    pub fn needs_subject(self) -> bool {
+        self.is_signed()
+    }
+}
+
+/// UI state persisted between launches (eframe storage, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UiState {
+    pub last_model: String,
+    pub recent_models: Vec<String>,
+    pub last_dataset: Option<String>,
+    pub subject_column: String,
+    pub text_column: String,
+    pub tab: Tab,
+    pub show_side_panel: bool,
+    pub metric: HeatmapMetric,
+    /// `None` = pooled.
+    pub heatmap_subject: Option<String>,
+    pub scale: ColorScale,
+    pub heatmap_view: HeatmapView,
+    pub batch_size: usize,
+    pub max_tokens: usize,
+    pub lora_rank: usize,
+}
+
+impl Default for UiState {
+    fn default() -> Self {
+        Self {
+            last_model: String::new(),
+            recent_models: Vec::new(),
+            last_dataset: None,
+            subject_column: String::new(),
+            text_column: String::new(),
+            tab: Tab::Heatmap,
+            show_side_panel: true,
+            metric: HeatmapMetric::CountShare,
+            heatmap_subject: None,
+            scale: ColorScale::Linear,
+            heatmap_view: HeatmapView::default(),
+            batch_size: 8,
+            max_tokens: 256,
+            lora_rank: 32,
+        }
+    }
+}
+
+impl UiState {
+    pub fn remember_model(&mut self, model: &str) {
+        self.last_model = model.to_string();
+        self.recent_models.retain(|m| m != model);
+        self.recent_models.insert(0, model.to_string());
+        self.recent_models.truncate(MAX_RECENT);
+    }
+}
+
+/// The kind of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Load,
+    Profile,
+    Trace,
+}
+
+/// A job sent to the worker and not finished yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub done: u64,
+    pub total: u64,
+    pub label: String,
+}
+
+impl RunningJob {
+    /// Fraction done, `None` if the total is unknown.
+    pub fn fraction(&self) -> Option<f32> {
+        (self.total > 0).then(|| (self.done as f32 / self.total as f32).clamp(0.0, 1.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Error,
+}
+
+/// A message shown in the status area.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub level: Level,
+    pub text: String,
+}
+
+/// Everything the panels read and change, apart from the persisted [`UiState`].
+pub struct AppState {
+    pub ui: UiState,
+    pub worker: Option<Worker>,
+    pub model: Option<ModelInfo>,
+    /// The model the last load job named (shown while it loads).
+    pub loading_model: Option<String>,
+    pub prompts: Option<Arc<PromptSet>>,
+    pub profile: Option<Arc<RoutingProfile>>,
+    /// Bumped whenever `profile` changes (panels cache by it).
+    pub profile_generation: u64,
+    /// Where the profile came from or was saved.
+    pub profile_path: Option<PathBuf>,
+    /// Selected cells as (decoder layer, expert).
+    pub selected: BTreeSet<(usize, usize)>,
+    /// How the selection was made ([`SelectionRule::Explicit`] once edited by hand).
+    pub selection_rule: SelectionRule,
+    pub selection_data: Option<String>,
+    pub trace: Option<TokenTrace>,
+    pub jobs: Vec<RunningJob>,
+    pub messages: Vec<Message>,
+    /// Profile the prompts as soon as a model loads (the demo start-up).
+    pub auto_profile: bool,
+    next_job: JobId,
+}
+
+impl AppState {
+    pub fn new(ui: UiState, worker: Option<Worker>) -> Self {
+        Self {
+            ui,
+            worker,
+            model: None,
+            loading_model: None,
+            prompts: None,
+            profile: None,
+            profile_generation: 0,
+            profile_path: None,
+            selected: BTreeSet::new(),
+            selection_rule: SelectionRule::Explicit,
+            selection_data: None,
+            trace: None,
+            jobs: Vec::new(),
+            messages: Vec::new(),
+            auto_profile: false,
+            next_job: 1,
+        }
+    }
+
+    pub fn info(&mut self, text: impl Into<String>) {
+        self.push(Level::Info, text.into());
+    }
+
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.push(Level::Error, text.into());
+    }
+
+    fn push(&mut self, level: Level, text: String) {
+        self.messages.push(Message { level, text });
+        if self.messages.len() > 50 {
+            self.messages.remove(0);
+        }
+    }
+
+    /// The latest error, if any.
+    pub fn last_error(&self) -> Option<&str> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.level == Level::Error)
+            .map(|m| m.text.as_str())
+    }
+
+    pub fn job(&self, kind: JobKind) -> Option<&RunningJob> {
+        self.jobs.iter().find(|j| j.kind == kind)
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.jobs.iter().any(|j| j.kind != JobKind::Trace)
+    }
+
+    fn start_job(
+        &mut self,
+        kind: JobKind,
+        label: String,
+        make: impl FnOnce(JobId) -> Command,
+    ) -> Option<JobId> {
+        let id = self.next_job;
+        self.next_job += 1;
+        let Some(worker) = self.worker.as_ref() else {
+            self.error("the model worker is not running");
+            return None;
+        };
+        match worker.send(make(id)) {
+            Ok(()) => {
+                self.jobs.push(RunningJob {
+                    id,
+                    kind,
+                    done: 0,
+                    total: 0,
+                    label,
+                });
+                Some(id)
+            }
+            Err(e) => {
+                self.error(e);
+                None
+            }
+        }
+    }
+
+    /// Asks the worker to load `model` (folder or hub id).
+    pub fn load_model(&mut self, model: &str) -> Option<JobId> {
+        let model = model.trim().to_string();
+        if model.is_empty() {
+            self.error("enter a hub id or choose a model folder");
+            return None;
+        }
+        self.loading_model = Some(model.clone());
+        let m = model.clone();
+        self.start_job(JobKind::Load, format!("loading {model}"), move |job| {
+            Command::LoadModel { job, model: m }
+        })
+    }
+
+    /// Profiles the current prompts on the loaded model.
+    pub fn run_profile(&mut self) -> Option<JobId> {
+        let Some(prompts) = self.prompts.clone() else {
+            self.error("no prompts: choose a dataset (or the demo prompts) first");
+            return None;
+        };
+        if self.model.is_none() {
+            self.error("no model loaded: load a model before profiling");
+            return None;
+        }
+        let batch_size = self.ui.batch_size.max(1);
+        let max_tokens = (self.ui.max_tokens > 0).then_some(self.ui.max_tokens);
+        self.start_job(JobKind::Profile, "profiling".into(), move |job| {
+            Command::Profile {
+                job,
+                prompts,
+                batch_size,
+                max_tokens,
+            }
+        })
+    }
+
+    pub fn trace(&mut self, text: &str) -> Option<JobId> {
+        let text = text.to_string();
+        self.start_job(JobKind::Trace, "tracing".into(), move |job| {
+            Command::Trace { job, text }
+        })
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(w) = self.worker.as_ref() {
+            w.cancel();
+        }
+    }
+
+    /// Loads prompts from a dataset file or prompt folder.
+    pub fn load_prompts(&mut self, path: &Path) {
+        let opts = DataOptions {
+            subject_column: Some(self.ui.subject_column.clone()).filter(|s| !s.is_empty()),
+            text_column: Some(self.ui.text_column.clone()).filter(|s| !s.is_empty()),
+            max_per_subject: None,
+        };
+        match crate::data::load_prompts(path, &opts) {
+            Ok(set) => {
+                self.info(format!(
+                    "{} prompts in {} subjects from {}",
+                    set.len(),
+                    set.subjects().len(),
+                    path.display()
+                ));
+                self.ui.last_dataset = Some(path.display().to_string());
+                self.prompts = Some(Arc::new(set));
+            }
+            Err(e) => self.error(format!("{e:#}")),
+        }
+    }
+
+    pub fn set_prompts(&mut self, prompts: PromptSet) {
+        self.prompts = Some(Arc::new(prompts));
+    }
+
+    /// Replaces the profile (and drops a selection that does not fit it).
+    pub fn set_profile(&mut self, profile: Arc<RoutingProfile>, path: Option<PathBuf>) {
+        let fits = self
+            .selected
+            .iter()
+            .all(|&(l, e)| profile.model.moe_layers.contains(&l) && e < profile.model.num_experts);
+        if !fits {
+            self.selected.clear();
+            self.info("the selection did not fit the new profile's model and was cleared");
+        }
+        if let Some(s) = &self.ui.heatmap_subject
+            && profile.subject(s).is_none()
+        {
+            self.ui.heatmap_subject = None;
+        }
+        self.profile = Some(profile);
+        self.profile_path = path;
+        self.profile_generation += 1;
+    }
+
+    pub fn open_profile(&mut self, path: &Path) {
+        match RoutingProfile::load(path) {
+            Ok(p) => {
+                self.info(format!("opened profile {}", path.display()));
+                self.set_profile(Arc::new(p), Some(path.to_path_buf()));
+            }
+            Err(e) => self.error(format!("{e:#}")),
+        }
+    }
+
+    pub fn save_profile(&mut self, path: &Path) {
+        let Some(p) = self.profile.clone() else {
+            self.error("no profile to save: run profiling first");
+            return;
+        };
+        match p.save(path) {
+            Ok(()) => {
+                self.info(format!("saved profile to {}", path.display()));
+                self.profile_path = Some(path.to_path_buf());
+            }
+            Err(e) => self.error(format!("{e:#}")),
+        }
+    }
+
+    /// Applies one worker event.
+    pub fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Ready => {}
+            Event::Progress {
+                job,
+                done,
+                total,
+                label,
+            } => {
+                if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) {
+                    j.done = done;
+                    j.total = total;
+                    j.label = label;
+                }
+            }
+            Event::ModelLoaded { job, info } => {
+                self.finish(job);
+                self.ui.remember_model(&info.id);
+                self.info(format!(
+                    "loaded {} ({}, {} MoE layers × {} experts, top-{})",
+                    info.id,
+                    info.architecture,
+                    info.moe_layers.len(),
+                    info.num_experts,
+                    info.top_k
+                ));
+                self.loading_model = None;
+                self.model = Some(*info);
+                self.trace = None;
+                if self.auto_profile && self.prompts.is_some() {
+                    self.auto_profile = false;
+                    self.run_profile();
+                }
+            }
+            Event::ProfileReady { job, profile } => {
+                self.finish(job);
+                let n: u64 = profile.subjects.iter().map(|s| s.tokens).sum();
+                self.info(format!(
+                    "profiled {n} tokens in {} subjects",
+                    profile.subjects.len()
+                ));
+                self.set_profile(profile, None);
+            }
+            Event::TraceReady { job, trace } => {
+                self.finish(job);
+                self.trace = Some(trace);
+            }
+            Event::Cancelled { job } => {
+                self.finish(job);
+                self.info("cancelled");
+            }
+            Event::Failed { job, error } => {
+                if let Some(job) = job {
+                    if self
+                        .jobs
+                        .iter()
+                        .any(|j| j.id == job && j.kind == JobKind::Load)
+                    {
+                        self.loading_model = None;
+                        self.auto_profile = false;
+                    }
+                    self.finish(job);
+                }
+                self.error(error);
+            }
+        }
+    }
+
+    fn finish(&mut self, job: JobId) {
+        self.jobs.retain(|j| j.id != job);
+    }
+
+    /// Drains the worker's events (called from `App::logic`).
+    pub fn drain_worker(&mut self) {
+        let events: Vec<Event> = match self.worker.as_ref() {
+            Some(w) => w.try_events().collect(),
+            None => return,
+        };
+        for e in events {
+            self.handle_event(e);
+        }
+    }
+
+    /// Row `row` of the profile's matrices as a decoder layer index.
+    pub fn layer_of_row(&self, row: usize) -> Option<usize> {
+        self.profile.as_ref()?.model.moe_layers.get(row).copied()
+    }
+
+    /// Toggles (decoder layer, expert) in the selection.
+    pub fn toggle(&mut self, layer: usize, expert: usize) {
+        if !self.selected.remove(&(layer, expert)) {
+            self.selected.insert((layer, expert));
+        }
+        self.selection_rule = SelectionRule::Explicit;
+    }
+
+    /// Adds cells to the selection.
+    pub fn add_cells(&mut self, cells: impl IntoIterator<Item = (usize, usize)>) {
+        self.selected.extend(cells);
+        self.selection_rule = SelectionRule::Explicit;
+    }
+
+    pub fn clear_selection(&mut self) {
+        self.selected.clear();
+        self.selection_rule = SelectionRule::Explicit;
+    }
+
+    /// Replaces the selection with one made by a rule.
+    pub fn set_selection(&mut self, selection: &Selection) {
+        self.selected = selection.cells().collect();
+        self.selection_rule = selection.rule.clone();
+        self.selection_data = selection.data.clone();
+    }
+
+    /// The selection as a [`Selection`] for the profile's model.
+    pub fn selection(&self) -> Result<Selection, String> {
+        let Some(p) = &self.profile else {
+            return Err("no profile: profile a dataset or open a profile first".into());
+        };
+        let mut experts = crate::selection::LayerExperts::new();
+        for &(l, e) in &self.selected {
+            experts.entry(l).or_default().insert(e);
+        }
+        let mut s = Selection::new(
+            SelectionModel::from(&p.model),
+            self.selection_rule.clone(),
+            experts,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        s.data = self.selection_data.clone();
+        s.source_profile = self.profile_path.as_ref().map(|p| p.display().to_string());
+        Ok(s)
+    }
+
+    /// Row-major (moe layer row × expert) selection mask for the heatmap.
+    pub fn selection_mask(&self) -> Vec<bool> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let n = p.model.num_experts;
+        let mut mask = vec![false; p.model.moe_layers.len() * n];
+        for (row, layer) in p.model.moe_layers.iter().enumerate() {
+            for e in 0..n {
+                mask[row * n + e] = self.selected.contains(&(*layer, e));
+            }
+        }
+        mask
+    }
+}

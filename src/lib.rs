@@ -1,0 +1,15 @@
+//! MoEScope: look inside Mixture-of-Experts language models.
+//!
+//! The library behind the `moescope` binary. See `ARCHITECTURE.md` for what each module owns.
+
+pub mod analysis;
+pub mod cli;
+pub mod data;
+pub mod demo;
+pub mod gui;
+pub mod model;
+pub mod profiling;
+pub mod render;
+pub mod routing;
+pub mod selection;
+pub mod worker;

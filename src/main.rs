@@ -1,0 +1,55 @@
+//! The `moescope` binary: the explorer window by default, headless subcommands over the same
+//! library.
+
+use clap::{Parser, Subcommand};
+use moescope::cli::{compare, demo, engine, report, select};
+
+/// MoEScope: see inside Mixture-of-Experts language models.
+#[derive(Debug, Parser)]
+#[command(name = "moescope", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Architecture, layers, experts, parameters of a model.
+    Info(engine::InfoArgs),
+    /// Routing of one text through every MoE layer.
+    Trace(engine::TraceArgs),
+    /// Profile a subject-labelled dataset: per-subject routing counts, masses and scores.
+    Profile(engine::ProfileArgs),
+    /// Every routing metric of a profile: KL vs pooled, top layers, load, hot sets, DAS.
+    Report(report::ReportArgs),
+    /// Pick experts by a rule and print the LoRA accounting; export PEFT / ESFT configs.
+    Select(select::SelectArgs),
+    /// Compare two profiles of the same model: RC, hot-set Jaccard, KL shift.
+    Compare(compare::CompareArgs),
+    /// Open the explorer window (the default with no subcommand; the embedded demo unless told).
+    Gui(moescope::gui::GuiArgs),
+    /// Train the embedded demo MoE (tokenizer + model) from the demo corpus.
+    TrainDemo(demo::TrainDemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Info(a)) => engine::info(a),
+        Some(Command::Trace(a)) => engine::trace(a),
+        Some(Command::Profile(a)) => engine::profile(a),
+        Some(Command::Report(a)) => report::run(a),
+        Some(Command::Select(a)) => select::run(a),
+        Some(Command::Compare(a)) => compare::run(a),
+        Some(Command::TrainDemo(a)) => demo::train_demo(a),
+        Some(Command::Gui(a)) => moescope::gui::run(a),
+        None => moescope::gui::run(moescope::gui::GuiArgs::default()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Qwen2-MoE (`Qwen2MoeForCausalLM`, e.g. Qwen/Qwen1.5-MoE-A2.7B).
+//!
+//! - Attention with q/k/v biases (`qkv_bias`, default true), no o bias, RoPE (rotate-half).
+//! - A layer is MoE unless listed in `mlp_only_layers`, and when `(layer + 1)` is a multiple of
+//!   `decoder_sparse_step`; other layers are dense SwiGLU (`intermediate_size`).
+//! - Router: `mlp.gate`, softmax in fp32, top-k, renormalised only if `norm_topk_prob` (false for
+//!   Qwen1.5-MoE). Experts `mlp.experts.E.{gate,up,down}_proj` (`moe_intermediate_size`).
+//! - Shared expert `mlp.shared_expert` (`shared_expert_intermediate_size`) on every token, scaled by
+//!   `sigmoid(mlp.shared_expert_gate · x)`.
+
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::standard::{QkNormKind, SharedSpec, StandardSpec, build_standard};
+use super::{BuildCtx, parse_config};
+use crate::model::{Family, MoeModel, Result};
+
+/// `config.json` of a Qwen2-MoE checkpoint (HF field names).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub moe_intermediate_size: usize,
+    pub shared_expert_intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    #[serde(default = "super::default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "super::default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "super::default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    #[serde(default)]
+    pub norm_topk_prob: bool,
+    #[serde(default = "one")]
+    pub decoder_sparse_step: usize,
+    #[serde(default)]
+    pub mlp_only_layers: Option<Vec<usize>>,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Decoder layers that are MoE under Qwen's `mlp_only_layers` / `decoder_sparse_step` rule.
+pub fn qwen_moe_layers(
+    num_layers: usize,
+    num_experts: usize,
+    step: usize,
+    mlp_only: &[usize],
+) -> Vec<usize> {
+    (0..num_layers)
+        .filter(|l| !mlp_only.contains(l) && num_experts > 0 && step > 0 && (l + 1) % step == 0)
+        .collect()
+}
+
+pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    let c: Config = parse_config(Family::Qwen2Moe, json)?;
+    let spec = StandardSpec {
+        family: Family::Qwen2Moe,
+        vocab_size: c.vocab_size,
+        hidden_size: c.hidden_size,
+        num_layers: c.num_hidden_layers,
+        num_heads: c.num_attention_heads,
+        num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+        head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+        max_position_embeddings: c.max_position_embeddings,
+        rms_norm_eps: c.rms_norm_eps,
+        rope_theta: c.rope_theta,
+        qkv_bias: c.qkv_bias,
+        o_bias: false,
+        clip_qkv: None,
+        qk_norm: QkNormKind::None,
+        moe_prefix: "mlp",
+        expert_names: ["gate_proj", "up_proj", "down_proj"],
+        num_experts: c.num_experts,
+        top_k: c.num_experts_per_tok,
+        norm_topk_prob: c.norm_topk_prob,
+        expert_intermediate_size: c.moe_intermediate_size,
+        moe_layers: qwen_moe_layers(
+            c.num_hidden_layers,
+            c.num_experts,
+            c.decoder_sparse_step,
+            c.mlp_only_layers.as_deref().unwrap_or_default(),
+        ),
+        dense_intermediate_size: c.intermediate_size,
+        shared: (c.shared_expert_intermediate_size > 0).then_some(SharedSpec {
+            intermediate_size: c.shared_expert_intermediate_size,
+            gated: true,
+        }),
+        sliding_window: if c.use_sliding_window {
+            c.sliding_window
+        } else {
+            None
+        },
+        tie_word_embeddings: c.tie_word_embeddings,
+    };
+    build_standard(spec, vb, ctx)
+}

@@ -1,0 +1,271 @@
+//! Hugging Face hub checkpoints: the standard HF cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`,
+//! else `~/.cache/huggingface/hub`), lookups that need no network when the files are cached, and
+//! downloads through `hf-hub` otherwise (none when `HF_HUB_OFFLINE=1`).
+//!
+//! Only data files are fetched (config, tokenizer, safetensors); no code from a model repo is
+//! ever run.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use super::{ModelError, Result};
+
+/// The files of a model, wherever they live.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// What the user named (folder or hub id).
+    pub id: String,
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+    pub weights: Vec<PathBuf>,
+}
+
+/// Reports download progress (bytes) per file.
+pub trait DownloadProgress {
+    fn on_file(&mut self, file: &str, total_bytes: usize);
+    fn on_bytes(&mut self, bytes: usize);
+}
+
+/// The HF hub cache folder, honouring `HF_HUB_CACHE` and `HF_HOME`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("hub");
+    }
+    Cache::default().path().clone()
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+}
+
+/// Whether `s` names a hub repo (`owner/name`) rather than a local path.
+pub fn looks_like_hub_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && *p != "."
+                && *p != ".."
+        })
+        && !Path::new(s).exists()
+}
+
+/// Finds a file of `repo_id` at `revision` in the cache, without network.
+/// A revision may be a branch/tag (resolved through `refs/`) or a commit hash (a snapshot).
+fn cached_file(cache: &Path, repo_id: &str, revision: &str, file: &str) -> Option<PathBuf> {
+    let repo_dir = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| revision.to_string());
+    let p = repo_dir.join("snapshots").join(commit).join(file);
+    p.exists().then_some(p)
+}
+
+struct ProgressAdapter<'a>(&'a mut dyn DownloadProgress);
+
+impl hf_hub::api::Progress for ProgressAdapter<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.0.on_file(filename, size);
+    }
+
+    fn update(&mut self, size: usize) {
+        self.0.on_bytes(size);
+    }
+
+    fn finish(&mut self) {}
+}
+
+/// Resolves a hub id to its files, using the cache first and downloading what is missing.
+pub fn resolve_hub(
+    repo_id: &str,
+    revision: Option<&str>,
+    mut progress: Option<&mut dyn DownloadProgress>,
+) -> Result<ModelFiles> {
+    let revision = revision.unwrap_or("main");
+    let cache = cache_dir();
+    let mut api_repo = None;
+    let mut fetch = |file: &str, required: bool| -> Result<Option<PathBuf>> {
+        if let Some(p) = cached_file(&cache, repo_id, revision, file) {
+            return Ok(Some(p));
+        }
+        if offline() {
+            return if required {
+                Err(ModelError::msg(format!(
+                    "{repo_id}: '{file}' (revision {revision}) is not in the HF cache at {} and HF_HUB_OFFLINE is set",
+                    cache.display()
+                )))
+            } else {
+                Ok(None)
+            };
+        }
+        if api_repo.is_none() {
+            let api = ApiBuilder::from_cache(Cache::new(cache.clone()))
+                .with_progress(false)
+                .build()
+                .map_err(|e| {
+                    ModelError::msg(format!("{repo_id}: cannot start the HF hub client: {e}"))
+                })?;
+            api_repo = Some(api.repo(Repo::with_revision(
+                repo_id.into(),
+                RepoType::Model,
+                revision.into(),
+            )));
+        }
+        let repo = api_repo.as_ref().expect("set above");
+        let got = match progress.as_deref_mut() {
+            Some(p) => repo.download_with_progress(file, ProgressAdapter(p)),
+            None => repo.get(file),
+        };
+        match got {
+            Ok(p) => Ok(Some(p)),
+            Err(_) if !required => Ok(None),
+            Err(e) => Err(ModelError::msg(format!(
+                "{repo_id}: '{file}' (revision {revision}) is not in the HF cache at {} and could not be downloaded: {e}",
+                cache.display()
+            ))),
+        }
+    };
+    let config = fetch("config.json", true)?.expect("required");
+    let tokenizer = fetch("tokenizer.json", true)?.expect("required");
+    let weights = match fetch("model.safetensors.index.json", false)? {
+        Some(index) => {
+            let shards = shard_names(&index)?;
+            let mut paths = Vec::with_capacity(shards.len());
+            for s in shards {
+                paths.push(fetch(&s, true)?.expect("required"));
+            }
+            paths
+        }
+        None => vec![fetch("model.safetensors", true)?.expect("required")],
+    };
+    Ok(ModelFiles {
+        id: repo_id.to_string(),
+        config,
+        tokenizer,
+        weights,
+    })
+}
+
+/// The shard file names listed in a `model.safetensors.index.json`, sorted and deduplicated.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| ModelError::msg(format!("{}: cannot read: {e}", index.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::msg(format!("{}: not valid JSON: {e}", index.display())))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::msg(format!("{}: no \"weight_map\" object", index.display())))?;
+    let mut names: Vec<String> = map
+        .values()
+        .map(|f| {
+            f.as_str()
+                .filter(|s| !s.contains('/') && !s.contains('\\') && !s.starts_with('.'))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ModelError::msg(format!("{}: bad shard file name {f}", index.display()))
+                })
+        })
+        .collect::<Result<_>>()?;
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Err(ModelError::msg(format!(
+            "{}: weight_map is empty",
+            index.display()
+        )));
+    }
+    Ok(names)
+}
+
+/// Resolves a local model folder to its files.
+pub fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
+    let need = |name: &str, what: &str| -> Result<PathBuf> {
+        let p = dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ModelError::msg(format!(
+                "{}: missing {name} ({what})",
+                dir.display()
+            )))
+        }
+    };
+    let config = need("config.json", "the model's configuration")?;
+    let tokenizer = need(
+        "tokenizer.json",
+        "the tokenizer; MoEScope reads HF fast-tokenizer files",
+    )?;
+    let index = dir.join("model.safetensors.index.json");
+    let weights = if index.is_file() {
+        let mut paths = Vec::new();
+        for s in shard_names(&index)? {
+            let p = dir.join(&s);
+            if !p.is_file() {
+                return Err(ModelError::msg(format!(
+                    "{}: shard {s} named in model.safetensors.index.json is missing",
+                    dir.display()
+                )));
+            }
+            paths.push(p);
+        }
+        paths
+    } else {
+        vec![need(
+            "model.safetensors",
+            "the weights (or model.safetensors.index.json for shards)",
+        )?]
+    };
+    Ok(ModelFiles {
+        id: dir.display().to_string(),
+        config,
+        tokenizer,
+        weights,
+    })
+}
+
+/// Resolves what the user typed: an existing folder, else a hub id.
+pub fn resolve(
+    model: &str,
+    revision: Option<&str>,
+    progress: Option<&mut dyn DownloadProgress>,
+) -> Result<ModelFiles> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return resolve_dir(path);
+    }
+    if path.exists() {
+        return Err(ModelError::msg(format!(
+            "{model}: is a file; --model takes a model folder (config.json, tokenizer.json, *.safetensors) or a hub id"
+        )));
+    }
+    if looks_like_hub_id(model) {
+        return resolve_hub(model, revision, progress);
+    }
+    Err(ModelError::msg(format!(
+        "{model}: no such folder, and not a hub id of the form owner/name"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_paths_are_told_apart() {
+        assert!(looks_like_hub_id("allenai/OLMoE-1B-7B-0924"));
+        assert!(!looks_like_hub_id("./model"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("../x"));
+        assert!(!looks_like_hub_id("plain"));
+    }
+}

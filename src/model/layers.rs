@@ -1,0 +1,705 @@
+//! Building blocks shared by the MoE families: linear layers, RMSNorm, rotary embeddings,
+//! grouped-query attention with a KV cache, SwiGLU experts, the sparse expert dispatch, and the
+//! pre-norm decoder stack that most families are made of.
+//!
+//! Shapes are annotated as `[b, t, h]` = batch, tokens, hidden.
+
+use std::sync::Arc;
+
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+
+use super::routing::{RouteCtx, RouterConfig, route};
+use super::{Batch, ModelError, ModelInfo, MoeModel, Output, Result};
+
+/// `y = x·Wᵀ (+ b)`, weights as stored in the checkpoint (`[out, in]`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims
+            .last()
+            .ok_or_else(|| ModelError::msg("linear on a scalar"))?;
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// RMSNorm as in HF: `w · (x / sqrt(mean(x²) + eps))`, computed in f32.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Precomputed rotary tables for positions `0..max_pos`.
+#[derive(Debug)]
+pub struct Rotary {
+    /// `[max_pos, rot_dim/2]`
+    cos: Tensor,
+    sin: Tensor,
+    /// Pairs adjacent channels (2i, 2i+1) instead of halves (i, i + d/2).
+    pub interleaved: bool,
+}
+
+impl Rotary {
+    /// Standard RoPE with `inv_freq[i] = theta^(-2i/dim)`.
+    pub fn new(
+        dim: usize,
+        max_pos: usize,
+        theta: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim as f64) as f32)
+            .collect();
+        Self::from_inv_freq(&inv_freq, 1.0, max_pos, false, dtype, device)
+    }
+
+    /// RoPE from explicit inverse frequencies, with `cos`/`sin` multiplied by `scale`
+    /// (YaRN's attention factor).
+    pub fn from_inv_freq(
+        inv_freq: &[f32],
+        scale: f32,
+        max_pos: usize,
+        interleaved: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = inv_freq.len();
+        let inv = Tensor::from_slice(inv_freq, (1, half), device)?;
+        let pos = Tensor::arange(0u32, max_pos as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_pos, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        Ok(Self {
+            cos: (freqs.cos()? * f64::from(scale))?.to_dtype(dtype)?,
+            sin: (freqs.sin()? * f64::from(scale))?.to_dtype(dtype)?,
+            interleaved,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotates `x` `[b, heads, t, rot_dim]` for positions `offset..offset + t`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        if offset + t > self.max_positions() {
+            return Err(ModelError::msg(format!(
+                "position {} is beyond the model's {} positions",
+                offset + t,
+                self.max_positions()
+            )));
+        }
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let x = x.contiguous()?;
+        Ok(if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+        })
+    }
+}
+
+/// Additive attention mask `[b, 1, t, offset + t]` (0 or -inf) for right-padded sequences:
+/// causal, padding keys hidden, optional sliding window (a query at position i sees keys
+/// j with i - j < window). `None` when nothing needs masking.
+pub fn attention_mask(
+    seq_lens: &[usize],
+    t: usize,
+    offset: usize,
+    sliding_window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = offset + t;
+    let window_bites = sliding_window.is_some_and(|w| total > w);
+    let padded = seq_lens.iter().any(|&l| l != t);
+    if t == 1 && !window_bites && !padded {
+        return Ok(None);
+    }
+    let b = seq_lens.len();
+    let mut m = vec![0f32; b * t * total];
+    for (bi, &len) in seq_lens.iter().enumerate() {
+        for i in 0..t {
+            let qpos = offset + i;
+            let row = &mut m[(bi * t + i) * total..(bi * t + i + 1) * total];
+            if i >= len {
+                // A padding query: its output is never used, but a fully masked row would turn
+                // into NaN and leak through later layers' values, so it sees the first key only.
+                row.iter_mut().skip(1).for_each(|v| *v = f32::NEG_INFINITY);
+                continue;
+            }
+            for (j, v) in row.iter_mut().enumerate() {
+                let future = j > qpos;
+                let pad = j >= offset + len;
+                let outside = sliding_window.is_some_and(|w| qpos >= j + w);
+                if future || pad || outside {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Some(
+        Tensor::from_vec(m, (b, 1, t, total), device)?.to_dtype(dtype)?,
+    ))
+}
+
+/// `softmax(q·kᵀ·scale + mask)·v` with fp32 softmax; `q` `[b, h, t, d]`, `k`/`v`
+/// `[b, kv_h, s, d]` (grouped heads are repeated).
+pub fn scaled_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let k = repeat_kv(k, n_rep)?;
+    let v = repeat_kv(v, n_rep)?;
+    let mut att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(m) = mask {
+        att = att.broadcast_add(m)?;
+    }
+    let dtype = att.dtype();
+    let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+    Ok(att.matmul(&v.contiguous()?)?)
+}
+
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n_rep, s, d))?
+        .reshape((b, kv * n_rep, s, d))?)
+}
+
+/// Appends new keys/values to a cache along the sequence axis.
+pub fn append_kv(
+    cache: &mut Option<(Tensor, Tensor)>,
+    k: Tensor,
+    v: Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (k, v) = match cache.take() {
+        Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+        None => (k, v),
+    };
+    *cache = Some((k.clone(), v.clone()));
+    Ok((k, v))
+}
+
+/// How q/k normalisation is applied, if at all.
+#[derive(Debug, Clone)]
+pub enum QkNorm {
+    None,
+    /// RMSNorm over the whole q / k projection output (OLMoE).
+    Full {
+        q: RmsNorm,
+        k: RmsNorm,
+    },
+    /// RMSNorm over each head's `head_dim` (Qwen3).
+    PerHead {
+        q: RmsNorm,
+        k: RmsNorm,
+    },
+}
+
+/// Settings of [`Attention`].
+#[derive(Debug, Clone)]
+pub struct AttentionConfig {
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    /// Clamp q, k (after their norm) and v to ±clip (OLMoE `clip_qkv`).
+    pub clip_qkv: Option<f64>,
+}
+
+/// Multi-head attention with grouped KV heads, rotary positions and a KV cache
+/// (`self_attn.{q,k,v,o}_proj`).
+#[derive(Debug)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    qk_norm: QkNorm,
+    cfg: AttentionConfig,
+    rotary: Arc<Rotary>,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    pub fn load(
+        vb: &VarBuilder,
+        cfg: AttentionConfig,
+        qk_norm: QkNorm,
+        rotary: Arc<Rotary>,
+    ) -> Result<Self> {
+        let (h, nh, nkv, d) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        );
+        Ok(Self {
+            q: Linear::load(&vb.pp("q_proj"), h, nh * d, cfg.qkv_bias)?,
+            k: Linear::load(&vb.pp("k_proj"), h, nkv * d, cfg.qkv_bias)?,
+            v: Linear::load(&vb.pp("v_proj"), h, nkv * d, cfg.qkv_bias)?,
+            o: Linear::load(&vb.pp("o_proj"), nh * d, h, cfg.o_bias)?,
+            qk_norm,
+            cfg,
+            rotary,
+            cache: None,
+        })
+    }
+
+    pub fn forward(
+        &mut self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        use_cache: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let mut q = self.q.forward(x)?;
+        let mut k = self.k.forward(x)?;
+        let mut v = self.v.forward(x)?;
+        // OLMoE normalises first, then clamps (modeling_olmoe.py).
+        if let QkNorm::Full { q: qn, k: kn } = &self.qk_norm {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        if let Some(c) = self.cfg.clip_qkv {
+            q = q.clamp(-c, c)?;
+            k = k.clamp(-c, c)?;
+            v = v.clamp(-c, c)?;
+        }
+        let mut q = q.reshape((b, t, nh, d))?;
+        let mut k = k.reshape((b, t, nkv, d))?;
+        if let QkNorm::PerHead { q: qn, k: kn } = &self.qk_norm {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = self.rotary.apply(&q.transpose(1, 2)?, offset)?;
+        let k = self.rotary.apply(&k.transpose(1, 2)?, offset)?;
+        let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let (k, v) = if use_cache {
+            append_kv(&mut self.cache, k, v)?
+        } else {
+            (k, v)
+        };
+        let y = scaled_attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?;
+        let y = y.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        self.o.forward(&y)
+    }
+
+    pub fn clear_cache(&mut self) {
+        self.cache = None;
+    }
+}
+
+/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct SwiGlu {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl SwiGlu {
+    /// Loads with HF's usual names `gate_proj` / `up_proj` / `down_proj`.
+    pub fn load(vb: &VarBuilder, hidden: usize, inter: usize) -> Result<Self> {
+        Self::load_named(vb, hidden, inter, ["gate_proj", "up_proj", "down_proj"])
+    }
+
+    /// Loads with explicit names for gate, up and down (Mixtral: `w1`, `w3`, `w2`).
+    pub fn load_named(
+        vb: &VarBuilder,
+        hidden: usize,
+        inter: usize,
+        names: [&str; 3],
+    ) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(&vb.pp(names[0]), hidden, inter, false)?,
+            up: Linear::load(&vb.pp(names[1]), hidden, inter, false)?,
+            down: Linear::load(&vb.pp(names[2]), inter, hidden, false)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+/// A shared expert that runs on every token, optionally scaled by `sigmoid(gate·x)` (Qwen2-MoE).
+#[derive(Debug, Clone)]
+pub struct SharedExpert {
+    pub mlp: SwiGlu,
+    pub gate: Option<Linear>,
+}
+
+/// A routed MoE block: router, experts, optional shared expert.
+#[derive(Debug, Clone)]
+pub struct MoeBlock {
+    pub layer: usize,
+    pub router: Linear,
+    pub router_cfg: RouterConfig,
+    pub experts: Vec<SwiGlu>,
+    pub shared: Option<SharedExpert>,
+    /// Compute router logits in fp32 whatever the model dtype (DeepSeek's gate does); the
+    /// router weight is then kept in fp32.
+    pub router_fp32: bool,
+}
+
+impl MoeBlock {
+    /// `x` `[tokens, h]` of real (non-padding) tokens. With `route_only`, stops after reporting
+    /// the routing and returns `None`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &mut RouteCtx<'_>,
+        route_only: bool,
+    ) -> Result<Option<Tensor>> {
+        let logits = if self.router_fp32 {
+            self.router.forward(&x.to_dtype(DType::F32)?)?
+        } else {
+            self.router.forward(x)?
+        };
+        // ^ [tokens, n_experts]
+        let decision = route(self.layer, &logits, &self.router_cfg, ctx)?;
+        if route_only {
+            return Ok(None);
+        }
+        if self.experts.is_empty() {
+            return Err(ModelError::msg(format!(
+                "layer {}: experts were not loaded (model loaded for routing capture only)",
+                self.layer
+            )));
+        }
+        let mut out =
+            dispatch_experts(x, &decision.indices_host, &decision.weights, &self.experts)?;
+        if let Some(shared) = &self.shared {
+            let mut s = shared.mlp.forward(x)?;
+            if let Some(g) = &shared.gate {
+                s = s.broadcast_mul(&candle_nn::ops::sigmoid(&g.forward(x)?)?)?;
+            }
+            out = (out + s)?;
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Runs each token through its chosen experts and sums the weighted outputs.
+///
+/// `x` `[tokens, h]`; `indices` row-major `[tokens, k]`; `weights` `[tokens, k]` tensor.
+/// Only experts that received tokens run, each on just its tokens.
+pub fn dispatch_experts(
+    x: &Tensor,
+    indices: &[u32],
+    weights: &Tensor,
+    experts: &[SwiGlu],
+) -> Result<Tensor> {
+    let (tokens, hidden) = x.dims2()?;
+    let k = indices.len() / tokens.max(1);
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
+    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
+    for (pos, &e) in indices.iter().enumerate() {
+        let e = e as usize;
+        if e >= experts.len() {
+            return Err(ModelError::msg(format!("expert index {e} out of range")));
+        }
+        rows[e].push((pos / k) as u32);
+        slots[e].push(pos as u32);
+    }
+    let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
+    let device = x.device();
+    let mut all_rows = Vec::with_capacity(indices.len());
+    let mut outputs = Vec::new();
+    for (e, expert) in experts.iter().enumerate() {
+        if rows[e].is_empty() {
+            continue;
+        }
+        let row_idx = Tensor::from_slice(&rows[e], rows[e].len(), device)?;
+        let slot_idx = Tensor::from_slice(&slots[e], slots[e].len(), device)?;
+        let xs = x.index_select(&row_idx, 0)?;
+        let w = weights.index_select(&slot_idx, 0)?.unsqueeze(1)?;
+        outputs.push(expert.forward(&xs)?.broadcast_mul(&w)?);
+        all_rows.extend_from_slice(&rows[e]);
+    }
+    let zeros = Tensor::zeros((tokens, hidden), x.dtype(), device)?;
+    if outputs.is_empty() {
+        return Ok(zeros);
+    }
+    let ys = Tensor::cat(&outputs, 0)?;
+    let all_rows = Tensor::from_vec(all_rows, ys.dim(0)?, device)?;
+    Ok(zeros.index_add(&all_rows, &ys, 0)?)
+}
+
+/// A decoder layer's feed-forward part.
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Dense(SwiGlu),
+    Moe(MoeBlock),
+}
+
+/// An attention implementation usable in [`DecoderStack`].
+pub trait AttentionLayer: Send + std::fmt::Debug {
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        use_cache: bool,
+    ) -> Result<Tensor>;
+    fn clear_cache(&mut self);
+}
+
+impl AttentionLayer for Attention {
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        use_cache: bool,
+    ) -> Result<Tensor> {
+        Attention::forward(self, x, mask, offset, use_cache)
+    }
+
+    fn clear_cache(&mut self) {
+        Attention::clear_cache(self);
+    }
+}
+
+/// A pre-norm decoder layer: `x + attn(norm₁(x))`, then `x + ff(norm₂(x))`.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub input_norm: RmsNorm,
+    pub attn: Box<dyn AttentionLayer>,
+    pub post_attention_norm: RmsNorm,
+    pub ff: FeedForward,
+}
+
+/// Embedding, decoder layers, final norm and LM head: the whole causal LM.
+#[derive(Debug)]
+pub struct DecoderStack {
+    pub info: ModelInfo,
+    pub embed: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when loaded for routing only.
+    pub lm_head: Option<Linear>,
+    pub sliding_window: Option<usize>,
+    pub use_kv_cache: bool,
+}
+
+impl MoeModel for DecoderStack {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn info_mut(&mut self) -> &mut ModelInfo {
+        &mut self.info
+    }
+
+    fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        output: Output,
+        ctx: &mut RouteCtx<'_>,
+    ) -> Result<Option<Tensor>> {
+        let (b, t) = batch.input_ids.dims2()?;
+        if batch.seq_lens.len() != b || batch.seq_lens.iter().any(|&l| l == 0 || l > t) {
+            return Err(ModelError::msg(
+                "batch sequence lengths do not match the token tensor",
+            ));
+        }
+        let offset = batch.seqlen_offset;
+        if offset + t > self.info.max_position_embeddings {
+            return Err(ModelError::msg(format!(
+                "sequence of {} tokens is longer than the model's context of {} positions",
+                offset + t,
+                self.info.max_position_embeddings
+            )));
+        }
+        if offset > 0 && batch.seq_lens.len() > 1 && batch.is_padded() {
+            return Err(ModelError::msg("KV-cached decoding takes unpadded batches"));
+        }
+        let ids = batch.input_ids.flatten_all()?;
+        let mut x = self.embed.index_select(&ids, 0)?.reshape((b, t, ()))?;
+        // ^ [b, t, h]
+        let mask = attention_mask(
+            &batch.seq_lens,
+            t,
+            offset,
+            self.sliding_window,
+            x.dtype(),
+            x.device(),
+        )?;
+        // Rows of real tokens in the flattened [b*t] layout, in batch order.
+        let real_rows: Option<Tensor> = if batch.is_padded() {
+            let rows: Vec<u32> = batch
+                .seq_lens
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, &len)| (0..len).map(move |i| (bi * t + i) as u32))
+                .collect();
+            Some(Tensor::from_vec(rows.clone(), rows.len(), x.device())?)
+        } else {
+            None
+        };
+        let last_moe = self.info.moe_layers.last().copied();
+        let use_cache = self.use_kv_cache;
+        for (li, layer) in self.layers.iter_mut().enumerate() {
+            let h = layer.input_norm.forward(&x)?;
+            let h = layer.attn.forward(&h, mask.as_ref(), offset, use_cache)?;
+            x = (x + h)?;
+            let h = layer.post_attention_norm.forward(&x)?;
+            let routing_only_here = output == Output::RoutingOnly && Some(li) == last_moe;
+            let h = match &layer.ff {
+                FeedForward::Dense(mlp) => mlp.forward(&h)?,
+                FeedForward::Moe(moe) => {
+                    let flat = h.reshape((b * t, ()))?;
+                    let real = match &real_rows {
+                        Some(rows) => flat.index_select(rows, 0)?,
+                        None => flat,
+                    };
+                    match moe.forward(&real, ctx, routing_only_here)? {
+                        None => return Ok(None),
+                        Some(y) => match &real_rows {
+                            Some(rows) => Tensor::zeros((b * t, y.dim(1)?), y.dtype(), y.device())?
+                                .index_add(rows, &y, 0)?
+                                .reshape((b, t, ()))?,
+                            None => y.reshape((b, t, ()))?,
+                        },
+                    }
+                }
+            };
+            x = (x + h)?;
+        }
+        if output == Output::RoutingOnly {
+            return Ok(None);
+        }
+        let x = match output {
+            Output::LastLogits => {
+                let last: Vec<Tensor> = batch
+                    .seq_lens
+                    .iter()
+                    .enumerate()
+                    .map(|(bi, &len)| x.i((bi, len - 1)))
+                    .collect::<candle_core::Result<_>>()?;
+                Tensor::stack(&last, 0)?
+            }
+            _ => x,
+        };
+        let lm_head = self.lm_head.as_ref().ok_or_else(|| {
+            ModelError::msg("this model was loaded for routing capture only and has no LM head")
+        })?;
+        let x = self.norm.forward(&x)?;
+        Ok(Some(lm_head.forward(&x)?.to_dtype(DType::F32)?))
+    }
+
+    fn set_use_kv_cache(&mut self, on: bool) {
+        self.use_kv_cache = on;
+        if !on {
+            self.clear_kv_cache();
+        }
+    }
+
+    fn clear_kv_cache(&mut self) {
+        for l in &mut self.layers {
+            l.attn.clear_cache();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_causal_padded_and_windowed() {
+        let ninf = f32::NEG_INFINITY;
+        let m = attention_mask(&[3, 2], 3, 0, None, DType::F32, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // [b=2, 1, t=3, s=3]: row (b, i) starts at (b*3 + i)*3.
+        assert_eq!(&m[3..6], &[0.0, 0.0, ninf]); // seq 0, query 1: causal
+        assert_eq!(&m[12..15], &[0.0, 0.0, ninf]); // seq 1, query 1: sees its two real keys
+        assert_eq!(&m[15..18], &[0.0, ninf, ninf]); // seq 1, query 2 is padding: key 0 only (no NaN)
+        let w = attention_mask(&[4], 4, 0, Some(2), DType::F32, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(&w[12..16], &[ninf, ninf, 0.0, 0.0]); // query 3 sees keys 2, 3
+        assert!(
+            attention_mask(&[1], 1, 5, None, DType::F32, &Device::Cpu)
+                .unwrap()
+                .is_none()
+        );
+    }
+}

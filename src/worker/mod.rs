@@ -1,0 +1,485 @@
+//! The thread that owns the model. The GUI sends typed [`Command`]s and drains typed [`Event`]s
+//! over bounded crossbeam channels; it never waits on the model.
+//!
+//! - [`Worker::spawn`] starts a named thread (`moescope-worker`); the first event is
+//!   [`Event::Ready`].
+//! - Commands go with [`Worker::send`] (`try_send`: a full queue is reported as "worker busy",
+//!   never a blocked frame); events come back through [`Worker::try_events`].
+//! - Every event sent calls the `wake` callback (the GUI passes `ctx.request_repaint()`), so an
+//!   idle window wakes up when a job progresses.
+//! - Cancel: [`Worker::cancel`] sets a shared flag the running job checks between batches; the
+//!   job then ends with [`Event::Cancelled`].
+//! - Only plain data crosses: [`ModelInfo`], `Arc<RoutingProfile>`, [`TokenTrace`]; never a
+//!   tensor or a device. Errors cross as `format!("{err:#}")` text, handled once by the UI.
+//!
+//! Must not import `gui` or `render`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use crate::data::PromptSet;
+use crate::model::hub::DownloadProgress;
+use crate::model::routing::{RecordingHook, RouteCtx};
+use crate::model::{Batch, LoadOptions, LoadedModel, ModelInfo, Output, load_model, loader};
+use crate::profiling::{ProfileError, ProfileOptions, run_profile};
+use crate::routing::RoutingProfile;
+
+/// Identifies one job (a load, a profile run, a trace) in progress and result events.
+pub type JobId = u64;
+
+/// Commands queued per worker; more than this and [`Worker::send`] reports the worker busy.
+const COMMAND_CAPACITY: usize = 16;
+/// Events queued for the UI; progress events are dropped (not waited for) when it is full.
+const EVENT_CAPACITY: usize = 256;
+/// Minimum time between two progress events of one job.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the UI asks the worker to do.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Load a model folder or hub id (replacing the current model).
+    LoadModel { job: JobId, model: String },
+    /// Profile a prompt set on the loaded model.
+    Profile {
+        job: JobId,
+        prompts: Arc<PromptSet>,
+        batch_size: usize,
+        max_tokens: Option<usize>,
+    },
+    /// Route one prompt and report every token's experts in every layer.
+    Trace { job: JobId, text: String },
+    /// Cancel the running job (same as [`Worker::cancel`], which does not wait for the queue).
+    Cancel,
+    /// Stop the thread.
+    Shutdown,
+}
+
+impl Command {
+    /// The job this command starts, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Command::LoadModel { job, .. }
+            | Command::Profile { job, .. }
+            | Command::Trace { job, .. } => Some(*job),
+            Command::Cancel | Command::Shutdown => None,
+        }
+    }
+}
+
+/// One token of a traced prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracedToken {
+    pub id: u32,
+    /// The token decoded on its own.
+    pub text: String,
+    /// Per MoE layer (rows of [`TokenTrace::layers`]): chosen experts and their weights, in the
+    /// order the model uses them.
+    pub experts: Vec<Vec<(usize, f32)>>,
+}
+
+/// Every token of one prompt and where each MoE layer routed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenTrace {
+    pub text: String,
+    /// Decoder layer index of each MoE layer, ascending.
+    pub layers: Vec<usize>,
+    pub num_experts: usize,
+    pub tokens: Vec<TracedToken>,
+}
+
+/// What the worker reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The thread is running and takes commands.
+    Ready,
+    /// A job advanced; `total == 0` means the total is unknown.
+    Progress {
+        job: JobId,
+        done: u64,
+        total: u64,
+        label: String,
+    },
+    ModelLoaded {
+        job: JobId,
+        info: Box<ModelInfo>,
+    },
+    ProfileReady {
+        job: JobId,
+        profile: Arc<RoutingProfile>,
+    },
+    TraceReady {
+        job: JobId,
+        trace: TokenTrace,
+    },
+    /// The job stopped because it was cancelled; nothing it made is kept.
+    Cancelled {
+        job: JobId,
+    },
+    /// A job (or a command without a job) failed; `error` is the whole error chain.
+    Failed {
+        job: Option<JobId>,
+        error: String,
+    },
+}
+
+/// The UI's handle on the worker thread. Dropping it shuts the thread down.
+pub struct Worker {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Sends events and wakes the UI after each.
+struct Outbox {
+    events: Sender<Event>,
+    wake: Box<dyn Fn() + Send>,
+}
+
+impl Outbox {
+    /// Sends an event the UI must see (waits if the queue is full; the UI drains every frame).
+    fn send(&self, event: Event) {
+        // An error means the UI is gone; the command loop then ends on its own.
+        let _ = self.events.send(event);
+        (self.wake)();
+    }
+
+    /// Sends a progress event unless the queue is full.
+    fn progress(&self, job: JobId, done: u64, total: u64, label: String) {
+        if self
+            .events
+            .try_send(Event::Progress {
+                job,
+                done,
+                total,
+                label,
+            })
+            .is_ok()
+        {
+            (self.wake)();
+        }
+    }
+}
+
+impl Worker {
+    /// Starts the worker thread. `wake` is called after every event (pass a closure that
+    /// requests a repaint).
+    pub fn spawn(wake: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+        let (cmd_tx, cmd_rx) = bounded(COMMAND_CAPACITY);
+        let (ev_tx, ev_rx) = bounded(EVENT_CAPACITY);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let outbox = Outbox {
+            events: ev_tx,
+            wake: Box::new(wake),
+        };
+        let flag = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("moescope-worker".into())
+            .spawn(move || {
+                let mut state = WorkerState {
+                    model: None,
+                    cancel: flag,
+                    outbox,
+                };
+                state.outbox.send(Event::Ready);
+                state.run(&cmd_rx);
+            })?;
+        Ok(Self {
+            commands: cmd_tx,
+            events: ev_rx,
+            cancel,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a command without waiting; errors if the worker is busy with a full queue or gone.
+    pub fn send(&self, command: Command) -> Result<(), String> {
+        if matches!(command, Command::Cancel) {
+            self.cancel();
+        }
+        self.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                "the worker is busy: too many queued jobs; try again".to_string()
+            }
+            TrySendError::Disconnected(_) => "the worker thread has stopped".to_string(),
+        })
+    }
+
+    /// Asks the running job to stop at its next check (between batches).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Events received so far, without waiting.
+    pub fn try_events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.events.try_iter()
+    }
+
+    /// Waits up to `timeout` for the next event (tests and headless use; the GUI never waits).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+}
+
+impl Worker {
+    /// Stops the thread and waits for it (tests; the GUI just drops the handle).
+    pub fn shutdown(mut self) {
+        self.cancel();
+        let _ = self
+            .commands
+            .send_timeout(Command::Shutdown, Duration::from_secs(5));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// Cancels the running job and asks the thread to stop, without waiting for it: a long
+    /// forward pass must not freeze the closing window. The thread also stops when its
+    /// command channel disconnects.
+    fn drop(&mut self) {
+        self.cancel();
+        let _ = self.commands.try_send(Command::Shutdown);
+    }
+}
+
+struct WorkerState {
+    model: Option<LoadedModel>,
+    cancel: Arc<AtomicBool>,
+    outbox: Outbox,
+}
+
+impl WorkerState {
+    fn run(&mut self, commands: &Receiver<Command>) {
+        while let Ok(command) = commands.recv() {
+            let job = command.job();
+            // A cancel sent before this job started does not apply to it.
+            if job.is_some() {
+                self.cancel.store(false, Ordering::Relaxed);
+            }
+            match command {
+                Command::Shutdown => break,
+                Command::Cancel => {}
+                Command::LoadModel { job, model } => self.load(job, &model),
+                Command::Profile {
+                    job,
+                    prompts,
+                    batch_size,
+                    max_tokens,
+                } => self.profile(job, &prompts, batch_size, max_tokens),
+                Command::Trace { job, text } => match self.trace(&text) {
+                    Ok(trace) => self.outbox.send(Event::TraceReady { job, trace }),
+                    Err(error) => self.fail(Some(job), error),
+                },
+            }
+        }
+    }
+
+    fn fail(&self, job: Option<JobId>, error: String) {
+        self.outbox.send(Event::Failed { job, error });
+    }
+
+    fn load(&mut self, job: JobId, model: &str) {
+        let model = model.trim();
+        if model.is_empty() {
+            return self.fail(
+                Some(job),
+                "no model given: enter a hub id or choose a folder".into(),
+            );
+        }
+        self.outbox
+            .progress(job, 0, 0, format!("resolving {model}"));
+        let opts = LoadOptions {
+            model: model.to_string(),
+            routing_only: true,
+            ..LoadOptions::default()
+        };
+        let mut progress = DownloadEvents {
+            outbox: &self.outbox,
+            job,
+            file: String::new(),
+            done: 0,
+            total: 0,
+            last: Instant::now(),
+        };
+        match load_model(&opts, Some(&mut progress)) {
+            Ok(loaded) => {
+                let info = loaded.model.info().clone();
+                // Drop the old model first so two never sit in memory at once.
+                self.model = None;
+                self.model = Some(loaded);
+                self.outbox.send(Event::ModelLoaded {
+                    job,
+                    info: Box::new(info),
+                });
+            }
+            Err(e) => self.fail(Some(job), format!("cannot load {model}: {e:#}")),
+        }
+    }
+
+    fn profile(
+        &mut self,
+        job: JobId,
+        prompts: &PromptSet,
+        batch_size: usize,
+        max_tokens: Option<usize>,
+    ) {
+        let Some(loaded) = self.model.as_mut() else {
+            return self.fail(
+                Some(job),
+                "no model loaded: load a model before profiling".into(),
+            );
+        };
+        let opts = ProfileOptions {
+            batch_size: batch_size.max(1),
+            max_tokens,
+            traces: None,
+        };
+        let total = prompts.len() as u64;
+        self.outbox.progress(job, 0, total, "profiling".into());
+        let mut last = Instant::now();
+        let outbox = &self.outbox;
+        let result = run_profile(
+            loaded.model.as_mut(),
+            &loaded.tokenizer,
+            prompts,
+            &opts,
+            &self.cancel,
+            &mut |p| {
+                let finished = p.sequences_done == p.sequences_total;
+                if finished || last.elapsed() >= PROGRESS_INTERVAL {
+                    last = Instant::now();
+                    outbox.progress(
+                        job,
+                        p.sequences_done as u64,
+                        p.sequences_total as u64,
+                        format!(
+                            "{} / {} prompts, {} tokens",
+                            p.sequences_done, p.sequences_total, p.tokens_done
+                        ),
+                    );
+                }
+            },
+        );
+        match result {
+            Ok(profile) => self.outbox.send(Event::ProfileReady {
+                job,
+                profile: Arc::new(profile),
+            }),
+            Err(ProfileError::Cancelled) => self.outbox.send(Event::Cancelled { job }),
+            Err(e) => self.fail(
+                Some(job),
+                format!("profiling {} failed: {e:#}", prompts.source),
+            ),
+        }
+    }
+
+    fn trace(&mut self, text: &str) -> Result<TokenTrace, String> {
+        let Some(loaded) = self.model.as_mut() else {
+            return Err("no model loaded: load a model to trace a prompt".into());
+        };
+        if text.trim().is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        let ids = loader::encode(&loaded.tokenizer, text).map_err(|e| format!("{e:#}"))?;
+        if ids.is_empty() {
+            return Err("the prompt has no tokens".into());
+        }
+        let info = loaded.model.info().clone();
+        let ids: Vec<u32> = ids
+            .into_iter()
+            .take(info.max_position_embeddings.max(1))
+            .collect();
+        let batch = Batch::from_sequences(std::slice::from_ref(&ids), &loaded.device)
+            .map_err(|e| format!("{e:#}"))?;
+        let mut hook = RecordingHook::default();
+        {
+            let mut ctx = RouteCtx::new(&mut hook);
+            loaded
+                .model
+                .forward(&batch, Output::RoutingOnly, &mut ctx)
+                .map_err(|e| format!("routing the prompt failed: {e:#}"))?;
+        }
+        let layers = info.moe_layers.clone();
+        let mut tokens: Vec<TracedToken> = ids
+            .iter()
+            .map(|&id| TracedToken {
+                id,
+                text: loaded.tokenizer.decode(&[id], false).unwrap_or_default(),
+                experts: vec![Vec::new(); layers.len()],
+            })
+            .collect();
+        for route in &hook.layers {
+            let Some(row) = layers.iter().position(|&l| l == route.layer) else {
+                continue;
+            };
+            let k = route.top_k.max(1);
+            for (t, token) in tokens.iter_mut().enumerate() {
+                let range = t * k..(t + 1) * k;
+                if let (Some(idx), Some(w)) = (
+                    route.topk_indices.get(range.clone()),
+                    route.topk_weights.get(range),
+                ) {
+                    token.experts[row] =
+                        idx.iter().zip(w).map(|(&e, &w)| (e as usize, w)).collect();
+                }
+            }
+        }
+        Ok(TokenTrace {
+            text: text.to_string(),
+            layers,
+            num_experts: info.num_experts,
+            tokens,
+        })
+    }
+}
+
+/// Turns download progress into progress events (throttled).
+struct DownloadEvents<'a> {
+    outbox: &'a Outbox,
+    job: JobId,
+    file: String,
+    done: u64,
+    total: u64,
+    last: Instant,
+}
+
+impl DownloadProgress for DownloadEvents<'_> {
+    fn on_file(&mut self, file: &str, total_bytes: usize) {
+        self.file = file.to_string();
+        self.done = 0;
+        self.total = total_bytes as u64;
+        self.outbox
+            .progress(self.job, 0, self.total, format!("downloading {file}"));
+    }
+
+    fn on_bytes(&mut self, bytes: usize) {
+        self.done += bytes as u64;
+        if self.last.elapsed() >= PROGRESS_INTERVAL || self.done >= self.total {
+            self.last = Instant::now();
+            self.outbox.progress(
+                self.job,
+                self.done,
+                self.total,
+                format!(
+                    "downloading {} ({:.1} / {:.1} MB)",
+                    self.file,
+                    mb(self.done),
+                    mb(self.total)
+                ),
+            );
+        }
+    }
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! The engine's commands driven as a user drives them: `info`, `trace`, `profile` on the fixture
+//! models (single file, sharded, hub cache), and every kind of bad input getting a clear error,
+//! a non-zero exit code and no partial output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn moescope(args: &[&str]) -> Output {
+    moescope_env(args, &[])
+}
+
+fn moescope_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moescope"));
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .env_remove("HF_HUB_CACHE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A tensor's dtype, shape and bytes, owned.
+type OwnedTensor = (safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and expects failure with every `needle` in stderr.
+fn fails_with(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let o = moescope_env(args, env);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} should fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: expected {n:?} in: {err}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn info_describes_every_fixture() {
+    for (name, arch, layers) in [
+        ("olmoe", "OlmoeForCausalLM", "3 (3 MoE"),
+        ("olmoe_sharded", "OlmoeForCausalLM", "3 (3 MoE"),
+        ("qwen2_moe", "Qwen2MoeForCausalLM", "dense: [1]"),
+        ("qwen3_moe", "Qwen3MoeForCausalLM", "dense: [0]"),
+        ("mixtral", "MixtralForCausalLM", "2 (2 MoE"),
+        ("deepseek_v2_lite", "DeepseekV2ForCausalLM", "dense: [0]"),
+        ("deepseek_v2_group", "DeepseekV2ForCausalLM", "dense: [0]"),
+    ] {
+        let o = moescope(&["info", "--model", &s(&fixture(name))]);
+        let out = stdout(&o);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert!(out.contains(arch) && out.contains(layers), "{name}: {out}");
+        assert!(
+            out.contains("active per token") && out.contains("device           cpu"),
+            "{name}: {out}"
+        );
+    }
+    let o = moescope(&["info", "--json", "--model", &s(&fixture("qwen2_moe"))]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["moe_layers"], serde_json::json!([0, 2]));
+    assert_eq!(v["num_shared_experts"], 1);
+    assert!(v["active_params"].as_u64().unwrap() < v["total_params"].as_u64().unwrap());
+}
+
+#[test]
+fn trace_json_has_the_documented_shape() {
+    let o = moescope(&[
+        "trace",
+        "--model",
+        &s(&fixture("mixtral")),
+        "--ids",
+        "1,5,9,200,3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[1]["layer"], 1);
+    assert_eq!(layers[0]["router_logits"].as_array().unwrap().len(), 5);
+    assert_eq!(layers[0]["router_logits"][0].as_array().unwrap().len(), 8);
+    assert_eq!(layers[0]["topk_indices"][4].as_array().unwrap().len(), 2);
+    let w: f64 = layers[0]["topk_weights"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!((w - 1.0).abs() < 1e-5, "mixtral renormalises: {w}");
+    assert_eq!(v["last_token_logits"].as_array().unwrap().len(), 512);
+
+    let o = moescope(&[
+        "trace",
+        "--model",
+        &s(&fixture("olmoe")),
+        "--text",
+        "The river bank was steep.",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("layer 2"));
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn profile_writes_a_valid_profile_and_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    write(
+        &data,
+        concat!(
+            "{\"subject\": \"law\", \"text\": \"The court held the contract void.\"}\n",
+            "{\"subject\": \"law\", \"text\": \"A tort is a civil wrong.\"}\n",
+            "{\"subject\": \"code\", \"text\": \"fn main() { println!(\\\"hi\\\"); }\"}\n",
+        ),
+    );
+    for model in ["olmoe_sharded", "deepseek_v2_group"] {
+        let out = dir.path().join(format!("{model}.json"));
+        let traces = dir.path().join(format!("{model}.jsonl"));
+        let o = moescope(&[
+            "profile",
+            "--model",
+            &s(&fixture(model)),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&out),
+            "--batch-size",
+            "2",
+            "--traces",
+            &s(&traces),
+        ]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        let p = moescope::routing::RoutingProfile::load(&out).unwrap();
+        assert_eq!(p.subject_names(), vec!["law", "code"]);
+        let law = p.subject("law").unwrap();
+        assert_eq!(law.sequences, 2);
+        for (row, counts) in law.count.iter().enumerate() {
+            assert_eq!(
+                counts.iter().sum::<u64>(),
+                law.tokens * p.model.top_k as u64,
+                "{model} row {row}"
+            );
+        }
+        let (_, t) = moescope::routing::traces::read_traces(&traces).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t.iter().map(|x| x.token_ids.len() as u64).sum::<u64>(),
+            p.pooled().tokens
+        );
+    }
+}
+
+#[test]
+fn hub_ids_load_from_the_cache_offline() {
+    let cache = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.path().join("models--tiny--olmoe");
+    copy_dir(&fixture("olmoe"), &repo.join("snapshots").join(commit));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    write(&repo.join("refs/main"), commit);
+    let env = [("HF_HUB_CACHE", cache.path().to_str().unwrap())];
+    let o = moescope_env(&["info", "--model", "tiny/olmoe"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("tiny/olmoe"));
+    let o = moescope_env(
+        &["info", "--model", "tiny/olmoe", "--revision", commit],
+        &env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // HF_HOME/hub is used when HF_HUB_CACHE is not set.
+    let home = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo.join("snapshots").join(commit),
+        &home
+            .path()
+            .join("hub/models--tiny--olmoe/snapshots")
+            .join(commit),
+    );
+    std::fs::create_dir_all(home.path().join("hub/models--tiny--olmoe/refs")).unwrap();
+    write(
+        &home.path().join("hub/models--tiny--olmoe/refs/main"),
+        commit,
+    );
+    let o = moescope_env(
+        &["info", "--model", "tiny/olmoe"],
+        &[("HF_HOME", home.path().to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    fails_with(
+        &["info", "--model", "tiny/other"],
+        &env,
+        &["tiny/other", "not in the HF cache", "HF_HUB_OFFLINE"],
+    );
+    fails_with(
+        &["info", "--model", "tiny/olmoe", "--revision", "v2"],
+        &env,
+        &["revision v2"],
+    );
+}
+
+#[test]
+fn bad_model_folders_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let p = dir.path().join(name);
+        copy_dir(&fixture("olmoe"), &p);
+        p
+    };
+
+    let p = fresh("no_weights");
+    std::fs::remove_file(p.join("model.safetensors")).unwrap();
+    fails_with(
+        &["info", "--model", &s(&p)],
+        &[],
+        &["no_weights", "missing model.safetensors"],
+    );
+
+    let p = fresh("no_tokenizer");
+    std::fs::remove_file(p.join("tokenizer.json")).unwrap();
+    fails_with(
+        &["info", "--model", &s(&p)],
+        &[],
+        &["missing tokenizer.json"],
+    );
+
+    let p = fresh("truncated");
+    let bytes = std::fs::read(p.join("model.safetensors")).unwrap();
+    std::fs::write(p.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &["info", "--model", &s(&p)],
+        &[],
+        &[
+            "truncated/model.safetensors",
+            "not a complete safetensors file",
+        ],
+    );
+
+    // Rewrite the checkpoint with one tensor of the wrong shape, and one of an integer dtype.
+    let rewrite =
+        |p: &Path,
+         bad_name: &str,
+         change: &dyn Fn(&safetensors::tensor::TensorView<'_>) -> OwnedTensor| {
+            let bytes = std::fs::read(p.join("model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut owned: Vec<(String, OwnedTensor)> = Vec::new();
+            for (name, view) in st.tensors() {
+                let (dt, shape, data) = if name == bad_name {
+                    change(&view)
+                } else {
+                    (view.dtype(), view.shape().to_vec(), view.data().to_vec())
+                };
+                owned.push((name, (dt, shape, data)));
+            }
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+                .iter()
+                .map(|(n, (dt, sh, d))| {
+                    (
+                        n.clone(),
+                        safetensors::tensor::TensorView::new(*dt, sh.clone(), d).unwrap(),
+                    )
+                })
+                .collect();
+            safetensors::serialize_to_file(views, None, &p.join("model.safetensors")).unwrap();
+        };
+    let p = fresh("bad_shape");
+    rewrite(&p, "model.layers.1.mlp.gate.weight", &|v| {
+        let shape = v.shape().to_vec();
+        let row = shape[1] * 4;
+        (
+            v.dtype(),
+            vec![shape[0] - 1, shape[1]],
+            v.data()[..v.data().len() - row].to_vec(),
+        )
+    });
+    fails_with(
+        &["info", "--model", &s(&p)],
+        &[],
+        &["bad_shape", "model.layers.1.mlp.gate.weight", "shape"],
+    );
+
+    let p = fresh("bad_dtype");
+    rewrite(&p, "model.norm.weight", &|v| {
+        (
+            safetensors::Dtype::I32,
+            v.shape().to_vec(),
+            v.data().to_vec(),
+        )
+    });
+    fails_with(
+        &["info", "--model", &s(&p)],
+        &[],
+        &["model.norm.weight", "I32", "float"],
+    );
+
+    let p = fresh("llama");
+    let cfg = std::fs::read_to_string(p.join("config.json")).unwrap();
+    write(
+        &p.join("config.json"),
+        &cfg.replace("OlmoeForCausalLM", "LlamaForCausalLM")
+            .replace("\"olmoe\"", "\"llama\""),
+    );
+    fails_with(
+        &["info", "--model", &s(&p)],
+        &[],
+        &[
+            "llama/config.json",
+            "LlamaForCausalLM",
+            "supported",
+            "MixtralForCausalLM",
+            "DeepseekV2ForCausalLM",
+        ],
+    );
+
+    fails_with(
+        &["info", "--model", "/nonexistent/folder"],
+        &[],
+        &["/nonexistent/folder", "no such folder"],
+    );
+}
+
+#[test]
+fn bad_datasets_fail_without_writing_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.json");
+    let model = s(&fixture("olmoe"));
+    let run = |data: &Path, extra: &[&str], needles: &[&str]| {
+        let mut args = vec![
+            "profile",
+            "--model",
+            model.as_str(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fails_with(&args, &[], needles);
+        assert!(!out.exists(), "a failed profile left {}", out.display());
+    };
+
+    let p = dir.path().join("cols.jsonl");
+    write(&p, "{\"topic_name\": \"law\", \"body\": \"x\"}\n");
+    run(&p, &[], &["cols.jsonl", "body"]);
+    run(
+        &p,
+        &["--subject-column", "topic_name", "--text-column", "missing"],
+        &["cols.jsonl", "missing"],
+    );
+
+    let p = dir.path().join("empty.jsonl");
+    write(
+        &p,
+        "{\"subject\": \"law\", \"text\": \"fine\"}\n{\"subject\": \"law\", \"text\": \"   \"}\n",
+    );
+    run(&p, &[], &["empty.jsonl", "empty"]);
+
+    let p = dir.path().join("latin1.csv");
+    std::fs::write(&p, b"subject,text\nlaw,caf\xe9 au lait\n").unwrap();
+    run(&p, &[], &["latin1.csv", "UTF-8"]);
+
+    let p = dir.path().join("long.jsonl");
+    let long = "word ".repeat(400);
+    write(
+        &p,
+        &format!("{{\"subject\": \"law\", \"text\": \"{long}\"}}\n"),
+    );
+    run(
+        &p,
+        &[],
+        &["long.jsonl", "prompt 1", "context of 256", "--max-tokens"],
+    );
+    // Truncation makes it fit.
+    let o = moescope(&[
+        "profile",
+        "--model",
+        &model,
+        "--data",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&out).unwrap();
+
+    run(&dir.path().join("absent.jsonl"), &[], &["absent.jsonl"]);
+}
+
+#[test]
+fn half_precision_runs_and_stays_close_to_f32() {
+    for model in ["qwen3_moe", "deepseek_v2_group"] {
+        let path = s(&fixture(model));
+        let f32_out = moescope(&[
+            "trace",
+            "--model",
+            &path,
+            "--ids",
+            "1,7,42,99,300",
+            "--json",
+        ]);
+        assert!(f32_out.status.success(), "{}", stderr(&f32_out));
+        let full: serde_json::Value = serde_json::from_slice(&f32_out.stdout).unwrap();
+        for dtype in ["bf16", "f16"] {
+            let o = moescope(&[
+                "trace",
+                "--model",
+                &path,
+                "--ids",
+                "1,7,42,99,300",
+                "--json",
+                "--dtype",
+                dtype,
+            ]);
+            assert!(o.status.success(), "{model} {dtype}: {}", stderr(&o));
+            let half: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let a = full["layers"][0]["router_logits"][0].as_array().unwrap();
+            let b = half["layers"][0]["router_logits"][0].as_array().unwrap();
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d > 0.0 && d < 0.1,
+                "{model} {dtype}: router logits differ by {d}"
+            );
+        }
+    }
+    fails_with(
+        &["info", "--model", &s(&fixture("olmoe")), "--dtype", "f8"],
+        &[],
+        &["unknown dtype"],
+    );
+}

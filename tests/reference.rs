@@ -1,0 +1,341 @@
+//! Every family against HF transformers: the fixture folders under `tests/fixtures/models/`
+//! (made by `tests/fixtures/make_reference.py`) load through the normal loader and reproduce
+//! the reference router logits, routing scores, chosen experts, weights and final logits.
+//! Also: batched (padded) runs equal one-at-a-time runs, and steering masks / forces experts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use moescope::model::device::DeviceChoice;
+use moescope::model::routing::{
+    ExpertForce, LayerSteering, RecordedRoute, RecordingHook, RouteCtx, Steering,
+};
+use moescope::model::{Batch, LoadOptions, LoadedModel, Output, load_model};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct RefLayer {
+    layer: usize,
+    router_logits: Vec<Vec<f32>>,
+    routing_scores: Vec<Vec<f32>>,
+    topk_indices: Vec<Vec<u32>>,
+    topk_weights: Vec<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    input_ids: Vec<u32>,
+    moe_layers: Vec<usize>,
+    layers: Vec<RefLayer>,
+    logits: Vec<Vec<f32>>,
+    last_token_logits: Vec<f32>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn load(name: &str) -> LoadedModel {
+    let opts = LoadOptions {
+        model: fixture(name).display().to_string(),
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    load_model(&opts, None).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The reference each fixture is checked against. DeepSeek-V2-Lite's uses YaRN's softmax-scale
+/// correction, as the released model (and transformers after 4.57) does; transformers 4.57.6
+/// omits it (`reference.json`, checked in the family's unit tests).
+fn reference_file(name: &str) -> &'static str {
+    if name == "deepseek_v2_lite" {
+        "reference_mscale_softmax.json"
+    } else {
+        "reference.json"
+    }
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join(reference_file(name))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_family(name: &str) {
+    let mut m = load(name);
+    let r = reference(name);
+    assert_eq!(
+        m.model.info().moe_layers,
+        r.moe_layers,
+        "{name}: MoE layers"
+    );
+    let batch = Batch::from_sequences(std::slice::from_ref(&r.input_ids), &m.device).unwrap();
+    let mut hook = RecordingHook::default();
+    let logits = m
+        .model
+        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hook.layers.len(),
+        r.layers.len(),
+        "{name}: one event per MoE layer"
+    );
+    for (got, want) in hook.layers.iter().zip(&r.layers) {
+        assert_eq!(got.layer, want.layer, "{name}: layer order");
+        let n = got.num_experts;
+        let k = got.top_k;
+        let flat = |v: &Vec<Vec<f32>>| v.concat();
+        let d = max_abs_diff(&got.logits, &flat(&want.router_logits));
+        assert!(
+            d < 1e-5,
+            "{name} layer {}: router logits differ by {d}",
+            got.layer
+        );
+        let d = max_abs_diff(&got.scores, &flat(&want.routing_scores));
+        assert!(
+            d < 1e-5,
+            "{name} layer {}: routing scores differ by {d}",
+            got.layer
+        );
+        for t in 0..r.input_ids.len() {
+            let ours: BTreeMap<u32, f32> = (0..k)
+                .map(|j| (got.topk_indices[t * k + j], got.topk_weights[t * k + j]))
+                .collect();
+            let theirs: BTreeMap<u32, f32> = want.topk_indices[t]
+                .iter()
+                .copied()
+                .zip(want.topk_weights[t].iter().copied())
+                .collect();
+            assert_eq!(
+                ours.keys().collect::<Vec<_>>(),
+                theirs.keys().collect::<Vec<_>>(),
+                "{name} layer {} token {t}: chosen experts",
+                got.layer
+            );
+            for (e, w) in &ours {
+                assert!(
+                    (w - theirs[e]).abs() < 1e-5,
+                    "{name} layer {} token {t} expert {e}: weight {w} vs {}",
+                    got.layer,
+                    theirs[e]
+                );
+            }
+        }
+        assert_eq!(got.scores.len(), r.input_ids.len() * n);
+    }
+    let got: Vec<f32> = logits
+        .squeeze(0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let d = max_abs_diff(&got, &r.logits.concat());
+    assert!(d < 1e-4, "{name}: final logits differ by {d}");
+    let v = r.last_token_logits.len();
+    let d = max_abs_diff(&got[got.len() - v..], &r.last_token_logits);
+    assert!(d < 1e-4, "{name}: last-token logits differ by {d}");
+}
+
+#[test]
+fn olmoe_matches_reference() {
+    check_family("olmoe");
+}
+
+#[test]
+fn olmoe_sharded_with_clip_qkv_matches_reference() {
+    check_family("olmoe_sharded");
+}
+
+#[test]
+fn qwen2_moe_matches_reference() {
+    check_family("qwen2_moe");
+}
+
+#[test]
+fn qwen3_moe_matches_reference() {
+    check_family("qwen3_moe");
+}
+
+#[test]
+fn mixtral_matches_reference() {
+    check_family("mixtral");
+}
+
+#[test]
+fn deepseek_v2_lite_matches_reference() {
+    check_family("deepseek_v2_lite");
+}
+
+#[test]
+fn deepseek_v2_group_limited_matches_reference() {
+    check_family("deepseek_v2_group");
+}
+
+fn run_alone(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
+    let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
+    let mut hook = RecordingHook::default();
+    let logits = m
+        .model
+        .forward(&batch, Output::LastLogits, &mut RouteCtx::new(&mut hook))
+        .unwrap()
+        .unwrap();
+    (
+        hook.layers,
+        logits.flatten_all().unwrap().to_vec1().unwrap(),
+    )
+}
+
+/// A padded batch gives each sequence the routing and logits it gets alone.
+#[test]
+fn batched_equals_one_at_a_time_in_every_family() {
+    for name in [
+        "olmoe",
+        "qwen2_moe",
+        "qwen3_moe",
+        "mixtral",
+        "deepseek_v2_lite",
+        "deepseek_v2_group",
+    ] {
+        let mut m = load(name);
+        let ids = reference(name).input_ids;
+        let seqs = vec![ids[..5].to_vec(), ids.clone(), ids[3..].to_vec()];
+        let batch = Batch::from_sequences(&seqs, &m.device).unwrap();
+        let mut hook = RecordingHook::default();
+        let logits = m
+            .model
+            .forward(&batch, Output::LastLogits, &mut RouteCtx::new(&mut hook))
+            .unwrap()
+            .unwrap();
+        let v = logits.dim(1).unwrap();
+        let all: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        let mut offset = 0;
+        for (si, s) in seqs.iter().enumerate() {
+            let (alone, alone_logits) = run_alone(&mut m, s);
+            for (b, a) in hook.layers.iter().zip(&alone) {
+                let k = a.top_k;
+                let got = &b.topk_indices[offset * k..(offset + s.len()) * k];
+                assert_eq!(
+                    got,
+                    &a.topk_indices[..],
+                    "{name} seq {si} layer {}: experts",
+                    a.layer
+                );
+                let d = max_abs_diff(
+                    &b.topk_weights[offset * k..(offset + s.len()) * k],
+                    &a.topk_weights,
+                );
+                assert!(
+                    d < 1e-5,
+                    "{name} seq {si} layer {}: weights differ by {d}",
+                    a.layer
+                );
+            }
+            let d = max_abs_diff(&all[si * v..(si + 1) * v], &alone_logits);
+            assert!(d < 1e-4, "{name} seq {si}: logits differ by {d}");
+            offset += s.len();
+        }
+    }
+}
+
+/// Stopping after the last MoE layer reports exactly the routing of a full pass.
+#[test]
+fn routing_only_reports_the_same_routing() {
+    let mut m = load("qwen2_moe");
+    let ids = reference("qwen2_moe").input_ids;
+    let (full, _) = run_alone(&mut m, &ids);
+    let batch = Batch::from_sequences(&[ids], &m.device).unwrap();
+    let mut hook = RecordingHook::default();
+    let out = m
+        .model
+        .forward(&batch, Output::RoutingOnly, &mut RouteCtx::new(&mut hook))
+        .unwrap();
+    assert!(out.is_none());
+    assert_eq!(hook.layers.len(), full.len());
+    for (a, b) in hook.layers.iter().zip(&full) {
+        assert_eq!(a.topk_indices, b.topk_indices);
+        assert_eq!(a.logits, b.logits);
+    }
+}
+
+/// Through a real model: a masked expert is never chosen, a forced one always is, in every
+/// family; empty steering changes nothing.
+#[test]
+fn steering_masks_and_forces_experts_in_every_family() {
+    for name in [
+        "olmoe",
+        "qwen2_moe",
+        "qwen3_moe",
+        "mixtral",
+        "deepseek_v2_lite",
+        "deepseek_v2_group",
+    ] {
+        let mut m = load(name);
+        let ids = reference(name).input_ids;
+        let (plain, _) = run_alone(&mut m, &ids);
+        // Mask each layer's most used expert and force its least used one.
+        let mut steering = Steering::default();
+        let mut expect = Vec::new();
+        for l in &plain {
+            let mut counts = vec![0usize; l.num_experts];
+            l.topk_indices.iter().for_each(|&e| counts[e as usize] += 1);
+            let hot = (0..l.num_experts)
+                .max_by_key(|&e| (counts[e], std::cmp::Reverse(e)))
+                .unwrap();
+            let cold = (0..l.num_experts).min_by_key(|&e| (counts[e], e)).unwrap();
+            steering.layers.insert(
+                l.layer,
+                LayerSteering {
+                    bias: vec![],
+                    force: vec![(hot, ExpertForce::Off), (cold, ExpertForce::On)],
+                },
+            );
+            expect.push((l.layer, hot as u32, cold as u32));
+        }
+        let batch = Batch::from_sequences(std::slice::from_ref(&ids), &m.device).unwrap();
+        let mut hook = RecordingHook::default();
+        m.model
+            .forward(
+                &batch,
+                Output::LastLogits,
+                &mut RouteCtx::new(&mut hook).with_steering(Some(&steering)),
+            )
+            .unwrap();
+        for (l, (layer, hot, cold)) in hook.layers.iter().zip(expect) {
+            assert_eq!(l.layer, layer);
+            for row in l.topk_indices.chunks(l.top_k) {
+                assert!(
+                    !row.contains(&hot),
+                    "{name} layer {layer}: masked expert {hot} chosen"
+                );
+                assert!(
+                    row.contains(&cold),
+                    "{name} layer {layer}: forced expert {cold} missing"
+                );
+            }
+        }
+        let empty = Steering::default();
+        let mut hook = RecordingHook::default();
+        m.model
+            .forward(
+                &batch,
+                Output::LastLogits,
+                &mut RouteCtx::new(&mut hook).with_steering(Some(&empty)),
+            )
+            .unwrap();
+        for (a, b) in hook.layers.iter().zip(&plain) {
+            assert_eq!(a.topk_indices, b.topk_indices);
+            assert_eq!(a.topk_weights, b.topk_weights);
+        }
+    }
+}
