@@ -14,7 +14,7 @@ use crate::data::PromptSet;
 use crate::model::routing::RouteCtx;
 use crate::model::{Batch, ModelError, ModelInfo, MoeModel, Output, loader};
 use crate::routing::traces::TraceWriter;
-use crate::routing::{ProfileModel, ProfileRecorder, RoutingProfile};
+use crate::routing::{ProfileModel, ProfileRecorder, RoutingProfile, SequenceTrace};
 
 /// Settings of a profiling run.
 #[derive(Debug, Clone)]
@@ -143,6 +143,20 @@ pub fn run_profile(
     cancel: &AtomicBool,
     on_progress: &mut dyn FnMut(ProfileProgress),
 ) -> Result<RoutingProfile, ProfileError> {
+    run_profile_observed(model, tokenizer, prompts, opts, cancel, on_progress, None)
+}
+
+/// [`run_profile`], also handing every batch's per-sequence traces to `on_traces` (tokens
+/// decoded), e.g. to accumulate per-token statistics without keeping or writing the traces.
+pub fn run_profile_observed(
+    model: &mut dyn MoeModel,
+    tokenizer: &Tokenizer,
+    prompts: &PromptSet,
+    opts: &ProfileOptions,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(ProfileProgress),
+    mut on_traces: Option<&mut dyn FnMut(&[SequenceTrace])>,
+) -> Result<RoutingProfile, ProfileError> {
     if prompts.prompts.is_empty() {
         return Err(ProfileError::Prompt(format!(
             "{}: no prompts",
@@ -151,16 +165,17 @@ pub fn run_profile(
     }
     let info = model.info().clone();
     let subjects = prompts.subjects();
+    let keep_traces = opts.traces.is_some() || on_traces.is_some();
     let seqs = tokenise(
         prompts,
         &subjects,
         tokenizer,
         &info,
         opts.max_tokens,
-        opts.traces.is_some(),
+        keep_traces,
     )?;
     let pmodel = profile_model(&info);
-    let mut recorder = ProfileRecorder::new(pmodel.clone(), &subjects, opts.traces.is_some());
+    let mut recorder = ProfileRecorder::new(pmodel.clone(), &subjects, keep_traces);
     let mut writer = match &opts.traces {
         Some(path) => Some(TraceWriter::create(path, &pmodel)?),
         None => None,
@@ -187,9 +202,15 @@ pub fn run_profile(
             let mut ctx = RouteCtx::new(&mut recorder);
             model.forward(&batch, Output::RoutingOnly, &mut ctx)?;
         }
-        if let Some(w) = writer.as_mut() {
-            for t in recorder.take_batch_traces() {
-                w.write(&t)?;
+        if keep_traces {
+            let traces = recorder.take_batch_traces();
+            if let Some(w) = writer.as_mut() {
+                for t in &traces {
+                    w.write(t)?;
+                }
+            }
+            if let Some(f) = on_traces.as_mut() {
+                f(&traces);
             }
         }
         progress.sequences_done += chunk.len();

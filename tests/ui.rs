@@ -188,11 +188,36 @@ fn worker_events_update_the_panels() {
     assert!(h.query_all_by_label_contains("3 / 12 prompts").count() >= 1);
     assert!(h.query_by_label_contains("No profile yet").is_some());
 
+    let layers = profile().model.moe_layers.len();
+    let mut top_tokens = vec![vec![Vec::new(); 8]; layers];
+    top_tokens[0][0] = vec![moescope::analysis::traces::TopToken {
+        token_id: 17,
+        token: " court".into(),
+        routed: 4,
+        occurrences: 5,
+        share: 0.8,
+    }];
     h.state_mut().state.handle_event(Event::ProfileReady {
         job: 42,
         profile: profile(),
+        top_tokens: Arc::new(top_tokens),
     });
     h.run();
+    // Hovering a cell shows its tooltip, with the expert's top tokens.
+    h.ctx.all_styles_mut(|s| s.interaction.tooltip_delay = 0.0);
+    let p = center(&h, 0, 0);
+    h.hover_at(p);
+    h.run();
+    h.hover_at(p);
+    h.run();
+    assert!(
+        h.query_by_label_contains("layer 0, expert 0").is_some(),
+        "tooltip shown"
+    );
+    assert!(
+        h.query_by_label_contains("\" court\" 4/5").is_some(),
+        "top tokens in the tooltip"
+    );
     assert!(h.state().state.job(JobKind::Profile).is_none());
     assert!(h.state().state.profile.is_some());
     assert!(

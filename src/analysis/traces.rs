@@ -442,6 +442,86 @@ pub fn top_tokens_for_expert(
     tokens
 }
 
+/// Per-token routing counts accumulated batch by batch (sparse, so memory follows the
+/// (layer, expert, token) triples actually seen, not layers × vocabulary × experts): what the
+/// explorer's heatmap tooltip shows as an expert's top tokens without keeping every trace.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCounter {
+    /// Per MoE layer row: token id → (decoded token, occurrences).
+    occurrences: Vec<BTreeMap<u32, (String, u64)>>,
+    /// Per MoE layer row and expert: token id → occurrences routed to the expert.
+    routed: Vec<Vec<BTreeMap<u32, u64>>>,
+}
+
+impl TokenCounter {
+    pub fn new(num_layers: usize, num_experts: usize) -> Self {
+        Self {
+            occurrences: vec![BTreeMap::new(); num_layers],
+            routed: vec![vec![BTreeMap::new(); num_experts]; num_layers],
+        }
+    }
+
+    /// Adds one sequence (layers beyond the counter's, or experts out of range, are skipped).
+    pub fn add(&mut self, trace: &SequenceTrace) {
+        for (row, layer) in trace.layers.iter().enumerate() {
+            let (Some(occ), Some(routed)) =
+                (self.occurrences.get_mut(row), self.routed.get_mut(row))
+            else {
+                continue;
+            };
+            for (pos, (&id, chosen)) in trace.token_ids.iter().zip(&layer.indices).enumerate() {
+                occ.entry(id)
+                    .or_insert_with(|| (trace.tokens.get(pos).cloned().unwrap_or_default(), 0))
+                    .1 += 1;
+                let unique: BTreeSet<u32> = chosen.iter().copied().collect();
+                for e in unique {
+                    if let Some(m) = routed.get_mut(e as usize) {
+                        *m.entry(id).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `n` tokens most often routed to `expert` at `row` (ties: lower token id first), as
+    /// [`top_tokens_for_expert`] with [`TopTokenOrder::RoutedCount`] would give them.
+    pub fn top_tokens(&self, row: usize, expert: usize, n: usize) -> Vec<TopToken> {
+        let (Some(occ), Some(routed)) = (
+            self.occurrences.get(row),
+            self.routed.get(row).and_then(|r| r.get(expert)),
+        ) else {
+            return Vec::new();
+        };
+        let mut tokens: Vec<TopToken> = routed
+            .iter()
+            .map(|(&token_id, &routed)| {
+                let (token, occurrences) = occ.get(&token_id).cloned().unwrap_or_default();
+                TopToken {
+                    token_id,
+                    token,
+                    routed,
+                    occurrences,
+                    share: routed as f64 / occurrences.max(1) as f64,
+                }
+            })
+            .collect();
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.routed));
+        tokens.truncate(n);
+        tokens
+    }
+
+    /// [`Self::top_tokens`] for every `[row][expert]`.
+    pub fn all_top_tokens(&self, n: usize) -> Vec<Vec<Vec<TopToken>>> {
+        (0..self.routed.len())
+            .map(|row| {
+                (0..self.routed[row].len())
+                    .map(|e| self.top_tokens(row, e, n))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 /// Co-activation of experts within one MoE layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoActivation {
@@ -629,6 +709,30 @@ pub(crate) mod tests {
             TopTokenOrder::Specialisation { min_occurrences: 2 },
         );
         assert!(spec.is_empty());
+    }
+
+    #[test]
+    fn token_counter_matches_the_trace_table() {
+        let mut counter = TokenCounter::new(1, 4);
+        for t in sample() {
+            counter.add(&t);
+        }
+        let table = token_routing_table(&sample(), 0, 4);
+        for e in 0..4 {
+            assert_eq!(
+                counter.top_tokens(0, e, 5),
+                top_tokens_for_expert(&table, e, 5, TopTokenOrder::RoutedCount),
+                "expert {e}"
+            );
+        }
+        // Expert 1: token 7 routed 3 of 3 times.
+        let top = counter.top_tokens(0, 1, 1);
+        assert_eq!(
+            (top[0].token.as_str(), top[0].routed, top[0].occurrences),
+            ("t7", 3, 3)
+        );
+        assert!(counter.top_tokens(1, 0, 5).is_empty());
+        assert_eq!(counter.all_top_tokens(2)[0][2].len(), 2);
     }
 
     #[test]

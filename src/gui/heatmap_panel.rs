@@ -175,6 +175,19 @@ impl HeatmapPanel {
                 ui.label(format!("layer {layer}, expert {col}"));
                 ui.label(format!("{}: {}", metric.name(), format_value(metric, v)));
                 ui.label(format!("rank in layer: {rank} of {}", matrix.cols));
+                if let Some(top) = state
+                    .top_tokens
+                    .as_ref()
+                    .and_then(|t| t.get(row))
+                    .and_then(|r| r.get(col))
+                    .filter(|t| !t.is_empty())
+                {
+                    let shown: Vec<String> = top
+                        .iter()
+                        .map(|t| format!("{:?} {}/{}", t.token, t.routed, t.occurrences))
+                        .collect();
+                    ui.label(format!("top tokens: {}", shown.join(", ")));
+                }
                 if selected {
                     ui.label("selected");
                 }

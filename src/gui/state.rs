@@ -15,7 +15,7 @@ use crate::model::ModelInfo;
 use crate::render::{ColorScale, HeatmapView};
 use crate::routing::RoutingProfile;
 use crate::selection::{Selection, SelectionModel, SelectionRule};
-use crate::worker::{Command, Event, JobId, TokenTrace, Worker};
+use crate::worker::{Command, Event, JobId, TokenTrace, TopTokenTable, Worker};
 
 /// How many recent models are remembered.
 const MAX_RECENT: usize = 8;
@@ -203,6 +203,9 @@ pub struct AppState {
     pub profile: Option<Arc<RoutingProfile>>,
     /// Bumped whenever `profile` changes (panels cache by it).
     pub profile_generation: u64,
+    /// Top tokens per (layer row, expert) of the profile, when it was made in this session
+    /// (a profile opened from a file has no per-token data).
+    pub top_tokens: Option<Arc<TopTokenTable>>,
     /// Where the profile came from or was saved.
     pub profile_path: Option<PathBuf>,
     /// Selected cells as (decoder layer, expert).
@@ -228,6 +231,7 @@ impl AppState {
             prompts: None,
             profile: None,
             profile_generation: 0,
+            top_tokens: None,
             profile_path: None,
             selected: BTreeSet::new(),
             selection_rule: SelectionRule::Explicit,
@@ -393,6 +397,7 @@ impl AppState {
             self.ui.heatmap_subject = None;
         }
         self.profile = Some(profile);
+        self.top_tokens = None;
         self.profile_path = path;
         self.profile_generation += 1;
     }
@@ -456,7 +461,11 @@ impl AppState {
                     self.run_profile();
                 }
             }
-            Event::ProfileReady { job, profile } => {
+            Event::ProfileReady {
+                job,
+                profile,
+                top_tokens,
+            } => {
                 self.finish(job);
                 let n: u64 = profile.subjects.iter().map(|s| s.tokens).sum();
                 self.info(format!(
@@ -464,6 +473,7 @@ impl AppState {
                     profile.subjects.len()
                 ));
                 self.set_profile(profile, None);
+                self.top_tokens = Some(top_tokens);
             }
             Event::TraceReady { job, trace } => {
                 self.finish(job);

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
+use crate::analysis::traces::{TokenCounter, TopToken};
 use crate::data::PromptSet;
 use crate::model::hub::DownloadProgress;
 use crate::model::routing::{RecordingHook, RouteCtx};
 use crate::model::{Batch, LoadOptions, LoadedModel, ModelInfo, Output, load_model, loader};
-use crate::profiling::{ProfileError, ProfileOptions, run_profile};
+use crate::profiling::{ProfileError, ProfileOptions, run_profile_observed};
 use crate::routing::RoutingProfile;
 
 /// Identifies one job (a load, a profile run, a trace) in progress and result events.
@@ -37,6 +38,12 @@ const COMMAND_CAPACITY: usize = 16;
 const EVENT_CAPACITY: usize = 256;
 /// Minimum time between two progress events of one job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How many top tokens per expert a profile job reports.
+pub const TOP_TOKENS_PER_EXPERT: usize = 5;
+
+/// `[moe layer row][expert]` an expert's top tokens over a profiled prompt set.
+pub type TopTokenTable = Vec<Vec<Vec<TopToken>>>;
 
 /// What the UI asks the worker to do.
 #[derive(Debug, Clone)]
@@ -110,6 +117,8 @@ pub enum Event {
     ProfileReady {
         job: JobId,
         profile: Arc<RoutingProfile>,
+        /// `[moe layer row][expert]` the tokens most often routed to each expert (decoded).
+        top_tokens: Arc<TopTokenTable>,
     },
     TraceReady {
         job: JobId,
@@ -342,9 +351,13 @@ impl WorkerState {
         };
         let total = prompts.len() as u64;
         self.outbox.progress(job, 0, total, "profiling".into());
+        let mut tokens = {
+            let info = loaded.model.info();
+            TokenCounter::new(info.moe_layers.len(), info.num_experts)
+        };
         let mut last = Instant::now();
         let outbox = &self.outbox;
-        let result = run_profile(
+        let result = run_profile_observed(
             loaded.model.as_mut(),
             &loaded.tokenizer,
             prompts,
@@ -365,11 +378,13 @@ impl WorkerState {
                     );
                 }
             },
+            Some(&mut |traces| traces.iter().for_each(|t| tokens.add(t))),
         );
         match result {
             Ok(profile) => self.outbox.send(Event::ProfileReady {
                 job,
                 profile: Arc::new(profile),
+                top_tokens: Arc::new(tokens.all_top_tokens(TOP_TOKENS_PER_EXPERT)),
             }),
             Err(ProfileError::Cancelled) => self.outbox.send(Event::Cancelled { job }),
             Err(e) => self.fail(

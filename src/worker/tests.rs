@@ -92,9 +92,26 @@ fn load_profile_trace() {
             progress_seen = true;
             None
         }
-        Event::ProfileReady { job: 2, profile } => Some(profile.clone()),
+        Event::ProfileReady {
+            job: 2,
+            profile,
+            top_tokens,
+        } => Some((profile.clone(), top_tokens.clone())),
         _ => None,
     });
+    let (profile, top_tokens) = profile;
+    // Every expert's top tokens are routed to it no more often than the profile counts it.
+    let pooled = profile.pooled();
+    let mut any = false;
+    for (row, experts) in top_tokens.iter().enumerate() {
+        for (e, top) in experts.iter().enumerate() {
+            let routed: u64 = top.iter().map(|t| t.routed).sum();
+            assert!(routed <= pooled.count[row][e], "row {row} expert {e}");
+            assert!(top.windows(2).all(|w| w[0].routed >= w[1].routed));
+            any |= !top.is_empty();
+        }
+    }
+    assert!(any, "no top tokens reported");
     assert!(progress_seen, "no progress event before ProfileReady");
     assert_eq!(profile.subject_names(), vec!["law", "math", "biology"]);
     assert_eq!(profile.subjects[0].sequences, 3);
