@@ -16,7 +16,7 @@ VIEWS=("$@")
 if [ ${#VIEWS[@]} -eq 0 ]; then
   VIEWS=(heatmap subjects load das tokens selection)
 fi
-SIZE=${SCREENSHOT_SIZE:-1440x900}
+SIZE=${SCREENSHOT_SIZE:-1280x800}
 DISPLAY_NUM=${SCREENSHOT_DISPLAY:-:97}
 TIMEOUT_SECS=${SCREENSHOT_TIMEOUT:-180}
 

@@ -12,4 +12,5 @@ pub mod profiling;
 pub mod render;
 pub mod routing;
 pub mod selection;
+pub mod steering;
 pub mod worker;

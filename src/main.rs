@@ -2,7 +2,7 @@
 //! library.
 
 use clap::{Parser, Subcommand};
-use moescope::cli::{compare, demo, engine, report, select};
+use moescope::cli::{compare, demo, engine, report, select, steer};
 
 /// MoEScope: see inside Mixture-of-Experts language models.
 #[derive(Debug, Parser)]
@@ -26,6 +26,14 @@ enum Command {
     Select(select::SelectArgs),
     /// Compare two profiles of the same model: RC, hot-set Jaccard, KL shift.
     Compare(compare::CompareArgs),
+    /// Generate text with the KV cache (optionally steered), streaming to stdout.
+    Generate(steer::GenerateArgs),
+    /// Unsteered and steered continuations side by side, plus the routing change per layer.
+    Steer(steer::SteerArgs),
+    /// Multiple-choice accuracy per subject with and without steering, with bootstrap CIs.
+    Eval(steer::EvalArgs),
+    /// Write a steering spec from a selection, a DAS ranking or a list of cells.
+    SteerSpec(steer::SteerSpecArgs),
     /// Open the explorer window (the default with no subcommand; the embedded demo unless told).
     Gui(moescope::gui::GuiArgs),
     /// Train the embedded demo MoE (tokenizer + model) from the demo corpus.
@@ -41,6 +49,10 @@ fn main() -> std::process::ExitCode {
         Some(Command::Report(a)) => report::run(a),
         Some(Command::Select(a)) => select::run(a),
         Some(Command::Compare(a)) => compare::run(a),
+        Some(Command::Generate(a)) => steer::generate_cmd(a),
+        Some(Command::Steer(a)) => steer::steer_cmd(a),
+        Some(Command::Eval(a)) => steer::eval_cmd(a),
+        Some(Command::SteerSpec(a)) => steer::steer_spec_cmd(a),
         Some(Command::TrainDemo(a)) => demo::train_demo(a),
         Some(Command::Gui(a)) => moescope::gui::run(a),
         None => moescope::gui::run(moescope::gui::GuiArgs::default()),

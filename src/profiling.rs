@@ -133,6 +133,9 @@ fn tokenise(
     Ok(out)
 }
 
+/// Receives each batch's per-sequence traces (see [`run_profile_observed`]).
+pub type TraceObserver<'a> = &'a mut dyn FnMut(&[SequenceTrace]);
+
 /// Profiles `prompts` on `model`; `on_progress` is called after every batch; `cancel` is
 /// checked between batches. Nothing is written unless the whole run succeeds.
 pub fn run_profile(
@@ -155,7 +158,7 @@ pub fn run_profile_observed(
     opts: &ProfileOptions,
     cancel: &AtomicBool,
     on_progress: &mut dyn FnMut(ProfileProgress),
-    mut on_traces: Option<&mut dyn FnMut(&[SequenceTrace])>,
+    mut on_traces: Option<TraceObserver<'_>>,
 ) -> Result<RoutingProfile, ProfileError> {
     if prompts.prompts.is_empty() {
         return Err(ProfileError::Prompt(format!(

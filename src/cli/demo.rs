@@ -30,8 +30,8 @@ pub struct TrainDemoArgs {
     /// Work folder of the run: tokenizer, checkpoint.safetensors, loss.tsv.
     #[arg(long, default_value = "target/train-demo")]
     pub work: PathBuf,
-    /// Optimisation steps.
-    #[arg(long, default_value_t = 1000)]
+    /// Optimisation steps (the shipped demo: 1800).
+    #[arg(long, default_value_t = 1800)]
     pub steps: u64,
     /// Seed of the initialisation and of the batches.
     #[arg(long, default_value_t = 1234)]

@@ -5,3 +5,4 @@ pub mod demo;
 pub mod engine;
 pub mod report;
 pub mod select;
+pub mod steer;

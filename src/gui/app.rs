@@ -12,7 +12,7 @@ use super::heatmap_panel::HeatmapPanel;
 use super::load_panel::LoadPanel;
 use super::model_panel::ModelPanel;
 use super::selection_panel::SelectionPanel;
-use super::state::{AppState, JobKind, Level, Tab, UiState};
+use super::state::{AppState, HeatmapMetric, JobKind, Level, Tab, UiState};
 use super::subjects_panel::SubjectsPanel;
 use super::tokens_panel::TokensPanel;
 use crate::render::HeatmapRenderer;
@@ -197,6 +197,19 @@ impl MoeScopeApp {
         }
         match hook.stage {
             0 => {
+                // Show one subject against the pooled routing, with its hot experts selected.
+                if let Some(profile) = self.state.profile.clone() {
+                    let subject = ["law", "code_python"]
+                        .into_iter()
+                        .find(|s| profile.subject(s).is_some())
+                        .or_else(|| profile.subjects.first().map(|s| s.name.as_str()))
+                        .map(str::to_string);
+                    if hook.view == "heatmap" {
+                        self.state.ui.metric = HeatmapMetric::SubjectMinusPooled;
+                        self.state.ui.heatmap_subject = subject.clone();
+                    }
+                    self.selection.data = subject;
+                }
                 self.selection.apply(&mut self.state);
                 if hook.view == "tokens"
                     && let Some(p) = self.state.prompts.as_ref().and_then(|p| p.prompts.first())

@@ -14,6 +14,7 @@ use crate::selection::{
 
 use super::model_panel::human;
 use super::state::AppState;
+use crate::routing::RoutingProfile;
 
 /// The rules offered, in the combo box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,11 +114,24 @@ impl SelectionPanel {
     }
 
     /// Applies the panel's rule to the profile, replacing the selection.
+    /// Fits the rule's parameters to `profile`'s model: k defaults to 25 % of the routed
+    /// experts, the DAS domain to the first subject.
+    fn fit_to(&mut self, profile: &RoutingProfile) {
+        let n = profile.model.num_experts.max(1);
+        if self.k == 0 || self.k > n {
+            self.k = (n / 4).max(1);
+        }
+        if self.rule == RuleKind::Das && self.data.is_none() {
+            self.data = profile.subjects.first().map(|s| s.name.clone());
+        }
+    }
+
     pub fn apply(&mut self, state: &mut AppState) {
         let Some(profile) = state.profile.clone() else {
             state.error("no profile: profile a dataset or open a profile first");
             return;
         };
+        self.fit_to(&profile);
         let data = match self.rule {
             RuleKind::Das | RuleKind::Random => None,
             _ => self.data.as_deref(),
@@ -137,12 +151,7 @@ impl SelectionPanel {
             return;
         };
         let n = profile.model.num_experts.max(1);
-        if self.k == 0 || self.k > n {
-            self.k = (n / 4).max(1);
-        }
-        if self.rule == RuleKind::Das && self.data.is_none() {
-            self.data = profile.subjects.first().map(|s| s.name.clone());
-        }
+        self.fit_to(&profile);
         ui.heading("Rule");
         ui.horizontal_wrapped(|ui| {
             egui::ComboBox::from_id_salt("rule_kind")

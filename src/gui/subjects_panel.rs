@@ -149,6 +149,7 @@ impl SubjectsPanel {
                     scale: ColorScale::Linear,
                     range: (0.0, 1.0),
                 };
+                crate::render::heatmap::legend_ui(ui, &style, 200.0, &|v| format!("{v:.2}"));
                 let side = (ui.available_width()).clamp(120.0, 420.0);
                 let resp = Heatmap::new("jaccard_heatmap", &c.jaccard)
                     .style(style)

@@ -87,9 +87,9 @@ impl TokensPanel {
         ui.horizontal_wrapped(|ui| {
             ui.spacing_mut().item_spacing.x = 2.0;
             for (i, t) in trace.tokens.iter().enumerate() {
-                let shown = t.text.replace('\n', "⏎");
+                let shown = t.text.replace('\n', "\\n").replace('\t', "\\t");
                 let shown = if shown.trim().is_empty() {
-                    format!("␣{}", shown.len())
+                    "·".repeat(shown.chars().count().max(1))
                 } else {
                     shown
                 };

@@ -203,6 +203,10 @@ pub struct Heatmap<'a> {
 }
 
 const LEFT_AXIS_PT: f32 = 34.0;
+/// Row labels longer than this are clipped.
+const MAX_LEFT_AXIS_PT: f32 = 110.0;
+/// Axis label size.
+const AXIS_FONT_PT: f32 = 10.0;
 const TOP_AXIS_PT: f32 = 14.0;
 
 impl<'a> Heatmap<'a> {
@@ -276,6 +280,11 @@ impl<'a> Heatmap<'a> {
         response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Canvas, true, &label));
         let ppp = ui.ctx().pixels_per_point();
         let m = self.matrix;
+        // Room for the longest row label (monospace, about 0.6 em per character).
+        let left_axis = self.row_labels.map_or(LEFT_AXIS_PT, |labels| {
+            let chars = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+            (chars as f32 * AXIS_FONT_PT * 0.6 + 6.0).clamp(LEFT_AXIS_PT, MAX_LEFT_AXIS_PT)
+        });
 
         // Input that changes the view first, so this frame already shows it.
         if response.hovered() {
@@ -283,7 +292,7 @@ impl<'a> Heatmap<'a> {
             if zoom != 1.0 {
                 view.zoom_by(zoom);
             } else if scroll != Vec2::ZERO {
-                let l = layout(outer, m, view, ppp, self.max_cell_pt);
+                let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
                 view.pan[0] -= scroll.x / l.cell.x.max(1.0);
                 view.pan[1] -= scroll.y / l.cell.y.max(1.0);
             }
@@ -291,14 +300,14 @@ impl<'a> Heatmap<'a> {
         if response.dragged_by(egui::PointerButton::Secondary)
             || response.dragged_by(egui::PointerButton::Middle)
         {
-            let l = layout(outer, m, view, ppp, self.max_cell_pt);
+            let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
             let d = response.drag_delta();
             view.pan[0] -= d.x / l.cell.x.max(1.0);
             view.pan[1] -= d.y / l.cell.y.max(1.0);
         }
-        let l = layout(outer, m, view, ppp, self.max_cell_pt);
+        let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
         clamp_pan(view, &l);
-        let l = layout(outer, m, view, ppp, self.max_cell_pt);
+        let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
 
         let hovered = response.hover_pos().and_then(|p| l.cell_at(p));
         let clicked = if response.clicked_by(egui::PointerButton::Primary) {
@@ -387,11 +396,12 @@ fn layout(
     view: &HeatmapView,
     ppp: f32,
     max_cell_pt: f32,
+    left_axis_pt: f32,
 ) -> HeatmapLayout {
     let snap = |v: f32| (v * ppp).round() / ppp;
     let area = Rect::from_min_max(
         pos2(
-            snap(outer.min.x + LEFT_AXIS_PT),
+            snap(outer.min.x + left_axis_pt),
             snap(outer.min.y + TOP_AXIS_PT),
         ),
         outer.max,
@@ -525,7 +535,7 @@ fn axes(
     rows: Option<&[String]>,
     cols: Option<&[String]>,
 ) {
-    let font = egui::FontId::monospace(10.0);
+    let font = egui::FontId::monospace(AXIS_FONT_PT);
     let color = ui.visuals().weak_text_color();
     let row_step = ((12.0 / l.cell.y).ceil() as usize).max(1);
     for r in (l.first.1..l.first.1 + l.visible.1).filter(|r| r % row_step == 0) {
@@ -862,6 +872,7 @@ mod tests {
             &HeatmapView::default(),
             1.5,
             48.0,
+            LEFT_AXIS_PT,
         )
     }
 
@@ -897,14 +908,14 @@ mod tests {
             zoom: 4.0,
             pan: [100.0, 40.0],
         };
-        let l = layout(outer, &m, &view, 1.0, 48.0);
+        let l = layout(outer, &m, &view, 1.0, 48.0, LEFT_AXIS_PT);
         clamp_pan(&mut view, &l);
-        let l = layout(outer, &m, &view, 1.0, 48.0);
+        let l = layout(outer, &m, &view, 1.0, 48.0, LEFT_AXIS_PT);
         assert!(l.visible.0 < 128 && l.visible.1 < 48);
         assert_eq!(l.first.0 + l.visible.0, 128, "panned to the right edge");
         assert_eq!(l.first.1 + l.visible.1, 48);
         // Fit: every cell of a 48 × 128 grid is visible and at least 6 px wide.
-        let fit = layout(outer, &m, &HeatmapView::default(), 1.0, 48.0);
+        let fit = layout(outer, &m, &HeatmapView::default(), 1.0, 48.0, LEFT_AXIS_PT);
         assert_eq!(fit.visible, (128, 48));
         assert!(fit.cell.x >= 6.0 && fit.cell.y >= 6.0);
     }
