@@ -467,17 +467,26 @@ pub fn dispatch_experts(
     }
     let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
     let device = x.device();
-    let mut all_rows = Vec::with_capacity(indices.len());
-    let mut outputs = Vec::new();
-    for (e, expert) in experts.iter().enumerate() {
-        if rows[e].is_empty() {
-            continue;
-        }
+    let used: Vec<usize> = (0..experts.len())
+        .filter(|&e| !rows[e].is_empty())
+        .collect();
+    let run = |e: usize| -> Result<Tensor> {
         let row_idx = Tensor::from_slice(&rows[e], rows[e].len(), device)?;
         let slot_idx = Tensor::from_slice(&slots[e], slots[e].len(), device)?;
         let xs = x.index_select(&row_idx, 0)?;
         let w = weights.index_select(&slot_idx, 0)?.unsqueeze(1)?;
-        outputs.push(expert.forward(&xs)?.broadcast_mul(&w)?);
+        Ok(experts[e].forward(&xs)?.broadcast_mul(&w)?)
+    };
+    // On the CPU each expert's matrices are small: running experts side by side on the thread
+    // pool keeps the cores busier than parallelising inside every small matmul.
+    let outputs: Vec<Tensor> = if device.is_cpu() {
+        use rayon::prelude::*;
+        used.par_iter().map(|&e| run(e)).collect::<Result<_>>()?
+    } else {
+        used.iter().map(|&e| run(e)).collect::<Result<_>>()?
+    };
+    let mut all_rows = Vec::with_capacity(indices.len());
+    for &e in &used {
         all_rows.extend_from_slice(&rows[e]);
     }
     let zeros = Tensor::zeros((tokens, hidden), x.dtype(), device)?;
