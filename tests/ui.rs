@@ -51,7 +51,7 @@ fn profile() -> Arc<RoutingProfile> {
                 ..LoadOptions::default()
             };
             let mut loaded = load_model(&opts, None).expect("fixture model loads");
-            let p = run_profile(
+            let mut p = run_profile(
                 loaded.model.as_mut(),
                 &loaded.tokenizer,
                 &prompts(),
@@ -60,6 +60,8 @@ fn profile() -> Arc<RoutingProfile> {
                 &mut |_| {},
             )
             .expect("fixture profile");
+            // The id is the absolute fixture path; the snapshot must not depend on the checkout.
+            p.model.id = "tests/fixtures/models/olmoe".into();
             Arc::new(p)
         })
         .clone()
