@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod cli;
 pub mod data;
 pub mod demo;
+pub mod format_header;
 pub mod gui;
 pub mod model;
 pub mod profiling;

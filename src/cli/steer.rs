@@ -60,13 +60,7 @@ impl SteerFileArgs {
         if let Some(a) = self.apply_to {
             spec.apply_to = a;
         }
-        let active = spec.resolve(info).map_err(|e| match e {
-            SteerError::Invalid(msg) => SteerError::Format {
-                path: path.display().to_string(),
-                msg,
-            },
-            other => other,
-        })?;
+        let active = spec.resolve_from_file(path, info)?;
         Ok(Some((spec, active)))
     }
 }

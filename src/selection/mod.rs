@@ -237,25 +237,13 @@ impl Selection {
             path: p.clone(),
             msg,
         };
-        match value.get("format").and_then(|f| f.as_str()) {
-            Some(SELECTION_FORMAT) => {}
-            Some(other) => {
-                return Err(bad(format!(
-                    "format is '{other}', expected '{SELECTION_FORMAT}'"
-                )));
-            }
-            None => return Err(bad(format!("no \"format\": \"{SELECTION_FORMAT}\" tag"))),
-        }
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(SELECTION_VERSION) => {}
-            Some(v) => {
-                return Err(bad(format!(
-                    "selection version {v} is not supported (this build reads version \
-                     {SELECTION_VERSION})"
-                )));
-            }
-            None => return Err(bad("no \"version\" number".into())),
-        }
+        crate::format_header::check_header(
+            &value,
+            SELECTION_FORMAT,
+            SELECTION_VERSION,
+            "selection",
+        )
+        .map_err(bad)?;
         let selection: Selection =
             serde_json::from_value(value).map_err(|source| SelectionError::Json {
                 path: p.clone(),

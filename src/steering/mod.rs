@@ -399,39 +399,32 @@ impl SteeringSpec {
             path: p.clone(),
             msg,
         };
-        match value.get("format").and_then(|f| f.as_str()) {
-            Some(STEERING_FORMAT) => {}
-            Some(other) => {
-                return Err(bad(format!(
-                    "format is '{other}', expected '{STEERING_FORMAT}'"
-                )));
-            }
-            None => return Err(bad(format!("no \"format\": \"{STEERING_FORMAT}\" tag"))),
-        }
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(STEERING_VERSION) => {}
-            Some(v) => {
-                return Err(bad(format!(
-                    "steering spec version {v} is not supported (this build reads version \
-                     {STEERING_VERSION})"
-                )));
-            }
-            None => return Err(bad("no \"version\" number".into())),
-        }
+        crate::format_header::check_header(
+            &value,
+            STEERING_FORMAT,
+            STEERING_VERSION,
+            "steering spec",
+        )
+        .map_err(bad)?;
         serde_json::from_value(value).map_err(|source| SteerError::Json { path: p, source })
     }
 
     /// Reads a spec file and resolves it for `info`; errors name the file.
     pub fn load_for(path: &Path, info: &ModelInfo) -> Result<(Self, ActiveSteering)> {
         let spec = Self::load(path)?;
-        let active = spec.resolve(info).map_err(|e| match e {
+        let active = spec.resolve_from_file(path, info)?;
+        Ok((spec, active))
+    }
+
+    /// [`Self::resolve`] for a spec read from `path`: validation errors name the file.
+    pub fn resolve_from_file(&self, path: &Path, info: &ModelInfo) -> Result<ActiveSteering> {
+        self.resolve(info).map_err(|e| match e {
             SteerError::Invalid(msg) => SteerError::Format {
                 path: path.display().to_string(),
                 msg,
             },
             other => other,
-        })?;
-        Ok((spec, active))
+        })
     }
 
     /// Writes the spec as JSON atomically (temp file + rename).
