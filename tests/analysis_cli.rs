@@ -3,25 +3,14 @@
 //! exactly the selected experts, and bad input getting a clear error, a non-zero exit code and no
 //! output file.
 
+mod common;
+
+use common::{fixture, moescope};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use moescope::routing::RoutingProfile;
 use moescope::selection::Selection;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
-fn moescope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moescope"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("runs")
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()

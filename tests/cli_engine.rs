@@ -2,14 +2,11 @@
 //! models (single file, sharded, hub cache), and every kind of bad input getting a clear error,
 //! a non-zero exit code and no partial output.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
+use common::fixture;
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn moescope(args: &[&str]) -> Output {
     moescope_env(args, &[])

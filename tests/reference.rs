@@ -3,14 +3,15 @@
 //! the reference router logits, routing scores, chosen experts, weights and final logits.
 //! Also: batched (padded) runs equal one-at-a-time runs, and steering masks / forces experts.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-use moescope::model::device::DeviceChoice;
+use common::{fixture, load};
+use std::collections::BTreeMap;
+
 use moescope::model::routing::{
     ExpertForce, LayerSteering, RecordedRoute, RecordingHook, RouteCtx, Steering,
 };
-use moescope::model::{Batch, LoadOptions, LoadedModel, Output, load_model};
+use moescope::model::{Batch, LoadedModel, Output};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -29,21 +30,6 @@ struct Reference {
     layers: Vec<RefLayer>,
     logits: Vec<Vec<f32>>,
     last_token_logits: Vec<f32>,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
-fn load(name: &str) -> LoadedModel {
-    let opts = LoadOptions {
-        model: fixture(name).display().to_string(),
-        device: DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    load_model(&opts, None).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// The reference each fixture is checked against. DeepSeek-V2-Lite's uses YaRN's softmax-scale

@@ -3,12 +3,14 @@
 //! full recomputation, eval scores a dataset whose answers are the model's own choices at 100 %,
 //! and bad specs fail with clear errors naming the file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output as ProcOutput};
+mod common;
+
+use common::{fixture, load, moescope};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use moescope::model::routing::{ExpertForce, NoHook};
-use moescope::model::{Batch, LoadOptions, LoadedModel, Output, RouteCtx, load_model, loader};
+use moescope::model::{Batch, LoadedModel, Output, RouteCtx, loader};
 use moescope::steering::diff::{LayerRouting, routing_change, sequence_routing};
 use moescope::steering::eval::{
     EvalOptions, McItem, best, encode_item, letter, load_items, run_eval, score_encoded,
@@ -23,20 +25,6 @@ const FAMILIES: [&str; 5] = [
     "mixtral",
     "deepseek_v2_lite",
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
-fn load(name: &str) -> LoadedModel {
-    let opts = LoadOptions {
-        model: fixture(name).display().to_string(),
-        ..Default::default()
-    };
-    load_model(&opts, None).expect("fixture loads")
-}
 
 const TEXT: &str =
     "The quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing.";
@@ -353,15 +341,7 @@ fn eval_scores_the_models_own_answers_at_100_percent() {
     assert_eq!(r.overall.steered.unwrap().value, 1.0);
 }
 
-fn moescope(args: &[&str]) -> ProcOutput {
-    Command::new(env!("CARGO_BIN_EXE_moescope"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("runs")
-}
-
-fn stderr(o: &ProcOutput) -> String {
+fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
