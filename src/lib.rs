@@ -14,4 +14,5 @@ pub mod render;
 pub mod routing;
 pub mod selection;
 pub mod steering;
+pub mod train;
 pub mod worker;

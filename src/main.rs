@@ -2,7 +2,7 @@
 //! library.
 
 use clap::{Parser, Subcommand};
-use moescope::cli::{compare, demo, engine, report, select, steer};
+use moescope::cli::{compare, demo, engine, report, select, steer, train};
 
 /// MoEScope: see inside Mixture-of-Experts language models.
 #[derive(Debug, Parser)]
@@ -34,6 +34,8 @@ enum Command {
     Eval(steer::EvalArgs),
     /// Write a steering spec from a selection, a DAS ranking or a list of cells.
     SteerSpec(steer::SteerSpecArgs),
+    /// Selective LoRA on chosen experts (or DAS's two-stage recipe); writes a PEFT adapter.
+    Train(train::TrainArgs),
     /// Open the explorer window (the default with no subcommand; the embedded demo unless told).
     Gui(moescope::gui::GuiArgs),
     /// Train the embedded demo MoE (tokenizer + model) from the demo corpus.
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Steer(a)) => steer::steer_cmd(a),
         Some(Command::Eval(a)) => steer::eval_cmd(a),
         Some(Command::SteerSpec(a)) => steer::steer_spec_cmd(a),
+        Some(Command::Train(a)) => train::run(a),
         Some(Command::TrainDemo(a)) => demo::train_demo(a),
         Some(Command::Gui(a)) => moescope::gui::run(a),
         None => moescope::gui::run(moescope::gui::GuiArgs::default()),

@@ -32,6 +32,10 @@ pub struct ModelArgs {
     /// Device: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged
+    /// into the weights, e.g. the output of `moescope train`.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -47,6 +51,7 @@ impl ModelArgs {
             dtype: self.dtype,
             device: self.device,
             routing_only,
+            adapter: self.adapter.clone(),
         };
         let mut bar = DownloadBar::default();
         let progress: Option<&mut dyn crate::model::hub::DownloadProgress> =

@@ -6,3 +6,4 @@ pub mod engine;
 pub mod report;
 pub mod select;
 pub mod steer;
+pub mod train;

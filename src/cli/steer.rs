@@ -532,6 +532,7 @@ pub fn steer_spec_cmd(args: SteerSpecArgs) -> Result<()> {
             revision: None,
             dtype: None,
             device: Default::default(),
+            adapter: None,
         };
         let loaded = margs.load(true, true)?;
         spec.resolve(loaded.model.info())

@@ -168,10 +168,7 @@ impl TrainModel {
             .get((cfg.vocab_size, h), "weight")?;
         let norm = RmsNorm::load(&vb.pp("model.norm"), h, eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear {
-                weight: embed.clone(),
-                bias: None,
-            }
+            Linear::new(embed.clone(), None)
         } else {
             Linear::load(&vb.pp("lm_head"), h, cfg.vocab_size, false)?
         };

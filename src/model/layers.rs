@@ -9,17 +9,28 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
+use super::lora::{LoraDelta, push_named};
 use super::routing::{RouteCtx, RouterConfig, route};
 use super::{Batch, ModelError, ModelInfo, MoeModel, Output, Result};
 
-/// `y = x·Wᵀ (+ b)`, weights as stored in the checkpoint (`[out, in]`).
+/// `y = x·Wᵀ (+ b)`, weights as stored in the checkpoint (`[out, in]`), plus an unmerged LoRA
+/// update while one is being trained.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Box<LoraDelta>>,
 }
 
 impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
     pub fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
@@ -27,7 +38,7 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self::new(weight, bias))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -41,6 +52,9 @@ impl Linear {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
+        if let Some(lora) = &self.lora {
+            y = (y + lora.forward(&x2)?)?;
+        }
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         Ok(y.reshape(out_dims)?)
@@ -48,6 +62,10 @@ impl Linear {
 
     pub fn out_dim(&self) -> usize {
         self.weight.dims()[0]
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
     }
 }
 
@@ -140,10 +158,13 @@ impl Rotary {
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         let x = x.contiguous()?;
-        Ok(if self.interleaved {
-            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?
-        } else {
-            candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+        // Candle's fused rope kernels have no backward pass; while training (the input carries
+        // gradients) the composite versions compute the same rotation differentiably.
+        Ok(match (self.interleaved, x.track_op()) {
+            (true, false) => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            (false, false) => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            (true, true) => candle_nn::rotary_emb::rope_i_slow(&x, &cos, &sin)?,
+            (false, true) => candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?,
         })
     }
 }
@@ -209,8 +230,18 @@ pub fn scaled_attention(
         att = att.broadcast_add(m)?;
     }
     let dtype = att.dtype();
-    let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+    let att = softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
     Ok(att.matmul(&v.contiguous()?)?)
+}
+
+/// Softmax over the last axis: Candle's fused kernel, or (when `x` carries gradients, which
+/// the fused kernel cannot pass back) the composite max-shifted form.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(x)?
+    })
 }
 
 fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
@@ -357,6 +388,8 @@ pub struct SwiGlu {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// Module names of gate, up and down in the checkpoint (`gate_proj`… or Mixtral's `w1`…).
+    pub names: [&'static str; 3],
 }
 
 impl SwiGlu {
@@ -370,13 +403,20 @@ impl SwiGlu {
         vb: &VarBuilder,
         hidden: usize,
         inter: usize,
-        names: [&str; 3],
+        names: [&'static str; 3],
     ) -> Result<Self> {
         Ok(Self {
             gate: Linear::load(&vb.pp(names[0]), hidden, inter, false)?,
             up: Linear::load(&vb.pp(names[1]), hidden, inter, false)?,
             down: Linear::load(&vb.pp(names[2]), inter, hidden, false)?,
+            names,
         })
+    }
+
+    /// The three projections with their module names.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 3] {
+        let [g, u, d] = self.names;
+        [(g, &mut self.gate), (u, &mut self.up), (d, &mut self.down)]
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -515,6 +555,8 @@ pub trait AttentionLayer: Send + std::fmt::Debug {
         use_cache: bool,
     ) -> Result<Tensor>;
     fn clear_cache(&mut self);
+    /// Every projection with its module name relative to `self_attn`.
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)>;
 }
 
 impl AttentionLayer for Attention {
@@ -530,6 +572,15 @@ impl AttentionLayer for Attention {
 
     fn clear_cache(&mut self) {
         Attention::clear_cache(self);
+    }
+
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        vec![
+            ("q_proj", &mut self.q),
+            ("k_proj", &mut self.k),
+            ("v_proj", &mut self.v),
+            ("o_proj", &mut self.o),
+        ]
     }
 }
 
@@ -676,6 +727,50 @@ impl MoeModel for DecoderStack {
         for l in &mut self.layers {
             l.attn.clear_cache();
         }
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let layout = &self.info.layout;
+        let fill = |template: &str, layer: usize| template.replace("{layer}", &layer.to_string());
+        let mut out = Vec::new();
+        for (li, layer) in self.layers.iter_mut().enumerate() {
+            push_named(
+                &mut out,
+                &fill(&layout.attention_prefix, li),
+                layer.attn.linears_mut(),
+            );
+            match &mut layer.ff {
+                FeedForward::Dense(mlp) => {
+                    push_named(
+                        &mut out,
+                        &format!("model.layers.{li}.mlp"),
+                        mlp.linears_mut(),
+                    );
+                }
+                FeedForward::Moe(moe) => {
+                    let router = fill(&layout.router, li);
+                    let block = router.strip_suffix(".gate").unwrap_or(&router).to_string();
+                    out.push((router, &mut moe.router));
+                    for (e, expert) in moe.experts.iter_mut().enumerate() {
+                        let prefix =
+                            fill(&layout.expert_prefix, li).replace("{expert}", &e.to_string());
+                        push_named(&mut out, &prefix, expert.linears_mut());
+                    }
+                    if let Some(shared) = &mut moe.shared {
+                        let prefix = layout
+                            .shared_expert_prefix
+                            .as_deref()
+                            .map(|p| fill(p, li))
+                            .unwrap_or_else(|| format!("{block}.shared_expert"));
+                        push_named(&mut out, &prefix, shared.mlp.linears_mut());
+                        if let Some(gate) = &mut shared.gate {
+                            out.push((format!("{block}.shared_expert_gate"), gate));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

@@ -30,6 +30,8 @@ pub struct LoadOptions {
     /// Load only what routing capture needs: no LM head, no experts in the last MoE layer.
     /// Such a model answers only [`super::Output::RoutingOnly`].
     pub routing_only: bool,
+    /// A PEFT LoRA adapter folder merged into the weights after loading.
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 /// A model ready to run, with its tokenizer and where it came from.
@@ -118,6 +120,13 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
         ))
     })?;
     model.set_param_counts(total_params);
+    if let Some(dir) = &opts.adapter {
+        let adapter = crate::train::adapter::Adapter::load(dir)
+            .map_err(|e| ModelError::msg(e.to_string()))?;
+        adapter
+            .merge_into(dir, model.as_mut(), opts.routing_only)
+            .map_err(|e| ModelError::msg(e.to_string()))?;
+    }
     Ok(LoadedModel {
         model,
         tokenizer,

@@ -12,6 +12,7 @@ pub mod families;
 pub mod hub;
 pub mod layers;
 pub mod loader;
+pub mod lora;
 pub mod routing;
 pub mod weights;
 
@@ -235,6 +236,11 @@ pub trait MoeModel: Send {
 
     /// Mutable access to the info, for the loader to fill in counts read from the checkpoint.
     fn info_mut(&mut self) -> &mut ModelInfo;
+
+    /// Every linear layer of the decoder with its full HF module name (e.g.
+    /// `model.layers.3.mlp.experts.5.gate_proj`), for attaching and merging LoRA adapters.
+    /// Experts skipped by a routing-only load are absent.
+    fn linears_mut(&mut self) -> Vec<(String, &mut layers::Linear)>;
 
     /// Records the checkpoint's parameter count and derives the active count per token.
     fn set_param_counts(&mut self, total_params: u64) {

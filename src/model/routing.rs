@@ -256,7 +256,7 @@ pub fn route(
     }
 
     let scores = match cfg.score_fn {
-        ScoreFn::Softmax => candle_nn::ops::softmax_last_dim(&logits)?,
+        ScoreFn::Softmax => super::layers::softmax_last_dim(&logits)?,
         ScoreFn::Sigmoid => candle_nn::ops::sigmoid(&logits)?,
     };
     let scores_host: Vec<f32> = scores.flatten_all()?.to_vec1()?;

@@ -423,6 +423,17 @@ impl AttentionLayer for MlaAttention {
     fn clear_cache(&mut self) {
         self.cache = None;
     }
+
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let mut out: Vec<(&'static str, &mut Linear)> = match &mut self.q {
+            QProj::Full(p) => vec![("q_proj", p)],
+            QProj::LowRank { a, b, .. } => vec![("q_a_proj", a), ("q_b_proj", b)],
+        };
+        out.push(("kv_a_proj_with_mqa", &mut self.kv_a));
+        out.push(("kv_b_proj", &mut self.kv_b));
+        out.push(("o_proj", &mut self.o));
+        out
+    }
 }
 
 /// A SwiGLU MLP `mlp.{gate,up,down}_proj` with optional biases (`mlp_bias`).
@@ -431,6 +442,7 @@ fn load_mlp(vb: &VarBuilder, hidden: usize, inter: usize, bias: bool) -> Result<
         gate: Linear::load(&vb.pp("gate_proj"), hidden, inter, bias)?,
         up: Linear::load(&vb.pp("up_proj"), hidden, inter, bias)?,
         down: Linear::load(&vb.pp("down_proj"), inter, hidden, bias)?,
+        names: ["gate_proj", "up_proj", "down_proj"],
     })
 }
 
@@ -613,10 +625,7 @@ pub fn load_with(
                 // HF's DeepseekV2Moe gate runs in fp32 whatever the model dtype.
                 router: {
                     let r = Linear::load(&mvb.pp("gate"), h, cfg.n_routed_experts, false)?;
-                    Linear {
-                        weight: r.weight.to_dtype(candle_core::DType::F32)?,
-                        bias: None,
-                    }
+                    Linear::new(r.weight.to_dtype(candle_core::DType::F32)?, None)
                 },
                 router_cfg: router_cfg.clone(),
                 experts,

@@ -166,10 +166,7 @@ pub fn load_embed_norm_head(
     } else if !tie_word_embeddings || vb.contains_tensor("lm_head.weight") {
         Some(Linear::load(&vb.pp("lm_head"), hidden, vocab, false)?)
     } else {
-        Some(Linear {
-            weight: embed.clone(),
-            bias: None,
-        })
+        Some(Linear::new(embed.clone(), None))
     };
     Ok((embed, norm, lm_head))
 }

@@ -1,0 +1,393 @@
+//! PEFT LoRA adapters on disk: `adapter_config.json` + `adapter_model.safetensors`.
+//!
+//! Keys are PEFT's: `base_model.model.<module>.lora_A.weight` (`[r, in]`) and
+//! `base_model.model.<module>.lora_B.weight` (`[out, r]`), `<module>` the full HF module name
+//! (`model.layers.3.mlp.experts.5.gate_proj`). The scale is `lora_alpha / r` (or
+//! `lora_alpha / √r` with `use_rslora`). Reading checks everything against the model the adapter
+//! is applied to and names the file and the module when something does not fit; writing goes
+//! through a temporary file and a rename, so an interrupted write never leaves half an adapter.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{Value, json};
+
+use super::{Result, TrainError};
+use crate::model::MoeModel;
+use crate::model::lora::{LoraDelta, merge_into};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// One adapted module's low-rank pair.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    /// `[r, in]`, f32 on the CPU.
+    pub a: Tensor,
+    /// `[out, r]`, f32 on the CPU.
+    pub b: Tensor,
+}
+
+/// The hyper-parameters an adapter records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSettings {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub use_rslora: bool,
+    /// `base_model_name_or_path`.
+    pub base_model: String,
+}
+
+impl AdapterSettings {
+    /// The factor the update `B·A` is multiplied by.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+}
+
+/// A LoRA adapter: settings and one pair per module, by full module name.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub settings: AdapterSettings,
+    pub modules: BTreeMap<String, LoraPair>,
+}
+
+fn number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+/// PEFT's `adapter_config.json` for a LoRA adapter on exactly `target_modules`.
+pub fn peft_config(settings: &AdapterSettings, target_modules: &[String]) -> Value {
+    let mut modules = target_modules.to_vec();
+    modules.sort();
+    modules.dedup();
+    json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": settings.base_model,
+        "r": settings.rank,
+        "lora_alpha": number(settings.alpha),
+        "lora_dropout": settings.dropout,
+        "bias": "none",
+        "target_modules": modules,
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "use_rslora": settings.use_rslora,
+        "use_dora": false,
+    })
+}
+
+fn bad(path: &Path, what: impl std::fmt::Display) -> TrainError {
+    TrainError::Adapter(format!("{}: {what}", path.display()))
+}
+
+impl Adapter {
+    pub fn num_params(&self) -> u64 {
+        self.modules
+            .values()
+            .map(|p| (p.a.elem_count() + p.b.elem_count()) as u64)
+            .sum()
+    }
+
+    /// Reads an adapter folder (or the path of its `adapter_config.json`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let dir = if dir.is_file() {
+            dir.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            dir.to_path_buf()
+        };
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            bad(
+                &cfg_path,
+                format!("cannot read the adapter config ({e}); an adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE}"),
+            )
+        })?;
+        let cfg: Value = serde_json::from_str(&text)
+            .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
+        let settings = parse_settings(&cfg_path, &cfg)?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights_path)
+            .map_err(|e| bad(&weights_path, format!("cannot read: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(&weights_path, format!("not a valid safetensors file: {e}")))?;
+        let mut halves: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+        for (key, view) in st.tensors() {
+            let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
+                return Err(bad(
+                    &weights_path,
+                    format!("unexpected tensor '{key}' (PEFT keys start with '{KEY_PREFIX}')"),
+                ));
+            };
+            let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+                (m, 0)
+            } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+                (m, 1)
+            } else {
+                return Err(bad(
+                    &weights_path,
+                    format!(
+                        "tensor '{key}' is not a LoRA A/B weight (only plain LoRA is supported)"
+                    ),
+                ));
+            };
+            let t = tensor_from_view(&view)
+                .and_then(|t| Ok(t.to_dtype(DType::F32)?))
+                .map_err(|e| bad(&weights_path, format!("tensor '{key}': {e}")))?;
+            if t.rank() != 2 {
+                return Err(bad(
+                    &weights_path,
+                    format!("tensor '{key}' has shape {:?}, expected a matrix", t.dims()),
+                ));
+            }
+            let slot = halves.entry(module.to_string()).or_default();
+            if which == 0 {
+                slot.0 = Some(t);
+            } else {
+                slot.1 = Some(t);
+            }
+        }
+        if halves.is_empty() {
+            return Err(bad(&weights_path, "the adapter holds no LoRA tensors"));
+        }
+        let mut modules = BTreeMap::new();
+        for (module, (a, b)) in halves {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(bad(
+                    &weights_path,
+                    format!("module '{module}' has only one of lora_A / lora_B"),
+                ));
+            };
+            if a.dims()[0] != b.dims()[1] {
+                return Err(bad(
+                    &weights_path,
+                    format!(
+                        "module '{module}': lora_A is {:?} and lora_B is {:?}; their ranks differ",
+                        a.dims(),
+                        b.dims()
+                    ),
+                ));
+            }
+            if a.dims()[0] != settings.rank {
+                return Err(bad(
+                    &weights_path,
+                    format!(
+                        "module '{module}' has rank {} but {CONFIG_FILE} says r = {}",
+                        a.dims()[0],
+                        settings.rank
+                    ),
+                ));
+            }
+            modules.insert(module, LoraPair { a, b });
+        }
+        Ok(Self { settings, modules })
+    }
+
+    /// Writes the folder (created if missing): config and weights, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<u64> {
+        std::fs::create_dir_all(dir).map_err(|e| bad(dir, format!("cannot create: {e}")))?;
+        let targets: Vec<String> = self.modules.keys().cloned().collect();
+        let cfg = serde_json::to_vec_pretty(&peft_config(&self.settings, &targets))
+            .map_err(|e| TrainError::Adapter(e.to_string()))?;
+        let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(self.modules.len() * 2);
+        for (m, p) in &self.modules {
+            tensors.push((format!("{KEY_PREFIX}{m}.lora_A.weight"), p.a.clone()));
+            tensors.push((format!("{KEY_PREFIX}{m}.lora_B.weight"), p.b.clone()));
+        }
+        let bytes = safetensors_bytes(&tensors, None)?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        crate::routing::write_atomic(&weights_path, &bytes)
+            .map_err(|e| bad(&weights_path, format!("cannot write: {e}")))?;
+        let cfg_path = dir.join(CONFIG_FILE);
+        crate::routing::write_atomic(&cfg_path, &cfg)
+            .map_err(|e| bad(&cfg_path, format!("cannot write: {e}")))?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Checks every module against `model` (exists, shapes fit); `origin` names the adapter in
+    /// errors. Modules a routing-only load left out (experts of the last MoE layer, which
+    /// cannot change routing) are allowed when `allow_unloaded_experts`.
+    fn check_against(
+        &self,
+        origin: &Path,
+        model: &mut dyn MoeModel,
+        allow_unloaded_experts: bool,
+    ) -> Result<()> {
+        let info = model.info().clone();
+        let shapes: BTreeMap<String, (usize, usize)> = model
+            .linears_mut()
+            .into_iter()
+            .map(|(n, l)| (n, (l.out_dim(), l.in_dim())))
+            .collect();
+        for (module, pair) in &self.modules {
+            let Some(&(out, inp)) = shapes.get(module) else {
+                if allow_unloaded_experts && is_layout_expert_module(&info, module) {
+                    continue;
+                }
+                return Err(bad(
+                    origin,
+                    format!(
+                        "adapter module '{module}' is not a linear layer of {} ({})",
+                        info.id, info.architecture
+                    ),
+                ));
+            };
+            let (ad, bd) = (pair.a.dims(), pair.b.dims());
+            if ad[1] != inp || bd[0] != out {
+                return Err(bad(
+                    origin,
+                    format!(
+                        "module '{module}': lora_A {ad:?} and lora_B {bd:?} do not fit the model's [{out}, {inp}] weight (expected lora_A [r, {inp}], lora_B [{out}, r])"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the adapter into `model`'s weights (inference: no extra cost per token).
+    pub fn merge_into(
+        &self,
+        origin: &Path,
+        model: &mut dyn MoeModel,
+        allow_unloaded_experts: bool,
+    ) -> Result<()> {
+        self.check_against(origin, model, allow_unloaded_experts)?;
+        let scale = self.settings.scale();
+        for (name, linear) in model.linears_mut() {
+            if let Some(pair) = self.modules.get(&name) {
+                let device = linear.weight.device().clone();
+                let delta = LoraDelta {
+                    a: pair.a.to_device(&device)?,
+                    b: pair.b.to_device(&device)?,
+                    scale,
+                    dropout: None,
+                };
+                merge_into(linear, &delta)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Is `module` one of the routed or shared experts' projections in the model's layout?
+fn is_layout_expert_module(info: &crate::model::ModelInfo, module: &str) -> bool {
+    let layout = &info.layout;
+    info.moe_layers.iter().any(|&l| {
+        (0..info.num_experts).any(|e| {
+            layout
+                .expert_projections
+                .iter()
+                .any(|p| layout.expert_module(l, e, &p.name) == module)
+        }) || layout.shared_expert_prefix.as_ref().is_some_and(|prefix| {
+            let prefix = prefix.replace("{layer}", &l.to_string());
+            module
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+    })
+}
+
+fn parse_settings(path: &Path, cfg: &Value) -> Result<AdapterSettings> {
+    let get = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    match get("peft_type").and_then(Value::as_str) {
+        Some("LORA") => {}
+        Some(other) => {
+            return Err(bad(
+                path,
+                format!("peft_type is '{other}'; only LORA adapters are supported"),
+            ));
+        }
+        None => return Err(bad(path, "no peft_type: not a PEFT adapter config")),
+    }
+    let rank = get("r")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad(path, "'r' (the LoRA rank) is missing or not a whole number"))?
+        as usize;
+    if rank == 0 {
+        return Err(bad(path, "'r' is 0; a LoRA rank must be at least 1"));
+    }
+    let alpha = get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| bad(path, "'lora_alpha' is missing or not a number"))?;
+    for flag in ["use_dora", "fan_in_fan_out"] {
+        if get(flag).and_then(Value::as_bool) == Some(true) {
+            return Err(bad(path, format!("'{flag}: true' is not supported")));
+        }
+    }
+    for pattern in ["rank_pattern", "alpha_pattern"] {
+        if get(pattern)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "a non-empty '{pattern}' is not supported (one rank and alpha for all modules)"
+                ),
+            ));
+        }
+    }
+    Ok(AdapterSettings {
+        rank,
+        alpha,
+        dropout: get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+        use_rslora: get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        base_model: get("base_model_name_or_path")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
+/// A safetensors view as a CPU tensor (f32, f16 or bf16).
+pub(crate) fn tensor_from_view(view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor> {
+    use safetensors::Dtype;
+    let dtype = match view.dtype() {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        other => {
+            return Err(TrainError::Adapter(format!(
+                "dtype {other:?} is not supported (f32, f16 or bf16)"
+            )));
+        }
+    };
+    Ok(Tensor::from_raw_buffer(
+        view.data(),
+        dtype,
+        view.shape(),
+        &Device::Cpu,
+    )?)
+}
+
+/// Serialises named tensors (moved to the CPU, written in their dtype) with optional metadata.
+pub(crate) fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let owned = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<Vec<(String, Tensor)>>>()?;
+    safetensors::tensor::serialize(owned, metadata)
+        .map_err(|e| TrainError::Adapter(format!("cannot serialise tensors: {e}")))
+}
+
+/// The adapter folder's files, for messages.
+pub fn files(dir: &Path) -> [PathBuf; 2] {
+    [dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE)]
+}

@@ -1,0 +1,126 @@
+//! Training text: rows of a dataset turned into token sequences, and the deterministic order
+//! they are fed in.
+//!
+//! Plain datasets train on their text column. Multiple-choice datasets (MMLU / MMLU-Pro
+//! layouts) train on the question and its lettered options followed by the answer cue and the
+//! correct letter, exactly the text the evaluation scores. Micro-batch `i` of the run is a pure
+//! function of (seed, i): epoch `i / batches_per_epoch` is a seeded shuffle, so a resumed run
+//! sees the same batches an uninterrupted one would.
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use tokenizers::Tokenizer;
+
+use super::{Result, TrainError};
+use crate::data::{DataOptions, PromptSet, dataset_columns, load_prompts};
+use crate::model::lora::mix_seed;
+use crate::steering::eval::{ANSWER_CUE, letter, load_items};
+
+/// Subject-labelled training texts, in file order.
+pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {
+    let columns = dataset_columns(path)?;
+    let has = |name: &str| columns.iter().any(|c| c.eq_ignore_ascii_case(name));
+    let multiple_choice = opts.text_column.is_none()
+        && has("question")
+        && (has("options") || has("choices"))
+        && (has("answer") || has("answer_index"));
+    if !multiple_choice {
+        return Ok(load_prompts(path, opts)?);
+    }
+    let items = load_items(path, &[], None).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let mut set = PromptSet {
+        prompts: items
+            .into_iter()
+            .map(|item| crate::data::Prompt {
+                text: format!("{}{ANSWER_CUE} {}", item.prompt, letter(item.answer)),
+                subject: item.subject,
+            })
+            .collect(),
+        source: path.display().to_string(),
+    };
+    if let Some(n) = opts.max_per_subject {
+        set.limit_per_subject(n);
+    }
+    Ok(set)
+}
+
+/// Tokenises every text (special tokens as the tokenizer adds them), cut to `max_tokens`;
+/// sequences under two tokens (nothing to predict) are dropped.
+pub fn tokenise(
+    tokenizer: &Tokenizer,
+    texts: &PromptSet,
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for p in &texts.prompts {
+        let mut ids = crate::model::loader::encode(tokenizer, &p.text)?;
+        ids.truncate(max_tokens);
+        if ids.len() >= 2 {
+            out.push(ids);
+        }
+    }
+    if out.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no training text (every row is shorter than two tokens)",
+            texts.source
+        )));
+    }
+    Ok(out)
+}
+
+/// Which sequences make up each micro-batch.
+#[derive(Debug, Clone)]
+pub struct BatchPlan {
+    pub num_sequences: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl BatchPlan {
+    pub fn batches_per_epoch(&self) -> usize {
+        self.num_sequences.div_ceil(self.batch_size.max(1))
+    }
+
+    /// Sequence indices of global micro-batch `index` (epochs follow each other).
+    pub fn micro_batch(&self, index: u64) -> Vec<usize> {
+        let per_epoch = self.batches_per_epoch().max(1) as u64;
+        let epoch = index / per_epoch;
+        let pos = (index % per_epoch) as usize;
+        let mut order: Vec<usize> = (0..self.num_sequences).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix_seed(self.seed, epoch));
+        order.shuffle(&mut rng);
+        let start = pos * self.batch_size;
+        order[start..(start + self.batch_size).min(self.num_sequences)].to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_epoch_visits_every_sequence_once_in_a_seeded_order() {
+        let plan = BatchPlan {
+            num_sequences: 10,
+            batch_size: 4,
+            seed: 5,
+        };
+        assert_eq!(plan.batches_per_epoch(), 3);
+        for epoch in 0..2u64 {
+            let mut seen: Vec<usize> = (0..3)
+                .flat_map(|b| plan.micro_batch(epoch * 3 + b))
+                .collect();
+            assert_eq!(plan.micro_batch(epoch * 3 + 2).len(), 2);
+            seen.sort();
+            assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        }
+        assert_eq!(plan.micro_batch(4), plan.micro_batch(4));
+        assert_ne!(
+            plan.micro_batch(0),
+            plan.micro_batch(3),
+            "epochs are reshuffled"
+        );
+    }
+}

@@ -1,0 +1,565 @@
+//! Selective LoRA: PEFT interoperability both ways (fixtures from tests/fixtures/make_peft.py),
+//! training that lowers the loss, cancel and resume, and bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Tensor;
+use moescope::model::device::DeviceChoice;
+use moescope::model::routing::NoHook;
+use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
+use moescope::selection::accounting::AdapterScope;
+use moescope::train::{
+    ExpertChoice, LoraOptions, TrainError, TrainEvent, TrainOptions, Trainer, run_training,
+};
+use serde_json::Value;
+
+use common::{fixture, moescope};
+
+const FIXTURES: [&str; 4] = ["olmoe", "qwen2_moe", "mixtral", "deepseek_v2_group"];
+
+fn adapters_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/adapters")
+        .join(name)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/mmlu_pro_sample.parquet")
+}
+
+/// Logits `[t][vocab]` of the fixture with `adapter` merged, for `ids`.
+fn logits_with(name: &str, adapter: Option<&Path>, ids: &[u32]) -> Vec<Vec<f32>> {
+    let opts = LoadOptions {
+        model: fixture(name).display().to_string(),
+        device: DeviceChoice::Cpu,
+        adapter: adapter.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    let mut loaded = load_model(&opts, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let batch = Batch::from_sequences(&[ids.to_vec()], &loaded.device).unwrap();
+    let mut hook = NoHook;
+    let logits = loaded
+        .model
+        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
+        .unwrap()
+        .unwrap();
+    logits.squeeze(0).unwrap().to_vec2().unwrap()
+}
+
+fn expected_logits(path: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let v = read_json(path);
+    let ids = v["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let logits = serde_json::from_value(v["logits"].clone()).unwrap();
+    (ids, logits)
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn peft_made_adapters_give_pefts_logits() {
+    for name in FIXTURES {
+        let dir = adapters_dir(name);
+        let (ids, want) = expected_logits(&dir.join("peft_logits.json"));
+        let base = logits_with(name, None, &ids);
+        assert!(
+            max_diff(&base, &want) > 0.1,
+            "{name}: the fixture adapter should move the logits"
+        );
+        let got = logits_with(name, Some(&dir.join("peft")), &ids);
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
+    }
+}
+
+#[test]
+fn moescope_written_adapters_give_the_logits_peft_computes_with_them() {
+    for name in FIXTURES {
+        let dir = adapters_dir(name);
+        let (ids, want) = expected_logits(&dir.join("moescope_in_peft_logits.json"));
+        let got = logits_with(name, Some(&dir.join("moescope")), &ids);
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
+    }
+}
+
+/// A selection file for `spec.json`'s cells.
+fn write_selection(name: &str, spec: &Value, path: &Path) {
+    let loaded = common::load(name);
+    let info = loaded.model.info();
+    let sel = serde_json::json!({
+        "format": "moescope-selection",
+        "version": 1,
+        "model": {
+            "id": info.id, "architecture": info.architecture,
+            "moe_layers": info.moe_layers, "num_experts": info.num_experts,
+        },
+        "rule": {"name": "explicit"},
+        "experts": spec["experts"],
+    });
+    std::fs::write(path, serde_json::to_vec(&sel).unwrap()).unwrap();
+}
+
+fn tensor_shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec()))
+        .collect()
+}
+
+fn options_for(name: &str, spec: &Value, selection: &Path, out: &Path) -> TrainOptions {
+    let mut opts = TrainOptions::new(
+        &fixture(name).display().to_string(),
+        ExpertChoice::Selection(selection.to_path_buf()),
+        &data(),
+        out,
+    );
+    opts.load.device = DeviceChoice::Cpu;
+    opts.lora = LoraOptions {
+        rank: spec["rank"].as_u64().unwrap() as usize,
+        alpha: spec["alpha"].as_f64().unwrap(),
+        dropout: 0.0,
+        scope: AdapterScope {
+            attention: spec["attention"].as_bool().unwrap(),
+            router: spec["router"].as_bool().unwrap(),
+            shared_experts: spec["shared"].as_bool().unwrap(),
+            num_decoder_layers: None,
+        },
+    };
+    opts.max_steps = Some(1);
+    opts.batch_size = 2;
+    opts
+}
+
+#[test]
+fn trained_adapters_have_exactly_pefts_keys_shapes_and_config() {
+    for name in FIXTURES {
+        let dir = adapters_dir(name);
+        let spec = read_json(&dir.join("spec.json"));
+        let tmp = tempfile::tempdir().unwrap();
+        let sel = tmp.path().join("selection.json");
+        write_selection(name, &spec, &sel);
+        let out = tmp.path().join("run");
+        let never = AtomicBool::new(false);
+        run_training(options_for(name, &spec, &sel, &out), &never, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            tensor_shapes(&out.join("adapter_model.safetensors")),
+            tensor_shapes(&dir.join("peft/adapter_model.safetensors")),
+            "{name}: keys and shapes"
+        );
+        let ours = read_json(&out.join("adapter_config.json"));
+        let peft = read_json(&dir.join("peft/adapter_config.json"));
+        // PEFT shortens long target lists to suffixes when it saves (`gate` for every
+        // `…mlp.gate`); compare the modules each list selects, matched as PEFT matches them
+        // (the full name, or a suffix after a dot).
+        let mut loaded = common::load(name);
+        let all: Vec<String> = loaded
+            .model
+            .linears_mut()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let matched = |v: &Value| {
+            let targets: Vec<String> = serde_json::from_value(v.clone()).unwrap();
+            all.iter()
+                .filter(|n| {
+                    targets
+                        .iter()
+                        .any(|t| *n == t || n.ends_with(&format!(".{t}")))
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let ours_modules = matched(&ours["target_modules"]);
+        assert_eq!(ours_modules, matched(&peft["target_modules"]), "{name}");
+        let spec_targets: Vec<String> =
+            serde_json::from_value(spec["target_modules"].clone()).unwrap();
+        assert_eq!(ours_modules.len(), spec_targets.len(), "{name}");
+        for key in [
+            "peft_type",
+            "task_type",
+            "r",
+            "lora_alpha",
+            "bias",
+            "use_dora",
+            "use_rslora",
+            "fan_in_fan_out",
+        ] {
+            assert_eq!(ours[key], peft[key], "{name}: {key}");
+        }
+    }
+}
+
+fn olmoe_options(out: &Path, steps: u64) -> TrainOptions {
+    let mut opts = TrainOptions::new(
+        &fixture("olmoe").display().to_string(),
+        ExpertChoice::All,
+        &data(),
+        out,
+    );
+    opts.load.device = DeviceChoice::Cpu;
+    opts.lora.rank = 4;
+    opts.lora.alpha = 8.0;
+    opts.lora.dropout = 0.1;
+    opts.max_steps = Some(steps);
+    opts.batch_size = 2;
+    opts.lr = 1e-2;
+    opts.checkpoint_every = 2;
+    opts
+}
+
+fn adapter_tensors(dir: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let t = Tensor::from_raw_buffer(
+                v.data(),
+                candle_core::DType::F32,
+                v.shape(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            (k, t.flatten_all().unwrap().to_vec1().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn training_lowers_the_loss_and_a_cancelled_run_resumes_to_the_same_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let never = AtomicBool::new(false);
+    let full = tmp.path().join("full");
+    let summary = run_training(olmoe_options(&full, 12), &never, &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 12);
+    assert!(
+        summary.final_loss < summary.first_loss,
+        "loss {} -> {}",
+        summary.first_loss,
+        summary.final_loss
+    );
+    let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 12);
+
+    // Cancel after step 5: a checkpoint at step 5, no adapter.
+    let cut = tmp.path().join("cut");
+    let cancel = AtomicBool::new(false);
+    let err = run_training(olmoe_options(&cut, 12), &cancel, &mut |e| {
+        if let TrainEvent::Step(m) = e
+            && m.step == 5
+        {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, TrainError::Cancelled { step: 5, .. }),
+        "{err}"
+    );
+    assert!(cut.join("checkpoint.safetensors").exists());
+    assert!(!cut.join("adapter_model.safetensors").exists());
+
+    // Starting again without --resume refuses to clobber the checkpoint.
+    let err = run_training(olmoe_options(&cut, 12), &never, &mut |_| {}).expect_err("refuses");
+    assert!(err.to_string().contains("--resume"), "{err}");
+
+    // Resuming finishes the same run: same adapter as the uninterrupted one.
+    let mut opts = olmoe_options(&cut, 12);
+    opts.resume = true;
+    let mut trainer = Trainer::new(opts, &mut |_| {}).unwrap();
+    assert_eq!(trainer.step, 5);
+    trainer.run(&never, &mut |_| {}).unwrap();
+    let (a, b) = (adapter_tensors(&full), adapter_tensors(&cut));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, va) in &a {
+        let d = va
+            .iter()
+            .zip(&b[k])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-6, "{k}: resumed run differs by {d}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(cut.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        12
+    );
+
+    // Resuming with other settings is refused, naming the difference.
+    let mut other = olmoe_options(&cut, 12);
+    other.resume = true;
+    other.lora.rank = 2;
+    let err = Trainer::new(other, &mut |_| {}).err().expect("refuses");
+    assert!(err.to_string().contains("rank"), "{err}");
+}
+
+#[test]
+fn adapter_changes_routing_seen_by_trace_and_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = adapters_dir("olmoe").join("peft");
+    let model = fixture("olmoe");
+    let (m, a) = (model.to_str().unwrap(), adapter.to_str().unwrap());
+    let trace = |extra: &[&str]| -> Value {
+        let mut args = vec!["trace", "-m", m, "--ids", "3,50,70,90,110", "--json"];
+        args.extend_from_slice(extra);
+        let out = moescope(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let base = trace(&[]);
+    let adapted = trace(&["--adapter", a]);
+    // The fixture adapter adapts the routers: their logits change.
+    assert_ne!(
+        base["layers"][0]["router_logits"],
+        adapted["layers"][0]["router_logits"]
+    );
+    let p = tmp.path().join("p.json");
+    let out = moescope(&[
+        "profile",
+        "-m",
+        m,
+        "--adapter",
+        a,
+        "--data",
+        data().to_str().unwrap(),
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(p.exists());
+}
+
+fn train_cli(extra: &[&str]) -> std::process::Output {
+    let model = fixture("olmoe");
+    let d = data();
+    let mut args = vec![
+        "train",
+        "-m",
+        model.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    moescope(&args)
+}
+
+fn assert_fails(out: &std::process::Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error should mention '{n}': {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_leaves_nothing_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |s: &str| tmp.path().join(s).display().to_string();
+
+    // Rank 0 and a rank larger than a projection (OLMoE fixture experts are [I, H] small).
+    assert_fails(
+        &train_cli(&["--all-experts", "--out", &t("r0"), "--rank", "0"]),
+        &["rank"],
+    );
+    assert_fails(
+        &train_cli(&["--all-experts", "--out", &t("rbig"), "--rank", "4096"]),
+        &["rank 4096", "experts.0"],
+    );
+    assert!(!tmp.path().join("rbig/adapter_model.safetensors").exists());
+
+    // A selection made for another model.
+    let sel = tmp.path().join("mixtral_sel.json");
+    let spec = read_json(&adapters_dir("mixtral").join("spec.json"));
+    write_selection("mixtral", &spec, &sel);
+    assert_fails(
+        &train_cli(&[
+            "--selection",
+            sel.to_str().unwrap(),
+            "--out",
+            &t("other"),
+            "--rank",
+            "2",
+        ]),
+        &["mixtral_sel.json", "another model", "MixtralForCausalLM"],
+    );
+
+    // A dataset without text.
+    let csv = tmp.path().join("no_text.csv");
+    std::fs::write(&csv, "subject,label\nlaw,1\n").unwrap();
+    let model = fixture("olmoe");
+    let out = moescope(&[
+        "train",
+        "-m",
+        model.to_str().unwrap(),
+        "--all-experts",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        &t("notext"),
+    ]);
+    assert_fails(&out, &["no_text.csv"]);
+
+    // An unwritable output folder (a path below a regular file).
+    let file = tmp.path().join("a_file");
+    std::fs::write(&file, "x").unwrap();
+    assert_fails(
+        &train_cli(&["--all-experts", "--out", &format!("{}/run", file.display())]),
+        &["a_file/run", "output folder"],
+    );
+
+    // An adapter whose shapes do not fit: OLMoE's adapter on Mixtral (other module names),
+    // and an OLMoE adapter with a transposed tensor.
+    let mixtral = fixture("mixtral");
+    let olmoe_adapter = adapters_dir("olmoe").join("peft");
+    let out = moescope(&[
+        "trace",
+        "-m",
+        mixtral.to_str().unwrap(),
+        "--adapter",
+        olmoe_adapter.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--json",
+    ]);
+    assert_fails(
+        &out,
+        &["olmoe/peft", "adapter module", "is not a linear layer"],
+    );
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(
+        olmoe_adapter.join("adapter_config.json"),
+        broken.join("adapter_config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(olmoe_adapter.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (k, v) in st.tensors() {
+        let t = Tensor::from_raw_buffer(
+            v.data(),
+            candle_core::DType::F32,
+            v.shape(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let t = if k.contains("layers.0.self_attn.q_proj.lora_B") {
+            Tensor::zeros(
+                (t.dim(0).unwrap() + 1, t.dim(1).unwrap()),
+                t.dtype(),
+                t.device(),
+            )
+            .unwrap()
+        } else {
+            t
+        };
+        tensors.push((k, t));
+    }
+    let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, broken.join("adapter_model.safetensors")).unwrap();
+    let out = moescope(&[
+        "trace",
+        "-m",
+        model.to_str().unwrap(),
+        "--adapter",
+        broken.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+    ]);
+    assert_fails(
+        &out,
+        &["broken", "model.layers.0.self_attn.q_proj", "do not fit"],
+    );
+
+    // A folder that is not an adapter.
+    let out = moescope(&[
+        "trace",
+        "-m",
+        model.to_str().unwrap(),
+        "--adapter",
+        tmp.path().to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+    ]);
+    assert_fails(&out, &["adapter_config.json"]);
+}
+
+#[test]
+fn two_stage_das_trains_attention_and_router_then_the_top_das_experts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("das");
+    let mut opts = TrainOptions::new(
+        &fixture("olmoe").display().to_string(),
+        ExpertChoice::TwoStageDas {
+            stage1_steps: Some(2),
+            experts_per_layer: Some(2),
+        },
+        &data(),
+        &out,
+    );
+    opts.load.device = DeviceChoice::Cpu;
+    opts.lora.rank = 2;
+    opts.lora.alpha = 4.0;
+    opts.domain = Some("law".into());
+    opts.max_steps = Some(4);
+    opts.batch_size = 2;
+    let mut stages = Vec::new();
+    let never = AtomicBool::new(false);
+    let summary = run_training(opts, &never, &mut |e| {
+        if let TrainEvent::Stage { stage, .. } = e {
+            stages.push(stage);
+        }
+    })
+    .unwrap();
+    assert_eq!(stages, vec![1, 2]);
+    assert_eq!(summary.adapted_experts, 2 * 3);
+    let sel = read_json(&out.join("selection.json"));
+    assert_eq!(sel["rule"]["name"], "das");
+    let cfg = read_json(&out.join("adapter_config.json"));
+    let targets: Vec<String> = serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    assert!(targets.iter().any(|t| t.ends_with("self_attn.q_proj")));
+    assert!(targets.iter().any(|t| t.ends_with("mlp.gate")));
+    assert_eq!(
+        targets.iter().filter(|t| t.contains(".experts.")).count(),
+        2 * 3 * 3
+    );
+}
