@@ -7,7 +7,7 @@
 //! merged into the weight instead ([`merge_into`]), so an adapted model runs at the base
 //! model's speed.
 //!
-//! Dropout masks are drawn on the host from a seeded generator keyed by (seed, module, round):
+//! Dropout masks are drawn on the host by hashing (seed, module, round, element):
 //! the same run gives the same masks whatever order the experts run in on the thread pool, and
 //! a resumed run continues with the masks an uninterrupted run would have drawn.
 
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Tensor};
-use rand::{Rng, SeedableRng};
 
 use super::Result;
 use super::layers::Linear;
@@ -62,11 +61,19 @@ impl LoraDelta {
         if let Some(d) = &self.dropout
             && d.p > 0.0
         {
-            let round = d.round.load(Ordering::Relaxed);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(mix_seed(d.seed, round));
+            // A counter-based generator: element i's draw is a hash of (key, i), so masks are
+            // cheap, need no sequential state and do not depend on thread scheduling.
+            let key = mix_seed(d.seed, d.round.load(Ordering::Relaxed));
             let keep = 1.0 / (1.0 - d.p);
-            let mask: Vec<f32> = (0..xf.elem_count())
-                .map(|_| if rng.random::<f32>() < d.p { 0.0 } else { keep })
+            let threshold = (f64::from(d.p) * (1u64 << 32) as f64) as u64;
+            let mask: Vec<f32> = (0..xf.elem_count() as u64)
+                .map(|i| {
+                    if mix_seed(key, i) >> 32 < threshold {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
                 .collect();
             xf = (xf * Tensor::from_vec(mask, x.shape(), x.device())?)?;
         }
