@@ -8,13 +8,16 @@
 #   apt-get install -y --no-install-recommends xvfb xauth imagemagick xdotool \
 #     mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
 #
-# Usage: scripts/screenshots.sh [view ...]   (views: heatmap subjects load das tokens selection)
+# Usage: scripts/screenshots.sh [view ...]
+#   (views: heatmap subjects load das tokens selection steering)
+# The steering view steers a neutral prompt toward the code_python DAS top-16 experts (bias 2)
+# and waits for both continuations and the routing difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VIEWS=("$@")
 if [ ${#VIEWS[@]} -eq 0 ]; then
-  VIEWS=(heatmap subjects load das tokens selection)
+  VIEWS=(heatmap subjects load das tokens selection steering)
 fi
 SIZE=${SCREENSHOT_SIZE:-1280x800}
 DISPLAY_NUM=${SCREENSHOT_DISPLAY:-:97}

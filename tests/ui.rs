@@ -79,8 +79,31 @@ fn harness() -> Harness<'static, MoeScopeApp> {
         .with_size(egui::vec2(1200.0, 760.0))
         .with_pixels_per_point(1.0)
         .build_eframe(|cc| app(cc));
-    h.run();
+    settle(&mut h);
     h
+}
+
+/// Runs until the worker thread has said it is ready and has woken the UI for it, so that
+/// wake-up cannot add frames in the middle of a click (a press and a release more than 0.8 s of
+/// frame time apart are no click) or push `run` past its step limit.
+fn settle(h: &mut Harness<'_, MoeScopeApp>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.state().state.worker_ready {
+        assert!(Instant::now() < deadline, "the worker never got ready");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    run_after_wake(h);
+}
+
+/// The worker wakes the UI just after queueing an event: waits for that wake-up (unless the
+/// steps so far already consumed it), then runs until the UI settles.
+fn run_after_wake(h: &mut Harness<'_, MoeScopeApp>) {
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while !h.ctx.has_requested_repaint() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.run();
 }
 
 /// Press and release at `pos`.
@@ -254,7 +277,7 @@ fn a_bad_model_path_shows_the_error_and_the_app_keeps_working() {
         .map(str::to_string)
         .expect("an error message");
     assert!(error.contains(bad), "{error}");
-    h.run();
+    run_after_wake(&mut h);
     assert!(
         h.query_by_label_contains("model-folder").is_some(),
         "error shown in the status bar"
@@ -293,7 +316,7 @@ fn heatmap_snapshot_with_the_wgpu_shader() {
         .with_pixels_per_point(1.0)
         .renderer(renderer)
         .build_eframe(|cc| app(cc));
-    h.run();
+    settle(&mut h);
     assert!(h.state().gpu, "the wgpu renderer was not registered");
     let p = center(&h, 2, 3);
     click_at(&mut h, p);
@@ -335,4 +358,442 @@ fn heatmap_snapshot_with_the_wgpu_shader() {
         edge.0
     );
     h.snapshot("main_window_heatmap");
+}
+
+/// Steps the app (without waiting for it to settle: a running job animates) until `done`.
+fn wait_until(
+    h: &mut Harness<'_, MoeScopeApp>,
+    what: &str,
+    mut done: impl FnMut(&MoeScopeApp) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(h.state()) {
+        if let Some(e) = h.state().state.last_error() {
+            panic!("waiting for {what}: {e}");
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        h.run_steps(1);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The harness with the fixture model loaded in the worker.
+fn harness_with_model() -> Harness<'static, MoeScopeApp> {
+    let mut h = harness();
+    h.state_mut().state.load_model(FIXTURE);
+    wait_until(&mut h, "the fixture model", |a| a.state.model.is_some());
+    run_after_wake(&mut h);
+    h
+}
+
+#[test]
+fn generate_in_the_steering_tab_shows_both_texts_and_the_routing_difference() {
+    let mut h = harness_with_model();
+    let layers = profile().model.moe_layers.clone();
+    {
+        let app = h.state_mut();
+        app.state.ui.tab = Tab::Steering;
+        app.state
+            .add_cells([(layers[0], 0), (layers[1], 1), (layers[2], 2)]);
+        app.steering.prompt = "the court ruled that the contract".into();
+        app.steering.max_new_tokens = 8;
+        app.steering.new_bias = 4.0;
+    }
+    h.run();
+    h.get_by_label("From selection (3)").click();
+    h.run();
+    assert_eq!(h.state().steering.rows.len(), 3);
+    assert!(h.query_by_label_contains("3 steered cells").is_some());
+    h.get_by_label("Generate").click();
+    h.run_steps(2);
+    assert!(
+        h.state().state.job(JobKind::Generate).is_some() || h.state().state.steer_output.is_some(),
+        "Generate started no job"
+    );
+    wait_until(&mut h, "the steering result", |a| {
+        a.state
+            .steer_output
+            .as_ref()
+            .is_some_and(|o| o.result.is_some())
+    });
+    run_after_wake(&mut h);
+    let out = h.state().state.steer_output.clone().expect("output");
+    let result = out.result.clone().expect("result");
+    assert_eq!(out.unsteered, result.unsteered_text);
+    assert_eq!(out.steered, result.steered_text);
+    assert!(!result.unsteered_ids.is_empty() && !result.steered_ids.is_empty());
+    assert!(h.query_by_label("Unsteered").is_some());
+    assert!(h.query_by_label("Steered").is_some());
+    // Both continuations are on screen (as far as they are plain ASCII).
+    for text in [&out.unsteered, &out.steered] {
+        let shown: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(12)
+            .collect();
+        if !shown.trim().is_empty() {
+            assert!(
+                h.query_all_by_label_contains(shown.trim()).count() >= 1,
+                "{shown:?} not shown"
+            );
+        }
+    }
+    // The routing-difference heatmap and the per-layer table are drawn.
+    let _ = h.get_by_label("Routing difference heatmap");
+    assert!(h.state().steering.last_layout.is_some());
+    assert!(h.query_by_label("changed sets").is_some());
+    assert_eq!(result.routing.layers, layers);
+    assert_eq!(result.steered_cells.len(), 3);
+    assert!(h.state().state.jobs.is_empty());
+}
+
+#[test]
+fn a_bad_steering_spec_file_shows_an_error_instead_of_panicking() {
+    let mut h = harness_with_model();
+    h.state_mut().state.ui.tab = Tab::Steering;
+    h.run();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("broken.json", "{ this is not json", "not valid JSON"),
+        (
+            "wrong_expert.json",
+            r#"{"format": "moescope-steering", "version": 1,
+                "experts": [{"layer": 1, "expert": 99, "bias": 2.0}]}"#,
+            "expert 99",
+        ),
+        (
+            "selection_not_spec.json",
+            r#"{"format": "moescope-selection", "version": 1}"#,
+            "steering",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        h.state_mut().steering.path_field = path.display().to_string();
+        h.run();
+        h.get_by_label("Load spec").click();
+        h.run();
+        let error = h
+            .state()
+            .state
+            .last_error()
+            .map(str::to_string)
+            .expect("an error message");
+        assert!(error.contains(name) && error.contains(want), "{error}");
+        assert!(
+            h.query_by_label_contains(name).is_some(),
+            "the error naming {name} is not shown"
+        );
+        assert!(
+            h.state().steering.rows.is_empty(),
+            "a bad spec filled the table"
+        );
+        h.state_mut().state.messages.clear();
+    }
+    // A missing file too.
+    h.state_mut().steering.path_field = dir.path().join("missing.json").display().to_string();
+    h.run();
+    h.get_by_label("Load spec").click();
+    h.run();
+    assert!(
+        h.state()
+            .state
+            .last_error()
+            .unwrap()
+            .contains("missing.json")
+    );
+    // A good spec round-trips through Save spec / Load spec.
+    let good = dir.path().join("good.json");
+    {
+        let app = h.state_mut();
+        app.state.messages.clear();
+        app.state.add_cells([(1, 2)]);
+        app.steering.path_field = good.display().to_string();
+    }
+    h.run();
+    h.get_by_label("From selection (1)").click();
+    h.run();
+    h.get_by_label("Save spec").click();
+    h.run();
+    assert!(h.state().state.last_error().is_none());
+    h.state_mut().steering.rows.clear();
+    h.run();
+    h.get_by_label("Load spec").click();
+    h.run();
+    assert_eq!(
+        h.state().steering.rows.len(),
+        1,
+        "{:?}",
+        h.state().state.messages
+    );
+    assert_eq!(
+        (
+            h.state().steering.rows[0].layer,
+            h.state().steering.rows[0].expert
+        ),
+        (1, 2)
+    );
+}
+
+#[test]
+fn the_eval_tab_runs_and_shows_per_subject_accuracy() {
+    let mut h = harness_with_model();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mc.jsonl");
+    let mut lines = String::new();
+    for i in 0..8 {
+        let subject = if i % 2 == 0 { "math" } else { "history" };
+        lines.push_str(
+            &serde_json::json!({
+                "question": format!("Question {i}: which one is right?"),
+                "options": ["one", "two", "three", "four"],
+                "answer": "B",
+                "category": subject,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    {
+        let app = h.state_mut();
+        app.state.ui.tab = Tab::Eval;
+        app.eval.data_field = data.display().to_string();
+        app.steering
+            .rows
+            .push(moescope::gui::steering_panel::SteerRow {
+                layer: 0,
+                expert: 3,
+                mode: moescope::gui::steering_panel::SteerMode::ForceOff,
+                bias: 0.0,
+            });
+    }
+    h.run();
+    assert!(h.query_by_label_contains("1 steered cells").is_some());
+    h.get_by_label("Run eval").click();
+    h.run_steps(2);
+    wait_until(&mut h, "the eval report", |a| {
+        a.state
+            .eval_output
+            .as_ref()
+            .is_some_and(|o| o.report.is_some())
+    });
+    run_after_wake(&mut h);
+    let report = h
+        .state()
+        .state
+        .eval_output
+        .as_ref()
+        .and_then(|o| o.report.clone())
+        .expect("report");
+    assert_eq!(report.overall.questions, 8);
+    for label in ["math", "history", "all", "unsteered", "steered", "delta"] {
+        assert!(h.query_by_label(label).is_some(), "{label} missing");
+    }
+    // A missing file is reported, naming it.
+    h.state_mut().eval.data_field = dir.path().join("nope.jsonl").display().to_string();
+    h.run();
+    h.get_by_label("Run eval").click();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.state().state.last_error().is_none() && Instant::now() < deadline {
+        h.run_steps(1);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        h.state()
+            .state
+            .last_error()
+            .unwrap_or_default()
+            .contains("nope.jsonl")
+    );
+    run_after_wake(&mut h);
+}
+
+/// A finished generate job with a known routing difference (no model needed).
+fn synthetic_steering(app: &mut MoeScopeApp) -> Arc<moescope::worker::SteerResult> {
+    use moescope::steering::diff::{LayerChange, RoutingDiff};
+    let layers = profile().model.moe_layers.clone();
+    let n = 8;
+    let before: Vec<Vec<f64>> = (0..layers.len()).map(|_| vec![0.25; n]).collect();
+    let after: Vec<Vec<f64>> = (0..layers.len())
+        .map(|r| {
+            (0..n)
+                .map(|e| match e {
+                    0 => 0.0,
+                    1 => 0.25 + 0.25 * (r as f64 + 1.0) / 3.0,
+                    _ => 0.25,
+                })
+                .collect()
+        })
+        .collect();
+    let changes = layers
+        .iter()
+        .enumerate()
+        .map(|(r, &layer)| LayerChange {
+            layer,
+            tokens: 12,
+            changed_share: 0.25 * (r as f64 + 1.0),
+            steered_experts: vec![0],
+            steered_mass_before: 0.1,
+            steered_mass_after: 0.0,
+            mass_onto: 0.0,
+            mass_off: 0.1,
+        })
+        .collect();
+    let result = Arc::new(moescope::worker::SteerResult {
+        prompt_tokens: 6,
+        unsteered_ids: vec![1, 2, 3, 4, 5, 6],
+        steered_ids: vec![1, 2, 7, 8, 9, 10],
+        unsteered_text: " and the judge agreed with the court".into(),
+        steered_text: " and the def main(): return 0".into(),
+        routing: RoutingDiff {
+            layers: layers.clone(),
+            num_experts: n,
+            tokens: 12,
+            before,
+            after,
+            changes,
+        },
+        steered_cells: layers.iter().map(|&l| (l, 0)).collect(),
+    });
+    app.state.steer_output = Some(moescope::gui::state::SteerOutput {
+        job: 77,
+        prompt: "the court ruled".into(),
+        unsteered: String::new(),
+        steered: String::new(),
+        result: None,
+    });
+    app.state.handle_event(Event::SteerReady {
+        job: 77,
+        result: result.clone(),
+    });
+    app.steering.prompt = "the court ruled".into();
+    app.state.ui.tab = Tab::Steering;
+    result
+}
+
+#[test]
+fn routing_difference_heatmap_with_the_wgpu_shader() {
+    let Some(renderer) = wgpu_renderer() else {
+        return;
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1200.0, 760.0))
+        .with_pixels_per_point(1.0)
+        .renderer(renderer)
+        .build_eframe(|cc| app(cc));
+    let result = synthetic_steering(h.state_mut());
+    h.state_mut().state.ui.show_side_panel = false;
+    settle(&mut h);
+    assert!(h.state().gpu);
+    assert!(
+        h.query_by_label_contains("def main").is_some(),
+        "steered text not shown"
+    );
+    assert!(
+        h.query_by_label("L1 50%").is_none(),
+        "row labels are painted, not widgets"
+    );
+    let image = h.render().expect("render");
+    let delta = result.routing.delta();
+    let m = moescope::render::Matrix::from_rows(&delta);
+    let style = moescope::render::HeatmapStyle::fit(
+        &m.values,
+        moescope::render::ColorMap::Diverging,
+        moescope::render::ColorScale::Linear,
+    );
+    let layout = h
+        .state()
+        .steering
+        .last_layout
+        .expect("difference heatmap drawn");
+    // Unsteered cells (no outline): expert 1 gains, expert 4 is unchanged.
+    for (row, col) in [(0, 1), (2, 1), (1, 4)] {
+        let c = layout.cell_center(row, col).expect("cell");
+        let px = image.get_pixel(c.x as u32, c.y as u32);
+        let want = style.color(m.get(row, col).expect("cell"));
+        for (got, want) in px.0.iter().zip([want.r(), want.g(), want.b()]) {
+            assert!(
+                (i32::from(*got) - i32::from(want)).abs() <= 3,
+                "cell ({row}, {col}): got {:?}, want {want:?}",
+                px.0
+            );
+        }
+    }
+    // The steered expert 0 is outlined.
+    let r = layout.cell_rect(0, 0).expect("cell");
+    let edge = image.get_pixel(r.min.x as u32, r.center().y as u32);
+    assert!(
+        edge.0[0] > 200 && edge.0[1] < 120,
+        "steered cell not outlined: {:?}",
+        edge.0
+    );
+    h.snapshot("steering_tab");
+}
+
+#[test]
+fn streamed_text_shows_while_the_job_runs() {
+    use moescope::worker::Side;
+    let mut h = harness();
+    {
+        let s = &mut h.state_mut().state;
+        s.ui.tab = Tab::Steering;
+        s.jobs.push(RunningJob {
+            id: 9,
+            kind: JobKind::Generate,
+            done: 3,
+            total: 18,
+            label: "generating unsteered: 3 / 8 tokens".into(),
+        });
+        s.steer_output = Some(moescope::gui::state::SteerOutput {
+            job: 9,
+            prompt: "the court".into(),
+            unsteered: String::new(),
+            steered: String::new(),
+            result: None,
+        });
+        for piece in [" ruled", " that the", " contract"] {
+            s.handle_event(Event::GeneratedText {
+                job: 9,
+                side: Side::Unsteered,
+                text: piece.into(),
+            });
+        }
+        // Text of another job is ignored.
+        s.handle_event(Event::GeneratedText {
+            job: 8,
+            side: Side::Steered,
+            text: "stale".into(),
+        });
+    }
+    h.run_steps(3);
+    assert!(
+        h.query_by_label_contains("ruled that the contract")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label("generating...").is_some(),
+        "steered side waits"
+    );
+    assert!(h.query_by_label_contains("stale").is_none());
+    assert!(h.query_by_label("Cancel generation").is_some());
+    h.state_mut().state.handle_event(Event::GeneratedText {
+        job: 9,
+        side: Side::Steered,
+        text: " void".into(),
+    });
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("void").is_some());
+    // Cancelled: the partial texts stay, the job ends.
+    h.state_mut()
+        .state
+        .handle_event(Event::Cancelled { job: 9 });
+    h.run();
+    assert!(h.state().state.jobs.is_empty());
+    assert!(
+        h.query_by_label_contains("ruled that the contract")
+            .is_some()
+    );
+    assert!(h.query_by_label("(stopped before the end)").is_some());
 }

@@ -1,5 +1,5 @@
 //! The app shell: side panel (model, data), central tabs (heatmap, subjects, load, DAS,
-//! tokens, selection), status bar (jobs, messages). `logic` drains the worker and the file
+//! tokens, selection, steering, eval), status bar (jobs, messages). `logic` drains the worker and the file
 //! dialogs; `ui` draws; `save` persists [`UiState`].
 
 use std::path::PathBuf;
@@ -8,11 +8,13 @@ use super::GuiArgs;
 use super::das_panel::DasPanel;
 use super::data_panel::DataPanel;
 use super::dialogs::{DialogPurpose, Dialogs};
+use super::eval_panel::EvalPanel;
 use super::heatmap_panel::HeatmapPanel;
 use super::load_panel::LoadPanel;
 use super::model_panel::ModelPanel;
 use super::selection_panel::SelectionPanel;
 use super::state::{AppState, HeatmapMetric, JobKind, Level, Tab, UiState};
+use super::steering_panel::SteeringPanel;
 use super::subjects_panel::SubjectsPanel;
 use super::tokens_panel::TokensPanel;
 use crate::render::HeatmapRenderer;
@@ -35,6 +37,8 @@ pub struct MoeScopeApp {
     pub das: DasPanel,
     pub tokens: TokensPanel,
     pub selection: SelectionPanel,
+    pub steering: SteeringPanel,
+    pub eval: EvalPanel,
     screenshot: Option<ScreenshotHook>,
 }
 
@@ -114,6 +118,8 @@ impl MoeScopeApp {
             das: DasPanel::default(),
             tokens: TokensPanel::default(),
             selection: SelectionPanel::default(),
+            steering: SteeringPanel::default(),
+            eval: EvalPanel::default(),
             screenshot: None,
         }
     }
@@ -183,6 +189,15 @@ impl MoeScopeApp {
                 }
                 DialogPurpose::PeftDir => self.selection.peft_dir = shown,
                 DialogPurpose::EsftFile => self.selection.esft_file = shown,
+                DialogPurpose::OpenSteering => {
+                    self.steering.path_field = shown;
+                    self.steering.load(&mut self.state, &path);
+                }
+                DialogPurpose::SaveSteering => {
+                    self.steering.path_field = shown;
+                    self.steering.save(&mut self.state, &path);
+                }
+                DialogPurpose::EvalData => self.eval.data_field = shown,
             }
         }
     }
@@ -218,9 +233,15 @@ impl MoeScopeApp {
                     let text = self.tokens.prompt.clone();
                     self.state.trace(&text);
                 }
+                if hook.view == "steering" {
+                    screenshot_steering(&mut self.steering, &mut self.state);
+                }
                 hook.stage = 1;
             }
             1 => {
+                if hook.view == "steering" && self.state.job(JobKind::Generate).is_some() {
+                    return;
+                }
                 if hook.view == "tokens" {
                     let Some(trace) = &self.state.trace else {
                         return;
@@ -252,7 +273,7 @@ impl MoeScopeApp {
                     None => egui::ProgressBar::new(0.0).animate(true),
                 };
                 ui.add(bar.desired_width(160.0).text(job.label.clone()));
-                if job.kind == JobKind::Profile && ui.button("Cancel").clicked() {
+                if job.kind.cancellable() && ui.button("Cancel").clicked() {
                     self.state.cancel();
                 }
             }
@@ -318,6 +339,12 @@ impl eframe::App for MoeScopeApp {
             Tab::Das => self.das.ui(ui, &mut self.state),
             Tab::Tokens => self.tokens.ui(ui, &mut self.state),
             Tab::Selection => self.selection.ui(ui, &mut self.state),
+            Tab::Steering => self
+                .steering
+                .ui(ui, &mut self.state, &mut self.dialogs, self.gpu),
+            Tab::Eval => self
+                .eval
+                .ui(ui, &mut self.state, &mut self.dialogs, &self.steering),
         });
     }
 
@@ -326,4 +353,23 @@ impl eframe::App for MoeScopeApp {
             storage.set_string(STORAGE_KEY, s);
         }
     }
+}
+
+/// The steering screenshot: a neutral prompt steered toward the code_python DAS top-16 experts
+/// (bias 2), which turns the demo's continuation toward code.
+fn screenshot_steering(s: &mut SteeringPanel, state: &mut AppState) {
+    let Some(profile) = state.profile.clone() else {
+        return;
+    };
+    s.das_domain = ["code_python"]
+        .into_iter()
+        .find(|d| profile.subject(d).is_some())
+        .or_else(|| profile.subjects.last().map(|d| d.name.as_str()))
+        .map(str::to_string);
+    s.das_top_n = 16;
+    s.new_bias = 2.0;
+    s.max_new_tokens = 40;
+    s.prompt = "We can write the answer as".into();
+    s.from_das(state);
+    s.generate(state);
 }

@@ -18,6 +18,9 @@ pub enum DialogPurpose {
     SaveSelection,
     PeftDir,
     EsftFile,
+    OpenSteering,
+    SaveSteering,
+    EvalData,
 }
 
 pub struct Dialogs {

@@ -8,11 +8,13 @@ pub mod app;
 pub mod das_panel;
 pub mod data_panel;
 pub mod dialogs;
+pub mod eval_panel;
 pub mod heatmap_panel;
 pub mod load_panel;
 pub mod model_panel;
 pub mod selection_panel;
 pub mod state;
+pub mod steering_panel;
 pub mod subjects_panel;
 pub mod tokens_panel;
 

@@ -15,7 +15,10 @@ use crate::model::ModelInfo;
 use crate::render::{ColorScale, HeatmapView};
 use crate::routing::RoutingProfile;
 use crate::selection::{Selection, SelectionModel, SelectionRule};
-use crate::worker::{Command, Event, JobId, TokenTrace, TopTokenTable, Worker};
+use crate::steering::SteeringSpec;
+use crate::steering::eval::EvalReport;
+use crate::steering::generate::GenerateOptions;
+use crate::worker::{Command, Event, JobId, Side, SteerResult, TokenTrace, TopTokenTable, Worker};
 
 /// How many recent models are remembered.
 const MAX_RECENT: usize = 8;
@@ -30,16 +33,20 @@ pub enum Tab {
     Das,
     Tokens,
     Selection,
+    Steering,
+    Eval,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 6] = [
+    pub const ALL: [Tab; 8] = [
         Tab::Heatmap,
         Tab::Subjects,
         Tab::Load,
         Tab::Das,
         Tab::Tokens,
         Tab::Selection,
+        Tab::Steering,
+        Tab::Eval,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +57,8 @@ impl Tab {
             Tab::Das => "DAS",
             Tab::Tokens => "Tokens",
             Tab::Selection => "Selection",
+            Tab::Steering => "Steering",
+            Tab::Eval => "Eval",
         }
     }
 }
@@ -160,6 +169,15 @@ pub enum JobKind {
     Load,
     Profile,
     Trace,
+    Generate,
+    Eval,
+}
+
+impl JobKind {
+    /// Jobs the status bar offers to cancel (the worker checks between steps).
+    pub fn cancellable(self) -> bool {
+        matches!(self, JobKind::Profile | JobKind::Generate | JobKind::Eval)
+    }
 }
 
 /// A job sent to the worker and not finished yet.
@@ -192,6 +210,37 @@ pub struct Message {
     pub text: String,
 }
 
+/// The unsteered and steered continuations of the last generate job, as they stream in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SteerOutput {
+    pub job: JobId,
+    pub prompt: String,
+    pub unsteered: String,
+    pub steered: String,
+    /// Set when the job finished.
+    pub result: Option<Arc<SteerResult>>,
+}
+
+impl SteerOutput {
+    pub fn text(&self, side: Side) -> &str {
+        match side {
+            Side::Unsteered => &self.unsteered,
+            Side::Steered => &self.steered,
+        }
+    }
+}
+
+/// The last eval job and its report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalOutput {
+    pub job: JobId,
+    /// The dataset file.
+    pub data: String,
+    /// What the steered column used (e.g. "3 cells, strength 1, both").
+    pub steering: String,
+    pub report: Option<Arc<EvalReport>>,
+}
+
 /// Everything the panels read and change, apart from the persisted [`UiState`].
 pub struct AppState {
     pub ui: UiState,
@@ -214,10 +263,16 @@ pub struct AppState {
     pub selection_rule: SelectionRule,
     pub selection_data: Option<String>,
     pub trace: Option<TokenTrace>,
+    /// The last generate job (Steering tab).
+    pub steer_output: Option<SteerOutput>,
+    /// The last eval job (Eval tab).
+    pub eval_output: Option<EvalOutput>,
     pub jobs: Vec<RunningJob>,
     pub messages: Vec<Message>,
     /// Profile the prompts as soon as a model loads (the demo start-up).
     pub auto_profile: bool,
+    /// The worker thread has reported [`Event::Ready`].
+    pub worker_ready: bool,
     next_job: JobId,
 }
 
@@ -237,9 +292,12 @@ impl AppState {
             selection_rule: SelectionRule::Explicit,
             selection_data: None,
             trace: None,
+            steer_output: None,
+            eval_output: None,
             jobs: Vec::new(),
             messages: Vec::new(),
             auto_profile: false,
+            worker_ready: false,
             next_job: 1,
         }
     }
@@ -349,6 +407,88 @@ impl AppState {
         })
     }
 
+    /// Generates after `prompt` without and with `spec` (Steering tab). The spec is checked
+    /// against the loaded model first, so a bad table is reported without a round trip.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        spec: SteeringSpec,
+        options: GenerateOptions,
+    ) -> Option<JobId> {
+        let Some(info) = self.model.as_ref() else {
+            self.error("no model loaded: load a model to generate");
+            return None;
+        };
+        if prompt.trim().is_empty() {
+            self.error("the prompt is empty: type a prompt to generate from");
+            return None;
+        }
+        if let Err(e) = spec.resolve(info) {
+            self.error(format!("the steering table does not fit {}: {e}", info.id));
+            return None;
+        }
+        if let Err(e) = options.validate() {
+            self.error(e.to_string());
+            return None;
+        }
+        let text = prompt.to_string();
+        let label = format!("generating {} tokens twice", options.max_new_tokens);
+        let id = self.start_job(JobKind::Generate, label, move |job| Command::Generate {
+            job,
+            prompt: text,
+            spec: Box::new(spec),
+            options,
+        })?;
+        self.steer_output = Some(SteerOutput {
+            job: id,
+            prompt: prompt.to_string(),
+            unsteered: String::new(),
+            steered: String::new(),
+            result: None,
+        });
+        Some(id)
+    }
+
+    /// Scores the multiple-choice questions of `data` without and with `spec` (Eval tab).
+    pub fn run_eval(
+        &mut self,
+        data: &Path,
+        spec: SteeringSpec,
+        limit: Option<usize>,
+    ) -> Option<JobId> {
+        if self.model.is_none() {
+            self.error("no model loaded: load a model to evaluate");
+            return None;
+        }
+        if data.as_os_str().is_empty() {
+            self.error("choose a multiple-choice dataset (MMLU or MMLU-Pro layout) first");
+            return None;
+        }
+        let steering = format!(
+            "{} steered cells, strength {}, {:?}",
+            spec.experts.len(),
+            spec.strength,
+            spec.apply_to
+        )
+        .to_lowercase();
+        let path = data.to_path_buf();
+        let id = self.start_job(JobKind::Eval, "evaluating".into(), move |job| {
+            Command::Eval {
+                job,
+                data: path,
+                spec: Some(Box::new(spec)),
+                limit,
+            }
+        })?;
+        self.eval_output = Some(EvalOutput {
+            job: id,
+            data: data.display().to_string(),
+            steering,
+            report: None,
+        });
+        Some(id)
+    }
+
     pub fn cancel(&mut self) {
         if let Some(w) = self.worker.as_ref() {
             w.cancel();
@@ -429,7 +569,7 @@ impl AppState {
     /// Applies one worker event.
     pub fn handle_event(&mut self, event: Event) {
         match event {
-            Event::Ready => {}
+            Event::Ready => self.worker_ready = true,
             Event::Progress {
                 job,
                 done,
@@ -478,6 +618,54 @@ impl AppState {
             Event::TraceReady { job, trace } => {
                 self.finish(job);
                 self.trace = Some(trace);
+            }
+            Event::GeneratedText { job, side, text } => {
+                if let Some(out) = self.steer_output.as_mut().filter(|o| o.job == job) {
+                    match side {
+                        Side::Unsteered => out.unsteered.push_str(&text),
+                        Side::Steered => out.steered.push_str(&text),
+                    }
+                }
+            }
+            Event::SteerReady { job, result } => {
+                self.finish(job);
+                if let Some(out) = self.steer_output.as_mut().filter(|o| o.job == job) {
+                    out.unsteered = result.unsteered_text.clone();
+                    out.steered = result.steered_text.clone();
+                    let changed = result.routing.changes.iter().map(|c| c.changed_share);
+                    let mean = changed.clone().sum::<f64>() / changed.len().max(1) as f64;
+                    let first = match result.first_difference() {
+                        Some(i) => format!("continuations differ from token {i}"),
+                        None => "identical continuations".into(),
+                    };
+                    out.result = Some(result);
+                    self.info(format!(
+                        "generated: {first}; the chosen experts changed for {:.1}% of tokens \
+                         (mean over layers)",
+                        100.0 * mean
+                    ));
+                }
+            }
+            Event::EvalReady { job, report } => {
+                self.finish(job);
+                if let Some(out) = self.eval_output.as_mut().filter(|o| o.job == job) {
+                    let o = &report.overall;
+                    let text = match &o.steered {
+                        Some(s) => format!(
+                            "scored {} questions: {:.1}% unsteered, {:.1}% steered",
+                            o.questions,
+                            100.0 * o.unsteered.value,
+                            100.0 * s.value
+                        ),
+                        None => format!(
+                            "scored {} questions: {:.1}%",
+                            o.questions,
+                            100.0 * o.unsteered.value
+                        ),
+                    };
+                    out.report = Some(report);
+                    self.info(text);
+                }
             }
             Event::Cancelled { job } => {
                 self.finish(job);

@@ -175,6 +175,87 @@ pub fn routing_change(
     Ok(out)
 }
 
+/// Share of the sequence's tokens that chose each expert (`[experts]`, each in `[0, 1]`; they
+/// sum to `top_k`).
+pub fn token_share(r: &LayerRouting) -> Vec<f64> {
+    let mut share = vec![0f64; r.num_experts];
+    let k = r.top_k.max(1);
+    for set in r.indices.chunks(k) {
+        // A set never names an expert twice; count each once anyway.
+        let mut seen: Vec<u32> = set.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for e in seen {
+            if let Some(s) = share.get_mut(e as usize) {
+                *s += 1.0;
+            }
+        }
+    }
+    let n = r.num_tokens().max(1) as f64;
+    share.iter_mut().for_each(|s| *s /= n);
+    share
+}
+
+/// The routing difference of one sequence, ready to draw: per MoE layer (ascending decoder
+/// layer) the share of tokens choosing each expert before and after steering, and the
+/// [`LayerChange`] summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingDiff {
+    /// Decoder layer of each row.
+    pub layers: Vec<usize>,
+    pub num_experts: usize,
+    /// Tokens compared (prompt + continuation).
+    pub tokens: usize,
+    /// `[row][expert]` share of tokens choosing the expert, unsteered.
+    pub before: Vec<Vec<f64>>,
+    /// The same, steered.
+    pub after: Vec<Vec<f64>>,
+    /// Per row: changed-set share and mass moved onto / off the steered experts.
+    pub changes: Vec<LayerChange>,
+}
+
+impl RoutingDiff {
+    /// Compares two routings of the same tokens (as [`routing_change`]).
+    pub fn new(
+        before: &BTreeMap<usize, LayerRouting>,
+        after: &BTreeMap<usize, LayerRouting>,
+        steered: &BTreeMap<usize, Vec<usize>>,
+    ) -> Result<Self> {
+        let changes = routing_change(before, after, steered)?;
+        let layers: Vec<usize> = before.keys().copied().collect();
+        let num_experts = before.values().map(|r| r.num_experts).max().unwrap_or(0);
+        let tokens = before
+            .values()
+            .map(LayerRouting::num_tokens)
+            .max()
+            .unwrap_or(0);
+        let before_share = before.values().map(token_share).collect();
+        let after_share = layers.iter().map(|l| token_share(&after[l])).collect();
+        Ok(Self {
+            layers,
+            num_experts,
+            tokens,
+            before: before_share,
+            after: after_share,
+            changes,
+        })
+    }
+
+    /// `[row][expert]` steered minus unsteered token share.
+    pub fn delta(&self) -> Vec<Vec<f64>> {
+        self.before
+            .iter()
+            .zip(&self.after)
+            .map(|(b, a)| a.iter().zip(b).map(|(a, b)| a - b).collect())
+            .collect()
+    }
+
+    /// True when steering changed no token's chosen set.
+    pub fn unchanged(&self) -> bool {
+        self.changes.iter().all(|c| c.changed_share == 0.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +284,24 @@ mod tests {
         assert!((c.steered_mass_after - 0.7).abs() < 1e-6);
         assert!((c.mass_onto - 0.4).abs() < 1e-6);
         assert!((c.mass_off - 0.35).abs() < 1e-6);
+    }
+
+    #[test]
+    fn token_share_and_diff() {
+        // tokens: {0,1}, {2,3} -> {1,0}, {0,3}
+        let before = BTreeMap::from([(5, lr(vec![0, 1, 2, 3], vec![0.6, 0.4, 0.7, 0.3]))]);
+        let after = BTreeMap::from([(5, lr(vec![1, 0, 0, 3], vec![0.5, 0.5, 0.9, 0.1]))]);
+        assert_eq!(token_share(&before[&5]), vec![0.5, 0.5, 0.5, 0.5]);
+        assert_eq!(token_share(&after[&5]), vec![1.0, 0.5, 0.0, 0.5]);
+        let steered = BTreeMap::from([(5, vec![0])]);
+        let d = RoutingDiff::new(&before, &after, &steered).unwrap();
+        assert_eq!(d.layers, vec![5]);
+        assert_eq!((d.num_experts, d.tokens), (4, 2));
+        assert_eq!(d.delta(), vec![vec![0.5, 0.0, -0.5, 0.0]]);
+        assert!((d.changes[0].changed_share - 0.5).abs() < 1e-12);
+        assert!(!d.unchanged());
+        let same = RoutingDiff::new(&before, &before, &steered).unwrap();
+        assert!(same.unchanged());
+        assert!(same.delta()[0].iter().all(|&v| v == 0.0));
     }
 }

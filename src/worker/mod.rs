@@ -9,11 +9,16 @@
 //!   idle window wakes up when a job progresses.
 //! - Cancel: [`Worker::cancel`] sets a shared flag the running job checks between batches; the
 //!   job then ends with [`Event::Cancelled`].
-//! - Only plain data crosses: [`ModelInfo`], `Arc<RoutingProfile>`, [`TokenTrace`]; never a
-//!   tensor or a device. Errors cross as `format!("{err:#}")` text, handled once by the UI.
+//! - Only plain data crosses: [`ModelInfo`], `Arc<RoutingProfile>`, [`TokenTrace`],
+//!   [`SteerResult`], `Arc<EvalReport>`; never a tensor or a device. Errors cross as
+//!   `format!("{err:#}")` text, handled once by the UI.
+//! - Models load for routing only (no LM head, no experts in the last MoE layer: less memory
+//!   for profiling). The first [`Command::Generate`] or [`Command::Eval`] reloads the same files
+//!   in full, once.
 //!
 //! Must not import `gui` or `render`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -28,6 +33,10 @@ use crate::model::routing::{RecordingHook, RouteCtx};
 use crate::model::{Batch, LoadOptions, LoadedModel, ModelInfo, Output, load_model, loader};
 use crate::profiling::{ProfileError, ProfileOptions, run_profile_observed};
 use crate::routing::RoutingProfile;
+use crate::steering::diff::{RoutingDiff, sequence_routing};
+use crate::steering::eval::{EvalOptions, EvalReport, load_items, run_eval};
+use crate::steering::generate::{GenerateOptions, TextStream, decode, generate, stop_ids};
+use crate::steering::{ActiveSteering, SteerError, SteeringSpec};
 
 /// Identifies one job (a load, a profile run, a trace) in progress and result events.
 pub type JobId = u64;
@@ -59,6 +68,24 @@ pub enum Command {
     },
     /// Route one prompt and report every token's experts in every layer.
     Trace { job: JobId, text: String },
+    /// Generate after `prompt` without and then with `spec` (resolved against the loaded
+    /// model), streaming [`Event::GeneratedText`] for each side, then compare the routing of
+    /// the prompt + unsteered continuation under both ([`Event::SteerReady`]). The tokenizer's
+    /// end-of-text ids are added to `options.stop_ids`.
+    Generate {
+        job: JobId,
+        prompt: String,
+        spec: Box<SteeringSpec>,
+        options: GenerateOptions,
+    },
+    /// Score the multiple-choice questions of `data` (MMLU / MMLU-Pro layout) without and, if
+    /// `spec` is given, with steering; at most `limit` questions per subject.
+    Eval {
+        job: JobId,
+        data: PathBuf,
+        spec: Option<Box<SteeringSpec>>,
+        limit: Option<usize>,
+    },
     /// Cancel the running job (same as [`Worker::cancel`], which does not wait for the queue).
     Cancel,
     /// Stop the thread.
@@ -71,7 +98,9 @@ impl Command {
         match self {
             Command::LoadModel { job, .. }
             | Command::Profile { job, .. }
-            | Command::Trace { job, .. } => Some(*job),
+            | Command::Trace { job, .. }
+            | Command::Generate { job, .. }
+            | Command::Eval { job, .. } => Some(*job),
             Command::Cancel | Command::Shutdown => None,
         }
     }
@@ -96,6 +125,45 @@ pub struct TokenTrace {
     pub layers: Vec<usize>,
     pub num_experts: usize,
     pub tokens: Vec<TracedToken>,
+}
+
+/// Which of the two generations of a [`Command::Generate`] job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Unsteered,
+    Steered,
+}
+
+/// The outcome of a [`Command::Generate`] job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SteerResult {
+    pub prompt_tokens: usize,
+    /// Generated ids (the prompt excluded).
+    pub unsteered_ids: Vec<u32>,
+    pub steered_ids: Vec<u32>,
+    /// The generated ids decoded as a whole.
+    pub unsteered_text: String,
+    pub steered_text: String,
+    /// Routing of the prompt + unsteered continuation, unsteered vs steered.
+    pub routing: RoutingDiff,
+    /// Steered cells (biased or forced) after resolving the spec, `(layer, expert)`.
+    pub steered_cells: Vec<(usize, usize)>,
+}
+
+impl SteerResult {
+    /// Index of the first generated token where the two continuations differ.
+    pub fn first_difference(&self) -> Option<usize> {
+        if self.unsteered_ids == self.steered_ids {
+            return None;
+        }
+        Some(
+            self.unsteered_ids
+                .iter()
+                .zip(&self.steered_ids)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        )
+    }
 }
 
 /// What the worker reports.
@@ -123,6 +191,22 @@ pub enum Event {
     TraceReady {
         job: JobId,
         trace: TokenTrace,
+    },
+    /// New text of one side of a generate job, as soon as its tokens decode.
+    GeneratedText {
+        job: JobId,
+        side: Side,
+        text: String,
+    },
+    /// A generate job finished: both continuations and the routing difference.
+    SteerReady {
+        job: JobId,
+        result: Arc<SteerResult>,
+    },
+    /// An eval job finished.
+    EvalReady {
+        job: JobId,
+        report: Arc<EvalReport>,
     },
     /// The job stopped because it was cancelled; nothing it made is kept.
     Cancelled {
@@ -191,6 +275,7 @@ impl Worker {
             .spawn(move || {
                 let mut state = WorkerState {
                     model: None,
+                    full: false,
                     cancel: flag,
                     outbox,
                 };
@@ -259,6 +344,8 @@ impl Drop for Worker {
 
 struct WorkerState {
     model: Option<LoadedModel>,
+    /// The model was loaded with its LM head (generation and scoring work).
+    full: bool,
     cancel: Arc<AtomicBool>,
     outbox: Outbox,
 }
@@ -284,6 +371,32 @@ impl WorkerState {
                 Command::Trace { job, text } => match self.trace(&text) {
                     Ok(trace) => self.outbox.send(Event::TraceReady { job, trace }),
                     Err(error) => self.fail(Some(job), error),
+                },
+                Command::Generate {
+                    job,
+                    prompt,
+                    spec,
+                    options,
+                } => match self.generate(job, &prompt, &spec, options) {
+                    Ok(result) => self.outbox.send(Event::SteerReady {
+                        job,
+                        result: Arc::new(result),
+                    }),
+                    Err(JobError::Cancelled) => self.outbox.send(Event::Cancelled { job }),
+                    Err(JobError::Failed(error)) => self.fail(Some(job), error),
+                },
+                Command::Eval {
+                    job,
+                    data,
+                    spec,
+                    limit,
+                } => match self.eval(job, &data, spec.as_deref(), limit) {
+                    Ok(report) => self.outbox.send(Event::EvalReady {
+                        job,
+                        report: Arc::new(report),
+                    }),
+                    Err(JobError::Cancelled) => self.outbox.send(Event::Cancelled { job }),
+                    Err(JobError::Failed(error)) => self.fail(Some(job), error),
                 },
             }
         }
@@ -322,6 +435,7 @@ impl WorkerState {
                 // Drop the old model first so two never sit in memory at once.
                 self.model = None;
                 self.model = Some(loaded);
+                self.full = false;
                 self.outbox.send(Event::ModelLoaded {
                     job,
                     info: Box::new(info),
@@ -451,6 +565,245 @@ impl WorkerState {
             num_experts: info.num_experts,
             tokens,
         })
+    }
+}
+
+/// Why a generate or eval job ended without a result.
+enum JobError {
+    Cancelled,
+    Failed(String),
+}
+
+impl From<String> for JobError {
+    fn from(e: String) -> Self {
+        JobError::Failed(e)
+    }
+}
+
+/// `error` with `file` in front unless it already names it.
+fn naming(file: &str, error: impl std::fmt::Display) -> String {
+    let error = format!("{error:#}");
+    if error.contains(file) {
+        error
+    } else {
+        format!("{file}: {error}")
+    }
+}
+
+impl WorkerState {
+    /// The loaded model with its LM head, reloading the same files in full the first time
+    /// (a routing-only model cannot generate or score). `what` names the job in errors.
+    fn full_model(&mut self, job: JobId, what: &str) -> Result<&mut LoadedModel, String> {
+        let Some(loaded) = self.model.as_ref() else {
+            return Err(format!("no model loaded: load a model to {what}"));
+        };
+        if !self.full {
+            let files = loaded.files.clone();
+            let id = files.id.clone();
+            self.outbox.progress(
+                job,
+                0,
+                0,
+                format!("loading {id} with its LM head for {what}"),
+            );
+            let opts = |routing_only| LoadOptions {
+                model: id.clone(),
+                routing_only,
+                ..LoadOptions::default()
+            };
+            // Free the routing-only copy first: two copies of a large model may not fit.
+            self.model = None;
+            match loader::load_files(files.clone(), &opts(false)) {
+                Ok(full) => {
+                    self.model = Some(full);
+                    self.full = true;
+                }
+                Err(e) => {
+                    let restored = loader::load_files(files, &opts(true));
+                    let kept = restored.is_ok();
+                    self.model = restored.ok();
+                    return Err(format!(
+                        "cannot load {id} for {what}: {e:#}{}",
+                        if kept {
+                            ""
+                        } else {
+                            " (the model is no longer loaded: load it again)"
+                        }
+                    ));
+                }
+            }
+        }
+        self.model
+            .as_mut()
+            .ok_or_else(|| "no model loaded".to_string())
+    }
+
+    fn generate(
+        &mut self,
+        job: JobId,
+        prompt: &str,
+        spec: &SteeringSpec,
+        mut opts: GenerateOptions,
+    ) -> Result<SteerResult, JobError> {
+        if prompt.trim().is_empty() {
+            return Err("the prompt is empty: type a prompt to generate from"
+                .to_string()
+                .into());
+        }
+        self.full_model(job, "generate")?;
+        let (outbox, cancel) = (&self.outbox, &self.cancel);
+        let Some(loaded) = self.model.as_mut() else {
+            return Err("no model loaded".to_string().into());
+        };
+        let info = loaded.model.info().clone();
+        let active = spec
+            .resolve(&info)
+            .map_err(|e| format!("the steering spec does not fit {}: {e}", info.id))?;
+        let ids = loader::encode(&loaded.tokenizer, prompt).map_err(|e| format!("{e:#}"))?;
+        if ids.is_empty() {
+            return Err("the prompt has no tokens".to_string().into());
+        }
+        for id in stop_ids(&loaded.tokenizer) {
+            if !opts.stop_ids.contains(&id) {
+                opts.stop_ids.push(id);
+            }
+        }
+        opts.validate().map_err(|e| format!("{e}"))?;
+        let max_new = opts.max_new_tokens as u64;
+        // Two generations and two routing passes.
+        let total = 2 * max_new + 2;
+        let tokenizer = loaded.tokenizer.clone();
+        let mut outputs = Vec::with_capacity(2);
+        for (i, side) in [Side::Unsteered, Side::Steered].into_iter().enumerate() {
+            let steering: Option<&ActiveSteering> = (side == Side::Steered).then_some(&active);
+            let name = match side {
+                Side::Unsteered => "unsteered",
+                Side::Steered => "steered",
+            };
+            let mut stream = TextStream::default();
+            let mut done = 0u64;
+            let mut last = Instant::now();
+            let out = generate(
+                loaded.model.as_mut(),
+                &ids,
+                steering,
+                &opts,
+                None,
+                cancel,
+                &mut |t| {
+                    done += 1;
+                    if let Some(text) = stream.push(&tokenizer, t) {
+                        outbox.send(Event::GeneratedText { job, side, text });
+                    }
+                    if last.elapsed() >= PROGRESS_INTERVAL {
+                        last = Instant::now();
+                        outbox.progress(
+                            job,
+                            i as u64 * max_new + done,
+                            total,
+                            format!("generating {name}: {done} / {max_new} tokens"),
+                        );
+                    }
+                },
+            );
+            match out {
+                Ok(o) => outputs.push(o),
+                Err(SteerError::Cancelled) => return Err(JobError::Cancelled),
+                Err(e) => return Err(format!("{name} generation failed: {e}").into()),
+            }
+        }
+        let steered_ids = outputs.pop().unwrap_or_default();
+        let unsteered_ids = outputs.pop().unwrap_or_default();
+        if cancel.load(Ordering::Relaxed) {
+            return Err(JobError::Cancelled);
+        }
+        outbox.progress(job, 2 * max_new, total, "comparing routing".into());
+        // The routing change on the same tokens: the prompt plus the unsteered continuation.
+        let mut seq = ids.clone();
+        seq.extend_from_slice(&unsteered_ids);
+        let routing = (|| -> crate::steering::Result<RoutingDiff> {
+            let before = sequence_routing(loaded.model.as_mut(), &seq, ids.len(), None)?;
+            let after = sequence_routing(loaded.model.as_mut(), &seq, ids.len(), Some(&active))?;
+            RoutingDiff::new(&before, &after, &active.steered_experts())
+        })()
+        .map_err(|e| format!("comparing the routing failed: {e}"))?;
+        outbox.progress(job, total, total, "done".into());
+        let steered_cells = active
+            .steered_experts()
+            .into_iter()
+            .flat_map(|(l, es)| es.into_iter().map(move |e| (l, e)))
+            .collect();
+        Ok(SteerResult {
+            prompt_tokens: ids.len(),
+            unsteered_text: decode(&tokenizer, &unsteered_ids),
+            steered_text: decode(&tokenizer, &steered_ids),
+            unsteered_ids,
+            steered_ids,
+            routing,
+            steered_cells,
+        })
+    }
+
+    fn eval(
+        &mut self,
+        job: JobId,
+        data: &std::path::Path,
+        spec: Option<&SteeringSpec>,
+        limit: Option<usize>,
+    ) -> Result<EvalReport, JobError> {
+        let file = data.display().to_string();
+        if limit == Some(0) {
+            return Err("at most 0 questions per subject: nothing to score"
+                .to_string()
+                .into());
+        }
+        if self.model.is_none() {
+            return Err("no model loaded: load a model to evaluate"
+                .to_string()
+                .into());
+        }
+        self.outbox.progress(job, 0, 0, format!("reading {file}"));
+        let items = load_items(data, &[], limit).map_err(|e| naming(&file, e))?;
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(JobError::Cancelled);
+        }
+        self.full_model(job, "evaluate")?;
+        let (outbox, cancel) = (&self.outbox, &self.cancel);
+        let Some(loaded) = self.model.as_mut() else {
+            return Err("no model loaded".to_string().into());
+        };
+        let info = loaded.model.info().clone();
+        let active = spec
+            .map(|s| s.resolve(&info))
+            .transpose()
+            .map_err(|e| format!("the steering spec does not fit {}: {e}", info.id))?;
+        let total = items.len() as u64;
+        outbox.progress(job, 0, total, format!("0 / {total} questions"));
+        let mut last = Instant::now();
+        let result = run_eval(
+            loaded.model.as_mut(),
+            &loaded.tokenizer,
+            &items,
+            active.as_ref(),
+            &EvalOptions::default(),
+            cancel,
+            &mut |done, total| {
+                if done == total || last.elapsed() >= PROGRESS_INTERVAL {
+                    last = Instant::now();
+                    outbox.progress(
+                        job,
+                        done as u64,
+                        total as u64,
+                        format!("{done} / {total} questions"),
+                    );
+                }
+            },
+        );
+        match result {
+            Ok(r) => Ok(r),
+            Err(SteerError::Cancelled) => Err(JobError::Cancelled),
+            Err(e) => Err(naming(&file, e).into()),
+        }
     }
 }
 
