@@ -9,15 +9,16 @@
 #     mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
 #
 # Usage: scripts/screenshots.sh [view ...]
-#   (views: heatmap subjects load das tokens selection steering)
+#   (views: heatmap subjects load das tokens selection steering training)
 # The steering view steers a neutral prompt toward the code_python DAS top-16 experts (bias 2)
-# and waits for both continuations and the routing difference.
+# and waits for both continuations and the routing difference; the training view trains LoRA on
+# the law hot-25 % selection for 60 steps and waits for it to finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VIEWS=("$@")
 if [ ${#VIEWS[@]} -eq 0 ]; then
-  VIEWS=(heatmap subjects load das tokens selection steering)
+  VIEWS=(heatmap subjects load das tokens selection steering training)
 fi
 SIZE=${SCREENSHOT_SIZE:-1280x800}
 DISPLAY_NUM=${SCREENSHOT_DISPLAY:-:97}

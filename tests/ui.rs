@@ -797,3 +797,75 @@ fn streamed_text_shows_while_the_job_runs() {
     );
     assert!(h.query_by_label("(stopped before the end)").is_some());
 }
+
+#[test]
+fn the_training_tab_trains_the_clicked_selection_and_profiles_with_the_adapter() {
+    let mut h = harness_with_model();
+    let layers = profile().model.moe_layers.clone();
+    // Click two cells on the heatmap.
+    for (row, col) in [(0, 2), (2, 5)] {
+        let p = center(&h, row, col);
+        click_at(&mut h, p);
+    }
+    let clicked: Vec<_> = h.state().state.selected.iter().copied().collect();
+    assert_eq!(clicked, vec![(layers[0], 2), (layers[2], 5)]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    let mut lines = String::new();
+    for p in prompts().prompts {
+        lines.push_str(&serde_json::json!({"subject": p.subject, "text": p.text}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = dir.path().join("adapter");
+    {
+        let app = h.state_mut();
+        app.state.ui.tab = Tab::Training;
+        app.training.data_field = data.display().to_string();
+        app.training.out_field = out.display().to_string();
+        app.training.max_steps = 4;
+        app.training.batch_size = 2;
+        app.training.max_tokens = 32;
+        app.training.lora.rank = 2;
+        app.training.lr = 1e-2;
+    }
+    h.run();
+    assert!(
+        h.query_by_label_contains("current selection (2 cells)")
+            .is_some()
+    );
+    h.get_by_label("Train").click();
+    h.run_steps(2);
+    wait_until(&mut h, "the training run", |a| {
+        a.state
+            .training
+            .as_ref()
+            .is_some_and(|t| t.summary.is_some())
+    });
+    run_after_wake(&mut h);
+    let t = h.state().state.training.clone().expect("training output");
+    assert_eq!(t.steps.len(), 4, "every step reached the loss plot");
+    let summary = t.summary.expect("summary");
+    assert_eq!(summary.adapted_experts, 2);
+    assert!(out.join("adapter_model.safetensors").exists());
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let targets: Vec<String> = serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    assert_eq!(targets.len(), 2 * 3);
+    assert!(targets.iter().all(
+        |t| t.contains(&format!("layers.{}.mlp.experts.2.", layers[0]))
+            || t.contains(&format!("layers.{}.mlp.experts.5.", layers[2]))
+    ));
+    assert!(h.query_by_label_contains("modules (2 experts)").is_some());
+
+    // Profile with the adapter: the model reloads with it merged and the prompts are profiled.
+    let generation = h.state().state.profile_generation;
+    h.get_by_label("Profile with adapter").click();
+    h.run_steps(2);
+    wait_until(&mut h, "the profile with the adapter", |a| {
+        a.state.adapter.is_some() && a.state.profile_generation > generation
+    });
+    run_after_wake(&mut h);
+    assert_eq!(h.state().state.adapter.as_deref(), Some(out.as_path()));
+}

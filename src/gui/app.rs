@@ -17,6 +17,7 @@ use super::state::{AppState, HeatmapMetric, JobKind, Level, Tab, UiState};
 use super::steering_panel::SteeringPanel;
 use super::subjects_panel::SubjectsPanel;
 use super::tokens_panel::TokensPanel;
+use super::training_panel::TrainingPanel;
 use crate::render::HeatmapRenderer;
 use crate::worker::Worker;
 
@@ -39,6 +40,7 @@ pub struct MoeScopeApp {
     pub selection: SelectionPanel,
     pub steering: SteeringPanel,
     pub eval: EvalPanel,
+    pub training: TrainingPanel,
     screenshot: Option<ScreenshotHook>,
 }
 
@@ -120,6 +122,7 @@ impl MoeScopeApp {
             selection: SelectionPanel::default(),
             steering: SteeringPanel::default(),
             eval: EvalPanel::default(),
+            training: TrainingPanel::default(),
             screenshot: None,
         }
     }
@@ -141,7 +144,7 @@ impl MoeScopeApp {
             Some(model) => {
                 self.model_panel.model_field = model.clone();
                 s.auto_profile = args.profile.is_none() && s.prompts.is_some();
-                s.load_model(model);
+                s.load_model_with_adapter(model, args.adapter.clone());
             }
             None => match crate::demo::demo_dir() {
                 Ok(dir) => {
@@ -156,7 +159,7 @@ impl MoeScopeApp {
                     let model = dir.display().to_string();
                     self.model_panel.model_field = model.clone();
                     s.auto_profile = args.profile.is_none() && s.prompts.is_some();
-                    s.load_model(&model);
+                    s.load_model_with_adapter(&model, args.adapter.clone());
                 }
                 Err(e) => s.error(format!("{e}")),
             },
@@ -198,6 +201,8 @@ impl MoeScopeApp {
                     self.steering.save(&mut self.state, &path);
                 }
                 DialogPurpose::EvalData => self.eval.data_field = shown,
+                DialogPurpose::TrainData => self.training.data_field = shown,
+                DialogPurpose::TrainOut => self.training.out_field = shown,
             }
         }
     }
@@ -206,7 +211,8 @@ impl MoeScopeApp {
         let Some(hook) = self.screenshot.as_mut() else {
             return;
         };
-        ctx.request_repaint();
+        // Keep stepping, but leave the CPU to the worker while a job runs.
+        ctx.request_repaint_after(std::time::Duration::from_millis(50));
         if self.state.profile.is_none() {
             return;
         }
@@ -236,10 +242,16 @@ impl MoeScopeApp {
                 if hook.view == "steering" {
                     screenshot_steering(&mut self.steering, &mut self.state);
                 }
+                if hook.view == "training" {
+                    screenshot_training(&mut self.training, &mut self.state);
+                }
                 hook.stage = 1;
             }
             1 => {
                 if hook.view == "steering" && self.state.job(JobKind::Generate).is_some() {
+                    return;
+                }
+                if hook.view == "training" && self.state.job(JobKind::Train).is_some() {
                     return;
                 }
                 if hook.view == "tokens" {
@@ -345,6 +357,7 @@ impl eframe::App for MoeScopeApp {
             Tab::Eval => self
                 .eval
                 .ui(ui, &mut self.state, &mut self.dialogs, &self.steering),
+            Tab::Training => self.training.ui(ui, &mut self.state, &mut self.dialogs),
         });
     }
 
@@ -352,6 +365,24 @@ impl eframe::App for MoeScopeApp {
         if let Ok(s) = serde_json::to_string(&self.state.ui) {
             storage.set_string(STORAGE_KEY, s);
         }
+    }
+}
+
+/// The training screenshot: LoRA on the law hot-25 % selection, trained on the demo's law
+/// prompts for 60 steps (into a temporary folder).
+fn screenshot_training(t: &mut TrainingPanel, state: &mut AppState) {
+    let out = std::env::temp_dir().join(format!("moescope-screenshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    t.out_field = out.display().to_string();
+    t.domain = state
+        .prompts
+        .as_ref()
+        .and_then(|p| p.subjects().into_iter().find(|s| s == "law"));
+    t.max_steps = 60;
+    t.batch_size = 8;
+    t.max_tokens = 128;
+    if let Ok(opts) = t.options(state) {
+        state.start_training(opts);
     }
 }
 

@@ -21,6 +21,8 @@ pub enum DialogPurpose {
     OpenSteering,
     SaveSteering,
     EvalData,
+    TrainData,
+    TrainOut,
 }
 
 pub struct Dialogs {

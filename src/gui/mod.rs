@@ -17,6 +17,7 @@ pub mod state;
 pub mod steering_panel;
 pub mod subjects_panel;
 pub mod tokens_panel;
+pub mod training_panel;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,9 @@ pub struct GuiArgs {
     /// A saved profile to open.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder merged into the model's weights.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 /// Opens the explorer window and runs until it is closed.

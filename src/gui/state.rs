@@ -18,6 +18,7 @@ use crate::selection::{Selection, SelectionModel, SelectionRule};
 use crate::steering::SteeringSpec;
 use crate::steering::eval::EvalReport;
 use crate::steering::generate::GenerateOptions;
+use crate::train::{StepMetrics, TrainEvent, TrainOptions, TrainSummary};
 use crate::worker::{Command, Event, JobId, Side, SteerResult, TokenTrace, TopTokenTable, Worker};
 
 /// How many recent models are remembered.
@@ -35,10 +36,11 @@ pub enum Tab {
     Selection,
     Steering,
     Eval,
+    Training,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 8] = [
+    pub const ALL: [Tab; 9] = [
         Tab::Heatmap,
         Tab::Subjects,
         Tab::Load,
@@ -47,6 +49,7 @@ impl Tab {
         Tab::Selection,
         Tab::Steering,
         Tab::Eval,
+        Tab::Training,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Tab {
             Tab::Selection => "Selection",
             Tab::Steering => "Steering",
             Tab::Eval => "Eval",
+            Tab::Training => "Training",
         }
     }
 }
@@ -171,12 +175,16 @@ pub enum JobKind {
     Trace,
     Generate,
     Eval,
+    Train,
 }
 
 impl JobKind {
     /// Jobs the status bar offers to cancel (the worker checks between steps).
     pub fn cancellable(self) -> bool {
-        matches!(self, JobKind::Profile | JobKind::Generate | JobKind::Eval)
+        matches!(
+            self,
+            JobKind::Profile | JobKind::Generate | JobKind::Eval | JobKind::Train
+        )
     }
 }
 
@@ -241,6 +249,25 @@ pub struct EvalOutput {
     pub report: Option<Arc<EvalReport>>,
 }
 
+/// The last training job (Training tab): its loss curve as it comes in, and the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingOutput {
+    pub job: JobId,
+    /// The base model trained on.
+    pub model: String,
+    /// The output folder (adapter, checkpoint, metrics).
+    pub out: PathBuf,
+    /// What the current stage trains.
+    pub stage: String,
+    /// Steps of the current stage: `first..=last` (global step numbers).
+    pub stage_steps: (u64, u64),
+    pub status: String,
+    pub steps: Vec<StepMetrics>,
+    pub summary: Option<TrainSummary>,
+    /// The job ended without an adapter (cancelled: a checkpoint to resume from; or failed).
+    pub stopped: Option<String>,
+}
+
 /// Everything the panels read and change, apart from the persisted [`UiState`].
 pub struct AppState {
     pub ui: UiState,
@@ -267,12 +294,18 @@ pub struct AppState {
     pub steer_output: Option<SteerOutput>,
     /// The last eval job (Eval tab).
     pub eval_output: Option<EvalOutput>,
+    /// The last training job (Training tab).
+    pub training: Option<TrainingOutput>,
+    /// The adapter merged into the loaded model, if any.
+    pub adapter: Option<PathBuf>,
     pub jobs: Vec<RunningJob>,
     pub messages: Vec<Message>,
     /// Profile the prompts as soon as a model loads (the demo start-up).
     pub auto_profile: bool,
     /// The worker thread has reported [`Event::Ready`].
     pub worker_ready: bool,
+    /// The adapter of the load job in flight.
+    pending_adapter: Option<PathBuf>,
     next_job: JobId,
 }
 
@@ -294,10 +327,13 @@ impl AppState {
             trace: None,
             steer_output: None,
             eval_output: None,
+            training: None,
+            adapter: None,
             jobs: Vec::new(),
             messages: Vec::new(),
             auto_profile: false,
             worker_ready: false,
+            pending_adapter: None,
             next_job: 1,
         }
     }
@@ -366,6 +402,15 @@ impl AppState {
 
     /// Asks the worker to load `model` (folder or hub id).
     pub fn load_model(&mut self, model: &str) -> Option<JobId> {
+        self.load_model_with_adapter(model, None)
+    }
+
+    /// Asks the worker to load `model` with a PEFT LoRA adapter merged into its weights.
+    pub fn load_model_with_adapter(
+        &mut self,
+        model: &str,
+        adapter: Option<PathBuf>,
+    ) -> Option<JobId> {
         let model = model.trim().to_string();
         if model.is_empty() {
             self.error("enter a hub id or choose a model folder");
@@ -373,9 +418,40 @@ impl AppState {
         }
         self.loading_model = Some(model.clone());
         let m = model.clone();
-        self.start_job(JobKind::Load, format!("loading {model}"), move |job| {
-            Command::LoadModel { job, model: m }
+        let label = match &adapter {
+            Some(a) => format!("loading {model} with adapter {}", a.display()),
+            None => format!("loading {model}"),
+        };
+        self.pending_adapter = adapter.clone();
+        self.start_job(JobKind::Load, label, move |job| Command::LoadModel {
+            job,
+            model: m,
+            adapter,
         })
+    }
+
+    /// Starts training with `options` (Training tab).
+    pub fn start_training(&mut self, options: TrainOptions) -> Option<JobId> {
+        let model = options.load.model.clone();
+        let out = options.out.clone();
+        let job = self.start_job(JobKind::Train, "training".into(), move |job| {
+            Command::Train {
+                job,
+                options: Box::new(options),
+            }
+        })?;
+        self.training = Some(TrainingOutput {
+            job,
+            model,
+            out,
+            stage: String::new(),
+            stage_steps: (0, 0),
+            status: "starting".into(),
+            steps: Vec::new(),
+            summary: None,
+            stopped: None,
+        });
+        Some(job)
     }
 
     /// Profiles the current prompts on the loaded model.
@@ -594,6 +670,7 @@ impl AppState {
                     info.top_k
                 ));
                 self.loading_model = None;
+                self.adapter = self.pending_adapter.take();
                 self.model = Some(*info);
                 self.trace = None;
                 if self.auto_profile && self.prompts.is_some() {
@@ -667,9 +744,33 @@ impl AppState {
                     self.info(text);
                 }
             }
+            Event::Training { job, event } => self.training_event(job, *event),
+            Event::TrainingDone { job, summary } => {
+                self.finish(job);
+                if let Some(t) = self.training.as_mut().filter(|t| t.job == job) {
+                    t.status = "finished".into();
+                    let text = format!(
+                        "trained {} steps: loss {:.3} -> {:.3}; adapter in {}",
+                        summary.steps, summary.first_loss, summary.final_loss, summary.adapter_dir
+                    );
+                    t.summary = Some(*summary);
+                    self.info(text);
+                }
+            }
             Event::Cancelled { job } => {
                 self.finish(job);
-                self.info("cancelled");
+                if let Some(t) = self.training.as_mut().filter(|t| t.job == job) {
+                    let text = format!(
+                        "training cancelled at step {}; checkpoint in {} (tick Resume to continue)",
+                        t.steps.last().map_or(0, |m| m.step),
+                        t.out.display()
+                    );
+                    t.stopped = Some(text.clone());
+                    t.status = "cancelled".into();
+                    self.info(text);
+                } else {
+                    self.info("cancelled");
+                }
             }
             Event::Failed { job, error } => {
                 if let Some(job) = job {
@@ -680,11 +781,62 @@ impl AppState {
                     {
                         self.loading_model = None;
                         self.auto_profile = false;
+                        self.pending_adapter = None;
+                    }
+                    if let Some(t) = self.training.as_mut().filter(|t| t.job == job) {
+                        t.stopped = Some(error.clone());
+                        t.status = "failed".into();
                     }
                     self.finish(job);
                 }
                 self.error(error);
             }
+        }
+    }
+
+    fn training_event(&mut self, job: JobId, event: TrainEvent) {
+        let Some(t) = self.training.as_mut().filter(|t| t.job == job) else {
+            return;
+        };
+        let (done, total, label) = match event {
+            TrainEvent::Status(s) => {
+                t.status = s.clone();
+                (0, 0, s)
+            }
+            TrainEvent::Stage {
+                first_step,
+                last_step,
+                description,
+                ..
+            } => {
+                t.stage = description;
+                t.stage_steps = (first_step, last_step);
+                t.status = "training".into();
+                (0, last_step - first_step, "training".into())
+            }
+            TrainEvent::Profiling { done, total } => {
+                t.status = format!("re-profiling for DAS: {done}/{total} sequences");
+                (done as u64, total as u64, t.status.clone())
+            }
+            TrainEvent::Step(m) => {
+                t.steps.push(m);
+                let (first, last) = t.stage_steps;
+                (
+                    m.step - first,
+                    last - first,
+                    format!("step {} loss {:.3}", m.step, m.loss),
+                )
+            }
+            TrainEvent::Checkpoint { step } => {
+                t.status = format!("checkpoint at step {step}");
+                return;
+            }
+            TrainEvent::Finished(_) => return,
+        };
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) {
+            j.done = done;
+            j.total = total;
+            j.label = label;
         }
     }
 

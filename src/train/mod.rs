@@ -94,6 +94,8 @@ impl Default for LoraOptions {
 pub enum ExpertChoice {
     /// The cells of a selection file.
     Selection(PathBuf),
+    /// A selection in memory (the GUI's current selection).
+    Given(Box<Selection>),
     /// Every routed expert of every MoE layer (the all-expert LoRA baseline).
     All,
     /// DAS's two-stage recipe: stage 1 trains attention + router for `stage1_steps`, then the
@@ -454,36 +456,43 @@ impl Trainer {
         }
     }
 
+    /// Checks that `s` was made for a model shaped like the loaded one; `origin` names it.
+    fn check_selection(&self, s: &Selection, origin: &str) -> Result<()> {
+        let wrong = |what: String| {
+            TrainError::Invalid(format!(
+                "{origin}: the selection was made for another model ({what}); the model being trained is {} ({})",
+                self.info.id, self.info.architecture
+            ))
+        };
+        if s.model.architecture != self.info.architecture {
+            return Err(wrong(format!("a {}", s.model.architecture)));
+        }
+        if s.model.num_experts != self.info.num_experts
+            || s.model.moe_layers != self.info.moe_layers
+        {
+            return Err(wrong(format!(
+                "{} experts in MoE layers {:?}, not {} in {:?}",
+                s.model.num_experts,
+                s.model.moe_layers,
+                self.info.num_experts,
+                self.info.moe_layers
+            )));
+        }
+        s.validate(&self.info.moe_layers, self.info.num_experts)
+            .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))
+    }
+
     /// The selection the options name, checked against the loaded model.
     fn initial_selection(&self) -> Result<Option<Selection>> {
         match &self.opts.experts {
             ExpertChoice::Selection(path) => {
                 let s = Selection::load(path)?;
-                let wrong = |what: String| {
-                    TrainError::Invalid(format!(
-                        "{}: the selection was made for another model ({what}); the model being trained is {} ({})",
-                        path.display(),
-                        self.info.id,
-                        self.info.architecture
-                    ))
-                };
-                if s.model.architecture != self.info.architecture {
-                    return Err(wrong(format!("a {}", s.model.architecture)));
-                }
-                if s.model.num_experts != self.info.num_experts
-                    || s.model.moe_layers != self.info.moe_layers
-                {
-                    return Err(wrong(format!(
-                        "{} experts in MoE layers {:?}, not {} in {:?}",
-                        s.model.num_experts,
-                        s.model.moe_layers,
-                        self.info.num_experts,
-                        self.info.moe_layers
-                    )));
-                }
-                s.validate(&self.info.moe_layers, self.info.num_experts)
-                    .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                self.check_selection(&s, &path.display().to_string())?;
                 Ok(Some(s))
+            }
+            ExpertChoice::Given(s) => {
+                self.check_selection(s, "the selection")?;
+                Ok(Some((**s).clone()))
             }
             ExpertChoice::All => {
                 let experts = self

@@ -37,6 +37,7 @@ use crate::steering::diff::{RoutingDiff, sequence_routing};
 use crate::steering::eval::{EvalOptions, EvalReport, load_items, run_eval};
 use crate::steering::generate::{GenerateOptions, TextStream, decode, generate, stop_ids};
 use crate::steering::{ActiveSteering, SteerError, SteeringSpec};
+use crate::train::{TrainError, TrainEvent, TrainOptions, TrainSummary, run_training};
 
 /// Identifies one job (a load, a profile run, a trace) in progress and result events.
 pub type JobId = u64;
@@ -57,8 +58,20 @@ pub type TopTokenTable = Vec<Vec<Vec<TopToken>>>;
 /// What the UI asks the worker to do.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Load a model folder or hub id (replacing the current model).
-    LoadModel { job: JobId, model: String },
+    /// Load a model folder or hub id (replacing the current model), with a PEFT LoRA adapter
+    /// merged into its weights if given.
+    LoadModel {
+        job: JobId,
+        model: String,
+        adapter: Option<PathBuf>,
+    },
+    /// Train LoRA adapters (`crate::train`) on a model of its own (the loaded one stays as it
+    /// is), streaming [`Event::Training`]; ends with [`Event::TrainingDone`], or
+    /// [`Event::Cancelled`] after writing a checkpoint.
+    Train {
+        job: JobId,
+        options: Box<TrainOptions>,
+    },
     /// Profile a prompt set on the loaded model.
     Profile {
         job: JobId,
@@ -100,7 +113,8 @@ impl Command {
             | Command::Profile { job, .. }
             | Command::Trace { job, .. }
             | Command::Generate { job, .. }
-            | Command::Eval { job, .. } => Some(*job),
+            | Command::Eval { job, .. }
+            | Command::Train { job, .. } => Some(*job),
             Command::Cancel | Command::Shutdown => None,
         }
     }
@@ -208,7 +222,18 @@ pub enum Event {
         job: JobId,
         report: Arc<EvalReport>,
     },
-    /// The job stopped because it was cancelled; nothing it made is kept.
+    /// A training job advanced (stage, step, checkpoint, status).
+    Training {
+        job: JobId,
+        event: Box<TrainEvent>,
+    },
+    /// A training job finished and wrote its adapter.
+    TrainingDone {
+        job: JobId,
+        summary: Box<TrainSummary>,
+    },
+    /// The job stopped because it was cancelled; nothing it made is kept (a training job keeps
+    /// its checkpoint, to resume from).
     Cancelled {
         job: JobId,
     },
@@ -276,6 +301,7 @@ impl Worker {
                 let mut state = WorkerState {
                     model: None,
                     full: false,
+                    adapter: None,
                     cancel: flag,
                     outbox,
                 };
@@ -346,6 +372,8 @@ struct WorkerState {
     model: Option<LoadedModel>,
     /// The model was loaded with its LM head (generation and scoring work).
     full: bool,
+    /// The adapter merged into the loaded model, kept for the full reload.
+    adapter: Option<PathBuf>,
     cancel: Arc<AtomicBool>,
     outbox: Outbox,
 }
@@ -361,7 +389,12 @@ impl WorkerState {
             match command {
                 Command::Shutdown => break,
                 Command::Cancel => {}
-                Command::LoadModel { job, model } => self.load(job, &model),
+                Command::LoadModel {
+                    job,
+                    model,
+                    adapter,
+                } => self.load(job, &model, adapter),
+                Command::Train { job, options } => self.train(job, *options),
                 Command::Profile {
                     job,
                     prompts,
@@ -406,7 +439,25 @@ impl WorkerState {
         self.outbox.send(Event::Failed { job, error });
     }
 
-    fn load(&mut self, job: JobId, model: &str) {
+    fn train(&mut self, job: JobId, options: TrainOptions) {
+        let outbox = &self.outbox;
+        let result = run_training(options, &self.cancel, &mut |event| {
+            outbox.send(Event::Training {
+                job,
+                event: Box::new(event),
+            })
+        });
+        match result {
+            Ok(summary) => self.outbox.send(Event::TrainingDone {
+                job,
+                summary: Box::new(summary),
+            }),
+            Err(TrainError::Cancelled { .. }) => self.outbox.send(Event::Cancelled { job }),
+            Err(e) => self.fail(Some(job), format!("training failed: {e:#}")),
+        }
+    }
+
+    fn load(&mut self, job: JobId, model: &str, adapter: Option<PathBuf>) {
         let model = model.trim();
         if model.is_empty() {
             return self.fail(
@@ -419,6 +470,7 @@ impl WorkerState {
         let opts = LoadOptions {
             model: model.to_string(),
             routing_only: true,
+            adapter: adapter.clone(),
             ..LoadOptions::default()
         };
         let mut progress = DownloadEvents {
@@ -436,6 +488,7 @@ impl WorkerState {
                 self.model = None;
                 self.model = Some(loaded);
                 self.full = false;
+                self.adapter = adapter;
                 self.outbox.send(Event::ModelLoaded {
                     job,
                     info: Box::new(info),
@@ -609,6 +662,7 @@ impl WorkerState {
             let opts = |routing_only| LoadOptions {
                 model: id.clone(),
                 routing_only,
+                adapter: self.adapter.clone(),
                 ..LoadOptions::default()
             };
             // Free the routing-only copy first: two copies of a large model may not fit.

@@ -62,6 +62,7 @@ fn loaded_worker(wakes: Arc<AtomicUsize>) -> Worker {
         .send(Command::LoadModel {
             job: 1,
             model: fixture_model(),
+            adapter: None,
         })
         .unwrap();
     let info = wait_for(&worker, "ModelLoaded", |e| match e {
@@ -152,6 +153,7 @@ fn bad_path_fails_with_the_path() {
         .send(Command::LoadModel {
             job: 7,
             model: bad.into(),
+            adapter: None,
         })
         .unwrap();
     let error = wait_for(&worker, "Failed", |e| match e {
