@@ -48,7 +48,13 @@ impl Linear {
             .ok_or_else(|| ModelError::msg("linear on a scalar"))?;
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = if x2.track_op() && x2.device().is_cpu() && !self.weight.track_op() {
+            x2.apply_op1(FrozenMatmul {
+                weight: self.weight.clone(),
+            })?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -66,6 +72,52 @@ impl Linear {
 
     pub fn in_dim(&self) -> usize {
         self.weight.dims()[1]
+    }
+}
+
+/// `x·Wᵀ` for a frozen `W` while `x` carries gradients (training adapters elsewhere in the
+/// model). Candle's matmul backward also computes `∂L/∂W`, a full-size product for a weight
+/// nobody trains; this op passes back `∂L/∂x = g·W` only. CPU, contiguous `[rows, in]` input.
+struct FrozenMatmul {
+    /// `[out, in]`.
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (rows, inp) = layout.shape().dims2()?;
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the input must be contiguous")
+        };
+        let cpu = Device::Cpu;
+        let x = match storage {
+            S::F32(v) => Tensor::from_slice(&v[a..b], (rows, inp), &cpu)?,
+            S::F16(v) => Tensor::from_slice(&v[a..b], (rows, inp), &cpu)?,
+            S::BF16(v) => Tensor::from_slice(&v[a..b], (rows, inp), &cpu)?,
+            _ => candle_core::bail!("frozen-matmul: f32, f16 or bf16 only"),
+        };
+        let y = x.matmul(&self.weight.t()?)?.flatten_all()?;
+        let out = self.weight.dim(0)?;
+        let storage = match y.dtype() {
+            DType::F32 => S::F32(y.to_vec1()?),
+            DType::F16 => S::F16(y.to_vec1()?),
+            DType::BF16 => S::BF16(y.to_vec1()?),
+            other => candle_core::bail!("frozen-matmul: unexpected {other:?}"),
+        };
+        Ok((storage, (rows, out).into()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 
@@ -777,6 +829,26 @@ impl MoeModel for DecoderStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frozen_weights_pass_back_the_input_gradient_only() {
+        // y = x·Wᵀ + b with W = [[1, 2], [3, 4], [5, 6]], loss = Σ y·c: ∂L/∂x = c·W.
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev).unwrap();
+        let lin = Linear::new(w, Some(Tensor::new(&[0.5f32, -1., 2.], &dev).unwrap()));
+        let x = candle_core::Var::new(&[[1f32, -1.], [2., 0.5]], &dev).unwrap();
+        let c = Tensor::new(&[[1f32, 0., -1.], [2., 1., 0.]], &dev).unwrap();
+        let y = lin.forward(x.as_tensor()).unwrap();
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            vec![vec![-0.5, -2., 1.], vec![3.5, 7., 15.]]
+        );
+        let grads = (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        // c·W: row 0 = [1-5, 2-6] = [-4, -4]; row 1 = [2+3, 4+4] = [5, 8].
+        let gx = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(gx, vec![vec![-4., -4.], vec![5., 8.]]);
+        assert!(grads.get(&lin.weight).is_none(), "no gradient for the frozen weight");
+    }
 
     #[test]
     fn mask_is_causal_padded_and_windowed() {

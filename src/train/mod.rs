@@ -421,6 +421,15 @@ impl Trainer {
             heldout_before: None,
             opts,
         };
+        // The base model's held-out perplexity: measured before any adapter is attached (a
+        // resumed run's adapters are already partly trained).
+        if let Some(path) = trainer.opts.eval_data.clone() {
+            on_event(TrainEvent::Status(format!(
+                "held-out perplexity of the base model ({})",
+                path.display()
+            )));
+            trainer.heldout_before = Some(trainer.heldout(&path)?);
+        }
         if trainer.opts.resume && trainer.opts.checkpoint_path().exists() {
             trainer.restore()?;
         } else {
@@ -432,13 +441,6 @@ impl Trainer {
             }
             trainer.attach_initial()?;
             let _ = std::fs::remove_file(trainer.opts.metrics_path());
-        }
-        if let Some(path) = trainer.opts.eval_data.clone() {
-            on_event(TrainEvent::Status(format!(
-                "held-out perplexity before training ({})",
-                path.display()
-            )));
-            trainer.heldout_before = Some(trainer.heldout(&path, true)?);
         }
         Ok(trainer)
     }
@@ -987,7 +989,7 @@ impl Trainer {
             on_event(TrainEvent::Status(
                 "held-out perplexity after training".into(),
             ));
-            let after = self.heldout(&path, false)?;
+            let after = self.heldout(&path)?;
             for ((subject, tokens, b), (_, _, a)) in before.into_iter().zip(after) {
                 heldout.push(SubjectPerplexity {
                     subject,
@@ -1036,7 +1038,7 @@ impl Trainer {
 
     /// Per-subject perplexity of a held-out file with the adapters as they are now (no
     /// dropout): (subject, predicted tokens, perplexity).
-    fn heldout(&mut self, path: &Path, _before: bool) -> Result<Vec<(String, usize, f64)>> {
+    fn heldout(&mut self, path: &Path) -> Result<Vec<(String, usize, f64)>> {
         let texts = data::load_texts(path, &DataOptions::default())?;
         let saved = self.round.swap(NO_DROPOUT, Ordering::Relaxed);
         let max_tokens = self.opts.max_tokens.min(self.info.max_position_embeddings);
