@@ -847,7 +847,10 @@ mod tests {
         // c·W: row 0 = [1-5, 2-6] = [-4, -4]; row 1 = [2+3, 4+4] = [5, 8].
         let gx = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(gx, vec![vec![-4., -4.], vec![5., 8.]]);
-        assert!(grads.get(&lin.weight).is_none(), "no gradient for the frozen weight");
+        assert!(
+            grads.get(&lin.weight).is_none(),
+            "no gradient for the frozen weight"
+        );
     }
 
     #[test]
