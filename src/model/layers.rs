@@ -49,6 +49,14 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         self.weight.dims()[0]
     }
+
+    /// The weight when [`Linear::forward`] is exactly `x·Wᵀ` (no bias, nothing else applied), for
+    /// kernels that read the weight directly. `self` is destructured without `..` so that a new
+    /// field is a compile error here until this says whether it keeps the layer plain.
+    pub fn plain_weight(&self) -> Option<&Tensor> {
+        let Linear { weight, bias } = self;
+        bias.is_none().then_some(weight)
+    }
 }
 
 /// RMSNorm as in HF: `w · (x / sqrt(mean(x²) + eps))`, computed in f32.
@@ -465,6 +473,9 @@ pub fn dispatch_experts(
         rows[e].push((pos / k) as u32);
         slots[e].push(pos as u32);
     }
+    if let Some(y) = cpu::dispatch_experts(x, k, &slots, weights, experts)? {
+        return Ok(y);
+    }
     let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
     let device = x.device();
     let used: Vec<usize> = (0..experts.len())
@@ -679,9 +690,353 @@ impl MoeModel for DecoderStack {
     }
 }
 
+/// Direct CPU kernels for the inference hot path: f32 tensors on the CPU that track no gradient.
+///
+/// Each function returns `Ok(None)` when its inputs don't qualify, and the caller then takes the
+/// plain tensor-op path, which stays the reference (and the only path for training, other
+/// devices and dtypes). The kernels compute the same operations in the same order as that path,
+/// with the `gemm` crate's kernels that candle's CPU matmul uses, but with each small matmul
+/// running on one thread inside a task of the thread pool instead of split across all threads.
+mod cpu {
+    use std::cell::RefCell;
+    use std::ops::Range;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
+
+    use super::{Result, SwiGlu};
+
+    /// A read lock on an f32 CPU tensor's contiguous data.
+    struct F32Data<'a> {
+        storage: StorageRef<'a>,
+        range: Range<usize>,
+    }
+
+    impl<'a> F32Data<'a> {
+        /// `None` unless `t` is an f32 tensor on the CPU, contiguous, and tracks no gradient.
+        fn of(t: &'a Tensor) -> Option<Self> {
+            if t.dtype() != DType::F32 || t.track_op() || !t.device().is_cpu() {
+                return None;
+            }
+            let (storage, layout) = t.storage_and_layout();
+            let (start, end) = layout.contiguous_offsets()?;
+            matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(Self {
+                storage,
+                range: start..end,
+            })
+        }
+
+        fn slice(&self) -> &[f32] {
+            match &*self.storage {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+                _ => unreachable!("checked in F32Data::of"),
+            }
+        }
+    }
+
+    /// Runs `f` on every item, spread over candle's CPU worker threads (the pool its elementwise
+    /// ops run on, so that no second set of threads competes for the cores). The threads take
+    /// one item at a time, so a thread that is held up delays the others by one item at most.
+    fn par_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+        let cells: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let next = AtomicUsize::new(0);
+        let pool = candle_core::utils::barrier_pool();
+        // One unit per thread (run inline when called from inside the pool); each unit takes
+        // items until none are left.
+        pool.execute_chunked(pool.n_workers() + 1, |_| {
+            while let Some(cell) = cells.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let item = cell.lock().ok().and_then(|mut c| c.take());
+                if let Some(item) = item {
+                    f(item);
+                }
+            }
+        });
+    }
+
+    thread_local! {
+        /// Per-thread scratch space, reused across calls.
+        static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` with `len` floats of scratch space (contents unspecified): this thread's
+    /// reusable buffer, or a temporary one for more than `KEEP` floats (16 MiB), so that the
+    /// threads don't keep large buffers.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        const KEEP: usize = 1 << 22;
+        if len > KEEP {
+            return f(&mut vec![0.0; len]);
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < len {
+                s.resize(len, 0.0);
+            }
+            f(&mut s[..len])
+        })
+    }
+
+    /// A matrix operand: its data and its (row, column) strides.
+    #[derive(Clone, Copy)]
+    struct Mat<'a> {
+        data: &'a [f32],
+        rs: usize,
+        cs: usize,
+    }
+
+    impl<'a> Mat<'a> {
+        /// Column-major `[rows, cols]`.
+        fn cols(data: &'a [f32], rows: usize) -> Self {
+            Self {
+                data,
+                rs: 1,
+                cs: rows,
+            }
+        }
+
+        /// The transpose of a row-major `[cols, rows]` matrix (an `[out, in]` weight as `Wᵀ`).
+        fn t(data: &'a [f32], rows: usize) -> Self {
+            Self::cols(data, rows)
+        }
+
+        fn reaches(&self, rows: usize, cols: usize) -> bool {
+            rows == 0 || cols == 0 || self.data.len() > (rows - 1) * self.rs + (cols - 1) * self.cs
+        }
+    }
+
+    /// `dst[m, n] = a[m, k] · b[k, n]` on the calling thread, `dst` with strides `(dst_rs,
+    /// dst_cs)`. The `gemm` kernels read `a` fastest column-major and `b` as the transpose of a
+    /// row-major matrix; other layouts are packed into those first.
+    fn matmul(
+        dst: &mut [f32],
+        (dst_rs, dst_cs): (usize, usize),
+        a: Mat<'_>,
+        b: Mat<'_>,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        assert!(a.reaches(m, k) && b.reaches(k, n));
+        assert!(m == 0 || n == 0 || dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
+        // SAFETY: the asserts keep every element the strides reach inside the slices.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                dst_cs as isize,
+                dst_rs as isize,
+                false,
+                a.data.as_ptr(),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr(),
+                b.cs as isize,
+                b.rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+
+    /// An expert's three weights, `[inter, hidden]`, `[inter, hidden]`, `[hidden, inter]`.
+    struct ExpertData<'a> {
+        gate: F32Data<'a>,
+        up: F32Data<'a>,
+        down: F32Data<'a>,
+        inter: usize,
+    }
+
+    impl<'a> ExpertData<'a> {
+        fn of(e: &'a SwiGlu, hidden: usize) -> Option<Self> {
+            let (g, u, d) = (
+                e.gate.plain_weight()?,
+                e.up.plain_weight()?,
+                e.down.plain_weight()?,
+            );
+            let inter = g.dims().first().copied()?;
+            let shapes_ok = g.dims() == [inter, hidden]
+                && u.dims() == [inter, hidden]
+                && d.dims() == [hidden, inter];
+            shapes_ok.then_some(())?;
+            Some(Self {
+                gate: F32Data::of(g)?,
+                up: F32Data::of(u)?,
+                down: F32Data::of(d)?,
+                inter,
+            })
+        }
+    }
+
+    /// [`super::dispatch_experts`] with the experts side by side on the thread pool; `slots[e]`
+    /// lists the positions in the row-major `[tokens, k]` choice of the tokens routed to `e`.
+    pub fn dispatch_experts(
+        x: &Tensor,
+        k: usize,
+        slots: &[Vec<u32>],
+        weights: &Tensor,
+        experts: &[SwiGlu],
+    ) -> Result<Option<Tensor>> {
+        let Ok((tokens, hidden)) = x.dims2() else {
+            return Ok(None);
+        };
+        let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(weights)) else {
+            return Ok(None);
+        };
+        if weights.elem_count() != tokens * k {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(experts.len());
+        for (e, s) in experts.iter().zip(slots) {
+            data.push(match s.is_empty() {
+                true => None,
+                false => match ExpertData::of(e, hidden) {
+                    Some(d) => Some(d),
+                    None => return Ok(None),
+                },
+            });
+        }
+        let (xs, ws) = (xd.slice(), wd.slice());
+
+        // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
+        let mut ys = vec![0f32; tokens * k * hidden];
+        let mut row_of_slot = vec![0u32; tokens * k];
+        let mut jobs = Vec::new();
+        let mut rest = ys.as_mut_slice();
+        let mut row = 0usize;
+        for (e, s) in slots.iter().enumerate() {
+            let (block, tail) = rest.split_at_mut(s.len() * hidden);
+            rest = tail;
+            for (i, &pos) in s.iter().enumerate() {
+                row_of_slot[pos as usize] = (row + i) as u32;
+            }
+            row += s.len();
+            if let Some(d) = &data[e] {
+                jobs.push((d, s.as_slice(), block));
+            }
+        }
+        // The busiest experts first, so that the pool's threads finish together.
+        jobs.sort_by_key(|(_, s, _)| std::cmp::Reverse(s.len()));
+        par_each(jobs, |(d, s, block)| {
+            let (n, inter) = (s.len(), d.inter);
+            with_scratch(n * (hidden + 2 * inter), |scratch| {
+                // Column-major (one column per token) operands, which the kernels read
+                // without repacking.
+                let (xe, rest) = scratch.split_at_mut(n * hidden);
+                let (g, u) = rest.split_at_mut(n * inter);
+                for (i, &pos) in s.iter().enumerate() {
+                    let t = pos as usize / k;
+                    let src = &xs[t * hidden..(t + 1) * hidden];
+                    xe[i..]
+                        .iter_mut()
+                        .step_by(n)
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v);
+                }
+                let xm = Mat::cols(xe, n);
+                let col_major = (1, n);
+                let (gw, uw) = (Mat::t(d.gate.slice(), hidden), Mat::t(d.up.slice(), hidden));
+                matmul(g, col_major, xm, gw, (n, inter, hidden));
+                matmul(u, col_major, xm, uw, (n, inter, hidden));
+                for (g, &u) in g.iter_mut().zip(u.iter()) {
+                    // candle's silu, then the product, as in `SwiGlu::forward`.
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+                let dw = Mat::t(d.down.slice(), inter);
+                matmul(block, (hidden, 1), Mat::cols(g, n), dw, (n, hidden, inter));
+                for (y, &pos) in block.chunks_exact_mut(hidden).zip(s) {
+                    let w = ws[pos as usize];
+                    y.iter_mut().for_each(|v| *v *= w);
+                }
+            });
+        });
+
+        // Each token's sum over its experts in increasing expert order (as `index_add` adds
+        // the expert-ordered rows), starting from zero.
+        let mut out = vec![0f32; tokens * hidden];
+        let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
+        par_each(token_rows, |(t, dst)| {
+            let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
+            // Rows are numbered in expert order, so sorting rows sorts by expert.
+            rows.sort_unstable();
+            for r in rows {
+                let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+            }
+        });
+        drop((xd, wd, data));
+        Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `t` as a variable, so that ops on it take the plain tensor path (the fast CPU kernels
+    /// only run on tensors that track no gradient).
+    fn tracked(t: &Tensor) -> Tensor {
+        candle_core::Var::from_tensor(t)
+            .unwrap()
+            .as_tensor()
+            .clone()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b.detach())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn cpu_kernels_match_the_tensor_path() {
+        // Experts: uneven loads, one expert unused, a token count that isn't a tile multiple.
+        let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
+        let expert = |i: u64, w: &dyn Fn(&Tensor) -> Tensor| SwiGlu {
+            gate: Linear {
+                weight: w(&randn(&[inter, hidden], 10 + i)),
+                bias: None,
+            },
+            up: Linear {
+                weight: w(&randn(&[inter, hidden], 20 + i)),
+                bias: None,
+            },
+            down: Linear {
+                weight: w(&randn(&[hidden, inter], 30 + i)),
+                bias: None,
+            },
+        };
+        let fast_experts: Vec<_> = (0..n_exp as u64)
+            .map(|i| expert(i, &|t| t.clone()))
+            .collect();
+        let plain_experts: Vec<_> = (0..n_exp as u64).map(|i| expert(i, &tracked)).collect();
+        let indices: Vec<u32> = (0..tokens * k)
+            .map(|p| [0, 1, 1, 2, 4, 1, 3, 0][p % 8] + (p % k) as u32 * 5 / 4)
+            .collect();
+        assert!(indices.iter().all(|&e| e != 5 && (e as usize) < n_exp));
+        let x = randn(&[tokens, hidden], 3);
+        let weights = randn(&[tokens, k], 4);
+        let fast = dispatch_experts(&x, &indices, &weights, &fast_experts).unwrap();
+        let plain = dispatch_experts(&x, &indices, &weights, &plain_experts).unwrap();
+        assert!(max_diff(&fast, &plain) < 1e-5);
+    }
 
     #[test]
     fn mask_is_causal_padded_and_windowed() {
