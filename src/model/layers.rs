@@ -209,6 +209,9 @@ pub fn scaled_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    if let Some(y) = cpu::attention(q, k, v, mask, scale)? {
+        return Ok(y);
+    }
     let n_rep = q.dim(1)? / k.dim(1)?;
     let k = repeat_kv(k, n_rep)?;
     let v = repeat_kv(v, n_rep)?;
@@ -703,6 +706,7 @@ mod cpu {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use candle_core::cpu::kernels::VecOps;
     use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 
     use super::{Result, SwiGlu};
@@ -785,6 +789,15 @@ mod cpu {
     }
 
     impl<'a> Mat<'a> {
+        /// Row-major `[rows, cols]`.
+        fn rows(data: &'a [f32], cols: usize) -> Self {
+            Self {
+                data,
+                rs: cols,
+                cs: 1,
+            }
+        }
+
         /// Column-major `[rows, cols]`.
         fn cols(data: &'a [f32], rows: usize) -> Self {
             Self {
@@ -970,6 +983,89 @@ mod cpu {
         drop((xd, wd, data));
         Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
     }
+
+    /// [`super::scaled_attention`] with one task per (sequence, head) on the thread pool.
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let (Ok((b, nh, t, d)), Ok((kb, nkv, s, kd)), Ok((vb, vkv, vs, dv))) =
+            (q.dims4(), k.dims4(), v.dims4())
+        else {
+            return Ok(None);
+        };
+        if kb != b || vb != b || kd != d || vkv != nkv || vs != s || nkv == 0 || nh % nkv != 0 {
+            return Ok(None);
+        }
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (Some(qd), Some(kd_), Some(vd)) = (F32Data::of(&q), F32Data::of(&k), F32Data::of(&v))
+        else {
+            return Ok(None);
+        };
+        // The mask is `[b, 1, t, s]` (shared by the heads) or `[b, h, t, s]`.
+        let mask = match mask {
+            None => None,
+            Some(m) => match m.dims() {
+                [mb, mh, mt, ms] if *mb == b && (*mh == 1 || *mh == nh) && *mt == t && *ms == s => {
+                    match F32Data::of(m) {
+                        Some(md) => Some((md, *mh)),
+                        None => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            },
+        };
+        let (qs, ks, vs_) = (qd.slice(), kd_.slice(), vd.slice());
+        let ms = mask.as_ref().map(|(m, mh)| (m.slice(), *mh));
+        let n_rep = nh / nkv;
+        let scale = scale as f32;
+        let mut out = vec![0f32; b * nh * t * dv];
+        let heads: Vec<_> = out.chunks_mut(t * dv).enumerate().collect();
+        par_each(heads, |(bh, o)| {
+            let (bi, hi) = (bh / nh, bh % nh);
+            let kv = bi * nkv + hi / n_rep;
+            let qh = &qs[bh * t * d..(bh + 1) * t * d];
+            let kh = &ks[kv * s * d..(kv + 1) * s * d];
+            let vh = &vs_[kv * s * dv..(kv + 1) * s * dv];
+            with_scratch(t * s, |att| {
+                let row_major = (s, 1);
+                matmul(att, row_major, Mat::rows(qh, d), Mat::t(kh, d), (t, s, d));
+                let m = ms.map(|(m, mh)| {
+                    let i = if mh == 1 { bi } else { bh };
+                    &m[i * t * s..(i + 1) * t * s]
+                });
+                for (i, row) in att.chunks_exact_mut(s).enumerate() {
+                    row.iter_mut().for_each(|a| *a *= scale);
+                    if let Some(m) = m {
+                        let mrow = &m[i * s..(i + 1) * s];
+                        row.iter_mut().zip(mrow).for_each(|(a, &m)| *a += m);
+                    }
+                    softmax_in_place(row);
+                }
+                let (a, v) = (Mat::rows(att, s), Mat::rows(vh, dv));
+                matmul(o, (dv, 1), a, v, (t, dv, s));
+            });
+        });
+        drop((qd, kd_, vd, mask));
+        Ok(Some(Tensor::from_vec(out, (b, nh, t, dv), q.device())?))
+    }
+
+    /// `candle_nn::ops::softmax_last_dim` on one row, with the same reductions.
+    fn softmax_in_place(row: &mut [f32]) {
+        if row.is_empty() {
+            return;
+        }
+        let mut max = f32::NEG_INFINITY;
+        // SAFETY: `row` is non-empty and the reductions read `row.len()` elements.
+        unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, row.len()) };
+        row.iter_mut().for_each(|a| *a = (*a - max).exp());
+        let mut sum = 0f32;
+        unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, row.len()) };
+        row.iter_mut().for_each(|a| *a /= sum);
+    }
 }
 
 #[cfg(test)]
@@ -1036,6 +1132,19 @@ mod tests {
         let fast = dispatch_experts(&x, &indices, &weights, &fast_experts).unwrap();
         let plain = dispatch_experts(&x, &indices, &weights, &plain_experts).unwrap();
         assert!(max_diff(&fast, &plain) < 1e-5);
+
+        // Attention: grouped heads, a value width unlike the key width (DeepSeek's MLA), with
+        // and without a padding mask.
+        let (b, nh, nkv, t, d, dv) = (2, 4, 2, 9, 8, 6);
+        let q = randn(&[b, nh, t, d], 5);
+        let kk = randn(&[b, nkv, t, d], 6);
+        let v = randn(&[b, nkv, t, dv], 7);
+        let mask = attention_mask(&[9, 6], t, 0, None, DType::F32, &Device::Cpu).unwrap();
+        for m in [mask.as_ref(), None] {
+            let fast = scaled_attention(&q, &kk, &v, m, 0.3).unwrap();
+            let plain = scaled_attention(&tracked(&q), &kk, &v, m, 0.3).unwrap();
+            assert!(max_diff(&fast, &plain) < 1e-5);
+        }
     }
 
     #[test]
