@@ -31,6 +31,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = cpu::linear(self, x)? {
+            return Ok(y);
+        }
         let dims = x.dims().to_vec();
         let in_dim = *dims
             .last()
@@ -709,7 +712,7 @@ mod cpu {
     use candle_core::cpu::kernels::VecOps;
     use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 
-    use super::{Result, SwiGlu};
+    use super::{Linear, Result, SwiGlu};
 
     /// A read lock on an f32 CPU tensor's contiguous data.
     struct F32Data<'a> {
@@ -882,6 +885,40 @@ mod cpu {
                 inter,
             })
         }
+    }
+
+    /// [`Linear::forward`] of a plain layer on at least `MIN_ROWS` rows, split into blocks of
+    /// rows across the worker threads.
+    pub fn linear(layer: &Linear, x: &Tensor) -> Result<Option<Tensor>> {
+        const MIN_ROWS: usize = 32;
+        let Some(w) = layer.plain_weight() else {
+            return Ok(None);
+        };
+        let (Ok((n, k)), Some(&in_dim)) = (w.dims2(), x.dims().last()) else {
+            return Ok(None);
+        };
+        let m = x.elem_count() / k.max(1);
+        if in_dim != k || m < MIN_ROWS || n == 0 || k == 0 {
+            return Ok(None);
+        }
+        let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(w)) else {
+            return Ok(None);
+        };
+        let (xs, ws) = (xd.slice(), wd.slice());
+        let mut out = vec![0f32; m * n];
+        // Blocks of 16 rows (the kernels' tile height), about four per thread.
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = m.div_ceil(4 * threads).next_multiple_of(16).max(MIN_ROWS);
+        let blocks: Vec<_> = out.chunks_mut(block * n).enumerate().collect();
+        par_each(blocks, |(i, dst)| {
+            let rows = dst.len() / n;
+            let a = &xs[i * block * k..(i * block + rows) * k];
+            matmul(dst, (n, 1), Mat::rows(a, k), Mat::t(ws, k), (rows, n, k));
+        });
+        drop((xd, wd));
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("checked above") = n;
+        Ok(Some(Tensor::from_vec(out, dims, x.device())?))
     }
 
     /// [`super::dispatch_experts`] with the experts side by side on the thread pool; `slots[e]`
@@ -1103,6 +1140,23 @@ mod tests {
 
     #[test]
     fn cpu_kernels_match_the_tensor_path() {
+        // Linear: enough rows for the blocked kernel, a row count that isn't a block multiple.
+        let x = randn(&[3, 41, 24], 1);
+        let w = randn(&[40, 24], 2);
+        let fast = Linear {
+            weight: w.clone(),
+            bias: None,
+        }
+        .forward(&x)
+        .unwrap();
+        let plain = Linear {
+            weight: tracked(&w),
+            bias: None,
+        }
+        .forward(&x)
+        .unwrap();
+        assert!(max_diff(&fast, &plain) < 1e-5);
+
         // Experts: uneven loads, one expert unused, a token count that isn't a tile multiple.
         let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
         let expert = |i: u64, w: &dyn Fn(&Tensor) -> Tensor| SwiGlu {
