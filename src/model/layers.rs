@@ -78,6 +78,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = cpu::rms_norm(self, x)? {
+            return Ok(y);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -712,7 +715,7 @@ mod cpu {
     use candle_core::cpu::kernels::VecOps;
     use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 
-    use super::{Linear, Result, SwiGlu};
+    use super::{Linear, Result, RmsNorm, SwiGlu};
 
     /// A read lock on an f32 CPU tensor's contiguous data.
     struct F32Data<'a> {
@@ -919,6 +922,47 @@ mod cpu {
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("checked above") = n;
         Ok(Some(Tensor::from_vec(out, dims, x.device())?))
+    }
+
+    /// [`RmsNorm::forward`] with the same f32 operations, one pass per row, blocks of rows
+    /// across the worker threads.
+    pub fn rms_norm(norm: &RmsNorm, x: &Tensor) -> Result<Option<Tensor>> {
+        let (Some(&h), [wh]) = (x.dims().last(), norm.weight.dims()) else {
+            return Ok(None);
+        };
+        if h == 0 || *wh != h {
+            return Ok(None);
+        }
+        let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(&norm.weight)) else {
+            return Ok(None);
+        };
+        let (xs, ws) = (xd.slice(), wd.slice());
+        // `mean_keepdim`, `+ eps`, `sqrt`, `broadcast_div` and `broadcast_mul` as candle does
+        // them in f32: the sum by `vec_reduce_sum`, the affine ops as `v * mul + add`.
+        let (inv_h, eps) = ((1.0 / h as f64) as f32, norm.eps as f32);
+        let row = |src: &[f32], dst: &mut [f32]| {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * v);
+            let mut sum = 0f32;
+            // SAFETY: `dst` holds `h` elements.
+            unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, h) };
+            let den = ((sum * inv_h + 0.0) * 1.0 + eps).sqrt();
+            for ((d, &v), &w) in dst.iter_mut().zip(src).zip(ws) {
+                *d = v / den * w;
+            }
+        };
+        let mut out = vec![0f32; xs.len()];
+        let rows = xs.len() / h;
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = rows.div_ceil(4 * threads).max(64 * 1024 / h).max(1);
+        let blocks: Vec<_> = out.chunks_mut(block * h).enumerate().collect();
+        par_each(blocks, |(i, dst)| {
+            let src = &xs[i * block * h..i * block * h + dst.len()];
+            for (s, d) in src.chunks_exact(h).zip(dst.chunks_exact_mut(h)) {
+                row(s, d);
+            }
+        });
+        drop((xd, wd));
+        Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?))
     }
 
     /// [`super::dispatch_experts`] with the experts side by side on the thread pool; `slots[e]`
@@ -1156,6 +1200,23 @@ mod tests {
         .forward(&x)
         .unwrap();
         assert!(max_diff(&fast, &plain) < 1e-5);
+
+        // RMSNorm over a 4-d tensor's last axis (as Qwen3's per-head q/k norm).
+        let x = randn(&[2, 33, 3, 16], 8);
+        let w = randn(&[16], 9);
+        let fast = RmsNorm {
+            weight: w.clone(),
+            eps: 1e-6,
+        }
+        .forward(&x)
+        .unwrap();
+        let plain = RmsNorm {
+            weight: tracked(&w),
+            eps: 1e-6,
+        }
+        .forward(&x)
+        .unwrap();
+        assert!(max_diff(&fast, &plain) < 1e-6);
 
         // Experts: uneven loads, one expert unused, a token count that isn't a tile multiple.
         let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
