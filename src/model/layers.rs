@@ -1039,11 +1039,15 @@ mod cpu {
                     // candle's silu, then the product, as in `SwiGlu::forward`.
                     *g = *g / (1.0 + (-*g).exp()) * u;
                 }
+                // The output column-major too (in `xe`'s space), then weighted into `block`'s
+                // rows: a row-major destination would make the kernels repack the weight.
+                let y = xe;
                 let dw = Mat::t(d.down.slice(), inter);
-                matmul(block, (hidden, 1), Mat::cols(g, n), dw, (n, hidden, inter));
-                for (y, &pos) in block.chunks_exact_mut(hidden).zip(s) {
+                matmul(y, col_major, Mat::cols(g, n), dw, (n, hidden, inter));
+                for (i, (dst, &pos)) in block.chunks_exact_mut(hidden).zip(s).enumerate() {
                     let w = ws[pos as usize];
-                    y.iter_mut().for_each(|v| *v *= w);
+                    let src = y[i..].iter().step_by(n);
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
                 }
             });
         });
