@@ -786,6 +786,20 @@ mod cpu {
         })
     }
 
+    /// A destination that tasks write disjoint parts of.
+    #[derive(Clone, Copy)]
+    struct SharedMut(*mut f32);
+
+    // SAFETY: only used to hand disjoint parts of one buffer to tasks (see its uses).
+    unsafe impl Send for SharedMut {}
+    unsafe impl Sync for SharedMut {}
+
+    impl SharedMut {
+        fn at(self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
+
     /// A matrix operand: its data and its (row, column) strides.
     #[derive(Clone, Copy)]
     struct Mat<'a> {
@@ -824,24 +838,43 @@ mod cpu {
     }
 
     /// `dst[m, n] = a[m, k] · b[k, n]` on the calling thread, `dst` with strides `(dst_rs,
-    /// dst_cs)`. The `gemm` kernels read `a` fastest column-major and `b` as the transpose of a
-    /// row-major matrix; other layouts are packed into those first.
+    /// dst_cs)`. For a column-major `dst` the `gemm` kernels read `a` best column-major and `b`
+    /// with unit row stride (as `Wᵀ` for a row-major `W`); a row-major `dst` is computed as
+    /// `dstᵀ = bᵀ·aᵀ`, where `a` is best row-major and `b` is repacked unless row-major.
     fn matmul(
         dst: &mut [f32],
+        dst_strides: (usize, usize),
+        a: Mat<'_>,
+        b: Mat<'_>,
+        mnk: (usize, usize, usize),
+    ) {
+        let (m, n, _) = mnk;
+        let (rs, cs) = dst_strides;
+        assert!(m == 0 || n == 0 || dst.len() > (m - 1) * rs + (n - 1) * cs);
+        // SAFETY: `dst` holds every element the strides reach.
+        unsafe { matmul_to(dst.as_mut_ptr(), dst_strides, a, b, mnk) }
+    }
+
+    /// [`matmul`] into a raw destination.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes at every `i·dst_rs + j·dst_cs`, `i < m`, `j < n`, and no
+    /// other thread may access those elements during the call.
+    unsafe fn matmul_to(
+        dst: *mut f32,
         (dst_rs, dst_cs): (usize, usize),
         a: Mat<'_>,
         b: Mat<'_>,
         (m, n, k): (usize, usize, usize),
     ) {
         assert!(a.reaches(m, k) && b.reaches(k, n));
-        assert!(m == 0 || n == 0 || dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
-        // SAFETY: the asserts keep every element the strides reach inside the slices.
+        // SAFETY: the assert keeps the operands' reads in bounds, the caller `dst`'s writes.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst,
                 dst_cs as isize,
                 dst_rs as isize,
                 false,
@@ -909,14 +942,18 @@ mod cpu {
         };
         let (xs, ws) = (xd.slice(), wd.slice());
         let mut out = vec![0f32; m * n];
-        // Blocks of 16 rows (the kernels' tile height), about four per thread.
+        // Blocks of output columns, about four per thread: each block's rows of `W` are
+        // repacked once (see `matmul`) and `x` is read in place.
         let threads = candle_core::utils::get_num_threads().max(1);
-        let block = m.div_ceil(4 * threads).next_multiple_of(16).max(MIN_ROWS);
-        let blocks: Vec<_> = out.chunks_mut(block * n).enumerate().collect();
-        par_each(blocks, |(i, dst)| {
-            let rows = dst.len() / n;
-            let a = &xs[i * block * k..(i * block + rows) * k];
-            matmul(dst, (n, 1), Mat::rows(a, k), Mat::t(ws, k), (rows, n, k));
+        let block = n.div_ceil(4 * threads).next_multiple_of(16);
+        let dst = SharedMut(out.as_mut_ptr());
+        let starts: Vec<usize> = (0..n).step_by(block).collect();
+        par_each(starts, |c0| {
+            let cols = block.min(n - c0);
+            let w = Mat::t(&ws[c0 * k..(c0 + cols) * k], k);
+            // SAFETY: `out` is `[m, n]` row-major and each task writes only its own columns
+            // `c0..c0 + cols` of it.
+            unsafe { matmul_to(dst.at(c0), (n, 1), Mat::rows(xs, k), w, (m, cols, k)) };
         });
         drop((xd, wd));
         let mut dims = x.dims().to_vec();
