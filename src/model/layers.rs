@@ -1014,6 +1014,9 @@ mod cpu {
         let Ok((tokens, hidden)) = x.dims2() else {
             return Ok(None);
         };
+        if tokens == 0 || hidden == 0 {
+            return Ok(None);
+        }
         let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(weights)) else {
             return Ok(None);
         };
@@ -1119,7 +1122,9 @@ mod cpu {
         else {
             return Ok(None);
         };
-        if kb != b || vb != b || kd != d || vkv != nkv || vs != s || nkv == 0 || nh % nkv != 0 {
+        let shapes_ok = kb == b && vb == b && kd == d && vkv == nkv && vs == s;
+        let empty = [b, nh, t, d, s, dv].contains(&0);
+        if !shapes_ok || empty || nkv == 0 || nh % nkv != 0 {
             return Ok(None);
         }
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
