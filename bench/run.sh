@@ -12,7 +12,7 @@ if [ ! -f "$MODEL/model.safetensors" ]; then
 fi
 cargo build --release --example bench_routing
 export OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2
-ours=$(target/release/examples/bench_routing "$MODEL" 4 128 10 2)
+ours=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_routing "$MODEL" 4 128 10 2)
 peer=$("$PY" bench/peer_hf.py --model "$MODEL" --batch 4 --seq 128 --iters 10 --warmup 2)
 echo "moescope: $ours"
 echo "peer:     $peer"

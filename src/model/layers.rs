@@ -42,6 +42,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = cpu::linear(self, x)? {
+            return Ok(y);
+        }
         let dims = x.dims().to_vec();
         let in_dim = *dims
             .last()
@@ -72,6 +75,14 @@ impl Linear {
 
     pub fn in_dim(&self) -> usize {
         self.weight.dims()[1]
+    }
+
+    /// The weight when [`Linear::forward`] is exactly `x·Wᵀ` (no bias, no LoRA update), for
+    /// kernels that read the weight directly. `self` is destructured without `..` so that a new
+    /// field is a compile error here until this says whether it keeps the layer plain.
+    pub fn plain_weight(&self) -> Option<&Tensor> {
+        let Linear { weight, bias, lora } = self;
+        (bias.is_none() && lora.is_none()).then_some(weight)
     }
 }
 
@@ -137,6 +148,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = cpu::rms_norm(self, x)? {
+            return Ok(y);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -274,6 +288,9 @@ pub fn scaled_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    if let Some(y) = cpu::attention(q, k, v, mask, scale)? {
+        return Ok(y);
+    }
     let n_rep = q.dim(1)? / k.dim(1)?;
     let k = repeat_kv(k, n_rep)?;
     let v = repeat_kv(v, n_rep)?;
@@ -557,6 +574,9 @@ pub fn dispatch_experts(
         rows[e].push((pos / k) as u32);
         slots[e].push(pos as u32);
     }
+    if let Some(y) = cpu::dispatch_experts(x, k, &slots, weights, experts)? {
+        return Ok(y);
+    }
     let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
     let device = x.device();
     let used: Vec<usize> = (0..experts.len())
@@ -826,9 +846,596 @@ impl MoeModel for DecoderStack {
     }
 }
 
+/// Direct CPU kernels for the inference hot path: f32 tensors on the CPU that track no gradient.
+///
+/// Each function returns `Ok(None)` when its inputs don't qualify, and the caller then takes the
+/// plain tensor-op path, which stays the reference (and the only path for training, other
+/// devices and dtypes). The kernels compute the same operations in the same order as that path,
+/// with the `gemm` crate's kernels that candle's CPU matmul uses, but with each small matmul
+/// running on one thread inside a task of the thread pool instead of split across all threads.
+mod cpu {
+    use std::cell::RefCell;
+    use std::ops::Range;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use candle_core::cpu::kernels::VecOps;
+    use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
+
+    use super::{Linear, Result, RmsNorm, SwiGlu};
+
+    /// A read lock on an f32 CPU tensor's contiguous data.
+    struct F32Data<'a> {
+        storage: StorageRef<'a>,
+        range: Range<usize>,
+    }
+
+    impl<'a> F32Data<'a> {
+        /// `None` unless `t` is an f32 tensor on the CPU, contiguous, and tracks no gradient.
+        fn of(t: &'a Tensor) -> Option<Self> {
+            if t.dtype() != DType::F32 || t.track_op() || !t.device().is_cpu() {
+                return None;
+            }
+            let (storage, layout) = t.storage_and_layout();
+            let (start, end) = layout.contiguous_offsets()?;
+            matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(Self {
+                storage,
+                range: start..end,
+            })
+        }
+
+        fn slice(&self) -> &[f32] {
+            match &*self.storage {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+                _ => unreachable!("checked in F32Data::of"),
+            }
+        }
+    }
+
+    /// Runs `f` on every item, spread over candle's CPU worker threads (the pool its elementwise
+    /// ops run on, so that no second set of threads competes for the cores). The threads take
+    /// one item at a time, so a thread that is held up delays the others by one item at most.
+    fn par_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+        let cells: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let next = AtomicUsize::new(0);
+        let pool = candle_core::utils::barrier_pool();
+        // One unit per thread (run inline when called from inside the pool); each unit takes
+        // items until none are left.
+        pool.execute_chunked(pool.n_workers() + 1, |_| {
+            while let Some(cell) = cells.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let item = cell.lock().ok().and_then(|mut c| c.take());
+                if let Some(item) = item {
+                    f(item);
+                }
+            }
+        });
+    }
+
+    thread_local! {
+        /// Per-thread scratch space, reused across calls.
+        static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` with `len` floats of scratch space (contents unspecified): this thread's
+    /// reusable buffer, or a temporary one for more than `KEEP` floats (16 MiB), so that the
+    /// threads don't keep large buffers.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        const KEEP: usize = 1 << 22;
+        if len > KEEP {
+            return f(&mut vec![0.0; len]);
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < len {
+                s.resize(len, 0.0);
+            }
+            f(&mut s[..len])
+        })
+    }
+
+    /// A destination that tasks write disjoint parts of.
+    #[derive(Clone, Copy)]
+    struct SharedMut(*mut f32);
+
+    // SAFETY: only used to hand disjoint parts of one buffer to tasks (see its uses).
+    unsafe impl Send for SharedMut {}
+    unsafe impl Sync for SharedMut {}
+
+    impl SharedMut {
+        fn at(self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
+
+    /// A matrix operand: its data and its (row, column) strides.
+    #[derive(Clone, Copy)]
+    struct Mat<'a> {
+        data: &'a [f32],
+        rs: usize,
+        cs: usize,
+    }
+
+    impl<'a> Mat<'a> {
+        /// Row-major `[rows, cols]`.
+        fn rows(data: &'a [f32], cols: usize) -> Self {
+            Self {
+                data,
+                rs: cols,
+                cs: 1,
+            }
+        }
+
+        /// Column-major `[rows, cols]`.
+        fn cols(data: &'a [f32], rows: usize) -> Self {
+            Self {
+                data,
+                rs: 1,
+                cs: rows,
+            }
+        }
+
+        /// The transpose of a row-major `[cols, rows]` matrix (an `[out, in]` weight as `Wᵀ`).
+        fn t(data: &'a [f32], rows: usize) -> Self {
+            Self::cols(data, rows)
+        }
+
+        fn reaches(&self, rows: usize, cols: usize) -> bool {
+            rows == 0 || cols == 0 || self.data.len() > (rows - 1) * self.rs + (cols - 1) * self.cs
+        }
+    }
+
+    /// `dst[m, n] = a[m, k] · b[k, n]` on the calling thread, `dst` with strides `(dst_rs,
+    /// dst_cs)`. For a column-major `dst` the `gemm` kernels read `a` best column-major and `b`
+    /// with unit row stride (as `Wᵀ` for a row-major `W`); a row-major `dst` is computed as
+    /// `dstᵀ = bᵀ·aᵀ`, where `a` is best row-major and `b` is repacked unless row-major.
+    fn matmul(
+        dst: &mut [f32],
+        dst_strides: (usize, usize),
+        a: Mat<'_>,
+        b: Mat<'_>,
+        mnk: (usize, usize, usize),
+    ) {
+        let (m, n, _) = mnk;
+        let (rs, cs) = dst_strides;
+        assert!(m == 0 || n == 0 || dst.len() > (m - 1) * rs + (n - 1) * cs);
+        // SAFETY: `dst` holds every element the strides reach.
+        unsafe { matmul_to(dst.as_mut_ptr(), dst_strides, a, b, mnk) }
+    }
+
+    /// [`matmul`] into a raw destination.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes at every `i·dst_rs + j·dst_cs`, `i < m`, `j < n`, and no
+    /// other thread may access those elements during the call.
+    unsafe fn matmul_to(
+        dst: *mut f32,
+        (dst_rs, dst_cs): (usize, usize),
+        a: Mat<'_>,
+        b: Mat<'_>,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        assert!(a.reaches(m, k) && b.reaches(k, n));
+        // SAFETY: the assert keeps the operands' reads in bounds, the caller `dst`'s writes.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                dst_cs as isize,
+                dst_rs as isize,
+                false,
+                a.data.as_ptr(),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr(),
+                b.cs as isize,
+                b.rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+
+    /// An expert's three weights, `[inter, hidden]`, `[inter, hidden]`, `[hidden, inter]`.
+    struct ExpertData<'a> {
+        gate: F32Data<'a>,
+        up: F32Data<'a>,
+        down: F32Data<'a>,
+        inter: usize,
+    }
+
+    impl<'a> ExpertData<'a> {
+        fn of(e: &'a SwiGlu, hidden: usize) -> Option<Self> {
+            let (g, u, d) = (
+                e.gate.plain_weight()?,
+                e.up.plain_weight()?,
+                e.down.plain_weight()?,
+            );
+            let inter = g.dims().first().copied()?;
+            let shapes_ok = g.dims() == [inter, hidden]
+                && u.dims() == [inter, hidden]
+                && d.dims() == [hidden, inter];
+            shapes_ok.then_some(())?;
+            Some(Self {
+                gate: F32Data::of(g)?,
+                up: F32Data::of(u)?,
+                down: F32Data::of(d)?,
+                inter,
+            })
+        }
+    }
+
+    /// [`Linear::forward`] of a plain layer on at least `MIN_ROWS` rows, split into blocks of
+    /// rows across the worker threads.
+    pub fn linear(layer: &Linear, x: &Tensor) -> Result<Option<Tensor>> {
+        const MIN_ROWS: usize = 32;
+        let Some(w) = layer.plain_weight() else {
+            return Ok(None);
+        };
+        let (Ok((n, k)), Some(&in_dim)) = (w.dims2(), x.dims().last()) else {
+            return Ok(None);
+        };
+        let m = x.elem_count() / k.max(1);
+        if in_dim != k || m < MIN_ROWS || n == 0 || k == 0 {
+            return Ok(None);
+        }
+        let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(w)) else {
+            return Ok(None);
+        };
+        let (xs, ws) = (xd.slice(), wd.slice());
+        let mut out = vec![0f32; m * n];
+        // Blocks of output columns, about four per thread: each block's rows of `W` are
+        // repacked once (see `matmul`) and `x` is read in place.
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = n.div_ceil(4 * threads).next_multiple_of(16);
+        let dst = SharedMut(out.as_mut_ptr());
+        let starts: Vec<usize> = (0..n).step_by(block).collect();
+        par_each(starts, |c0| {
+            let cols = block.min(n - c0);
+            let w = Mat::t(&ws[c0 * k..(c0 + cols) * k], k);
+            // SAFETY: `out` is `[m, n]` row-major and each task writes only its own columns
+            // `c0..c0 + cols` of it.
+            unsafe { matmul_to(dst.at(c0), (n, 1), Mat::rows(xs, k), w, (m, cols, k)) };
+        });
+        drop((xd, wd));
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("checked above") = n;
+        Ok(Some(Tensor::from_vec(out, dims, x.device())?))
+    }
+
+    /// [`RmsNorm::forward`] with the same f32 operations, one pass per row, blocks of rows
+    /// across the worker threads.
+    pub fn rms_norm(norm: &RmsNorm, x: &Tensor) -> Result<Option<Tensor>> {
+        let (Some(&h), [wh]) = (x.dims().last(), norm.weight.dims()) else {
+            return Ok(None);
+        };
+        if h == 0 || *wh != h {
+            return Ok(None);
+        }
+        let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(&norm.weight)) else {
+            return Ok(None);
+        };
+        let (xs, ws) = (xd.slice(), wd.slice());
+        // `mean_keepdim`, `+ eps`, `sqrt`, `broadcast_div` and `broadcast_mul` as candle does
+        // them in f32: the sum by `vec_reduce_sum`, the affine ops as `v * mul + add`.
+        let (inv_h, eps) = ((1.0 / h as f64) as f32, norm.eps as f32);
+        let row = |src: &[f32], dst: &mut [f32]| {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * v);
+            let mut sum = 0f32;
+            // SAFETY: `dst` holds `h` elements.
+            unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, h) };
+            let den = ((sum * inv_h + 0.0) * 1.0 + eps).sqrt();
+            for ((d, &v), &w) in dst.iter_mut().zip(src).zip(ws) {
+                *d = v / den * w;
+            }
+        };
+        let mut out = vec![0f32; xs.len()];
+        let rows = xs.len() / h;
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = rows.div_ceil(4 * threads).max(64 * 1024 / h).max(1);
+        let blocks: Vec<_> = out.chunks_mut(block * h).enumerate().collect();
+        par_each(blocks, |(i, dst)| {
+            let src = &xs[i * block * h..i * block * h + dst.len()];
+            for (s, d) in src.chunks_exact(h).zip(dst.chunks_exact_mut(h)) {
+                row(s, d);
+            }
+        });
+        drop((xd, wd));
+        Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?))
+    }
+
+    /// [`super::dispatch_experts`] with the experts side by side on the thread pool; `slots[e]`
+    /// lists the positions in the row-major `[tokens, k]` choice of the tokens routed to `e`.
+    pub fn dispatch_experts(
+        x: &Tensor,
+        k: usize,
+        slots: &[Vec<u32>],
+        weights: &Tensor,
+        experts: &[SwiGlu],
+    ) -> Result<Option<Tensor>> {
+        let Ok((tokens, hidden)) = x.dims2() else {
+            return Ok(None);
+        };
+        if tokens == 0 || hidden == 0 {
+            return Ok(None);
+        }
+        let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(weights)) else {
+            return Ok(None);
+        };
+        if weights.elem_count() != tokens * k {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(experts.len());
+        for (e, s) in experts.iter().zip(slots) {
+            data.push(match s.is_empty() {
+                true => None,
+                false => match ExpertData::of(e, hidden) {
+                    Some(d) => Some(d),
+                    None => return Ok(None),
+                },
+            });
+        }
+        let (xs, ws) = (xd.slice(), wd.slice());
+
+        // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
+        let mut ys = vec![0f32; tokens * k * hidden];
+        let mut row_of_slot = vec![0u32; tokens * k];
+        let mut jobs = Vec::new();
+        let mut rest = ys.as_mut_slice();
+        let mut row = 0usize;
+        for (e, s) in slots.iter().enumerate() {
+            let (block, tail) = rest.split_at_mut(s.len() * hidden);
+            rest = tail;
+            for (i, &pos) in s.iter().enumerate() {
+                row_of_slot[pos as usize] = (row + i) as u32;
+            }
+            row += s.len();
+            if let Some(d) = &data[e] {
+                jobs.push((d, s.as_slice(), block));
+            }
+        }
+        // The busiest experts first, so that the pool's threads finish together.
+        jobs.sort_by_key(|(_, s, _)| std::cmp::Reverse(s.len()));
+        par_each(jobs, |(d, s, block)| {
+            let (n, inter) = (s.len(), d.inter);
+            with_scratch(n * (hidden + 2 * inter), |scratch| {
+                // Column-major (one column per token) operands, which the kernels read
+                // without repacking.
+                let (xe, rest) = scratch.split_at_mut(n * hidden);
+                let (g, u) = rest.split_at_mut(n * inter);
+                for (i, &pos) in s.iter().enumerate() {
+                    let t = pos as usize / k;
+                    let src = &xs[t * hidden..(t + 1) * hidden];
+                    xe[i..]
+                        .iter_mut()
+                        .step_by(n)
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v);
+                }
+                let xm = Mat::cols(xe, n);
+                let col_major = (1, n);
+                let (gw, uw) = (Mat::t(d.gate.slice(), hidden), Mat::t(d.up.slice(), hidden));
+                matmul(g, col_major, xm, gw, (n, inter, hidden));
+                matmul(u, col_major, xm, uw, (n, inter, hidden));
+                for (g, &u) in g.iter_mut().zip(u.iter()) {
+                    // candle's silu, then the product, as in `SwiGlu::forward`.
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+                // The output column-major too (in `xe`'s space), then weighted into `block`'s
+                // rows: a row-major destination would make the kernels repack the weight.
+                let y = xe;
+                let dw = Mat::t(d.down.slice(), inter);
+                matmul(y, col_major, Mat::cols(g, n), dw, (n, hidden, inter));
+                for (i, (dst, &pos)) in block.chunks_exact_mut(hidden).zip(s).enumerate() {
+                    let w = ws[pos as usize];
+                    let src = y[i..].iter().step_by(n);
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
+                }
+            });
+        });
+
+        // Each token's sum over its experts in increasing expert order (as `index_add` adds
+        // the expert-ordered rows), starting from zero.
+        let mut out = vec![0f32; tokens * hidden];
+        let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
+        par_each(token_rows, |(t, dst)| {
+            let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
+            // Rows are numbered in expert order, so sorting rows sorts by expert.
+            rows.sort_unstable();
+            for r in rows {
+                let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+            }
+        });
+        drop((xd, wd, data));
+        Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+    }
+
+    /// [`super::scaled_attention`] with one task per (sequence, head) on the thread pool.
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let (Ok((b, nh, t, d)), Ok((kb, nkv, s, kd)), Ok((vb, vkv, vs, dv))) =
+            (q.dims4(), k.dims4(), v.dims4())
+        else {
+            return Ok(None);
+        };
+        let shapes_ok = kb == b && vb == b && kd == d && vkv == nkv && vs == s;
+        let empty = [b, nh, t, d, s, dv].contains(&0);
+        if !shapes_ok || empty || nkv == 0 || nh % nkv != 0 {
+            return Ok(None);
+        }
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (Some(qd), Some(kd_), Some(vd)) = (F32Data::of(&q), F32Data::of(&k), F32Data::of(&v))
+        else {
+            return Ok(None);
+        };
+        // The mask is `[b, 1, t, s]` (shared by the heads) or `[b, h, t, s]`.
+        let mask = match mask {
+            None => None,
+            Some(m) => match m.dims() {
+                [mb, mh, mt, ms] if *mb == b && (*mh == 1 || *mh == nh) && *mt == t && *ms == s => {
+                    match F32Data::of(m) {
+                        Some(md) => Some((md, *mh)),
+                        None => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            },
+        };
+        let (qs, ks, vs_) = (qd.slice(), kd_.slice(), vd.slice());
+        let ms = mask.as_ref().map(|(m, mh)| (m.slice(), *mh));
+        let n_rep = nh / nkv;
+        let scale = scale as f32;
+        let mut out = vec![0f32; b * nh * t * dv];
+        let heads: Vec<_> = out.chunks_mut(t * dv).enumerate().collect();
+        par_each(heads, |(bh, o)| {
+            let (bi, hi) = (bh / nh, bh % nh);
+            let kv = bi * nkv + hi / n_rep;
+            let qh = &qs[bh * t * d..(bh + 1) * t * d];
+            let kh = &ks[kv * s * d..(kv + 1) * s * d];
+            let vh = &vs_[kv * s * dv..(kv + 1) * s * dv];
+            with_scratch(t * s, |att| {
+                let row_major = (s, 1);
+                matmul(att, row_major, Mat::rows(qh, d), Mat::t(kh, d), (t, s, d));
+                let m = ms.map(|(m, mh)| {
+                    let i = if mh == 1 { bi } else { bh };
+                    &m[i * t * s..(i + 1) * t * s]
+                });
+                for (i, row) in att.chunks_exact_mut(s).enumerate() {
+                    row.iter_mut().for_each(|a| *a *= scale);
+                    if let Some(m) = m {
+                        let mrow = &m[i * s..(i + 1) * s];
+                        row.iter_mut().zip(mrow).for_each(|(a, &m)| *a += m);
+                    }
+                    softmax_in_place(row);
+                }
+                let (a, v) = (Mat::rows(att, s), Mat::rows(vh, dv));
+                matmul(o, (dv, 1), a, v, (t, dv, s));
+            });
+        });
+        drop((qd, kd_, vd, mask));
+        Ok(Some(Tensor::from_vec(out, (b, nh, t, dv), q.device())?))
+    }
+
+    /// `candle_nn::ops::softmax_last_dim` on one row, with the same reductions.
+    fn softmax_in_place(row: &mut [f32]) {
+        if row.is_empty() {
+            return;
+        }
+        let mut max = f32::NEG_INFINITY;
+        // SAFETY: `row` is non-empty and the reductions read `row.len()` elements.
+        unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, row.len()) };
+        row.iter_mut().for_each(|a| *a = (*a - max).exp());
+        let mut sum = 0f32;
+        unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, row.len()) };
+        row.iter_mut().for_each(|a| *a /= sum);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `t` as a variable, so that ops on it take the plain tensor path (the fast CPU kernels
+    /// only run on tensors that track no gradient).
+    fn tracked(t: &Tensor) -> Tensor {
+        candle_core::Var::from_tensor(t)
+            .unwrap()
+            .as_tensor()
+            .clone()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b.detach())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn cpu_kernels_match_the_tensor_path() {
+        // Linear: enough rows for the blocked kernel, a row count that isn't a block multiple.
+        let x = randn(&[3, 41, 24], 1);
+        let w = randn(&[40, 24], 2);
+        let fast = Linear::new(w.clone(), None).forward(&x).unwrap();
+        let plain = Linear::new(tracked(&w), None).forward(&x).unwrap();
+        assert!(max_diff(&fast, &plain) < 1e-5);
+
+        // RMSNorm over a 4-d tensor's last axis (as Qwen3's per-head q/k norm).
+        let x = randn(&[2, 33, 3, 16], 8);
+        let w = randn(&[16], 9);
+        let fast = RmsNorm {
+            weight: w.clone(),
+            eps: 1e-6,
+        }
+        .forward(&x)
+        .unwrap();
+        let plain = RmsNorm {
+            weight: tracked(&w),
+            eps: 1e-6,
+        }
+        .forward(&x)
+        .unwrap();
+        assert!(max_diff(&fast, &plain) < 1e-6);
+
+        // Experts: uneven loads, one expert unused, a token count that isn't a tile multiple.
+        let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
+        let expert = |i: u64, w: &dyn Fn(&Tensor) -> Tensor| SwiGlu {
+            gate: Linear::new(w(&randn(&[inter, hidden], 10 + i)), None),
+            up: Linear::new(w(&randn(&[inter, hidden], 20 + i)), None),
+            down: Linear::new(w(&randn(&[hidden, inter], 30 + i)), None),
+            names: ["gate_proj", "up_proj", "down_proj"],
+        };
+        let fast_experts: Vec<_> = (0..n_exp as u64)
+            .map(|i| expert(i, &|t| t.clone()))
+            .collect();
+        let plain_experts: Vec<_> = (0..n_exp as u64).map(|i| expert(i, &tracked)).collect();
+        let indices: Vec<u32> = (0..tokens * k)
+            .map(|p| [0, 1, 1, 2, 4, 1, 3, 0][p % 8] + (p % k) as u32 * 5 / 4)
+            .collect();
+        assert!(indices.iter().all(|&e| e != 5 && (e as usize) < n_exp));
+        let x = randn(&[tokens, hidden], 3);
+        let weights = randn(&[tokens, k], 4);
+        let fast = dispatch_experts(&x, &indices, &weights, &fast_experts).unwrap();
+        let plain = dispatch_experts(&x, &indices, &weights, &plain_experts).unwrap();
+        assert!(max_diff(&fast, &plain) < 1e-5);
+
+        // Attention: grouped heads, a value width unlike the key width (DeepSeek's MLA), with
+        // and without a padding mask.
+        let (b, nh, nkv, t, d, dv) = (2, 4, 2, 9, 8, 6);
+        let q = randn(&[b, nh, t, d], 5);
+        let kk = randn(&[b, nkv, t, d], 6);
+        let v = randn(&[b, nkv, t, dv], 7);
+        let mask = attention_mask(&[9, 6], t, 0, None, DType::F32, &Device::Cpu).unwrap();
+        for m in [mask.as_ref(), None] {
+            let fast = scaled_attention(&q, &kk, &v, m, 0.3).unwrap();
+            let plain = scaled_attention(&tracked(&q), &kk, &v, m, 0.3).unwrap();
+            assert!(max_diff(&fast, &plain) < 1e-5);
+        }
+    }
 
     #[test]
     fn frozen_weights_pass_back_the_input_gradient_only() {
