@@ -1,9 +1,12 @@
 //! Training text: rows of a dataset turned into token sequences, and the deterministic order
 //! they are fed in.
 //!
-//! Plain datasets train on their text column. Multiple-choice datasets (MMLU / MMLU-Pro
-//! layouts) train on the question and its lettered options followed by the answer cue and the
-//! correct letter, exactly the text the evaluation scores. Micro-batch `i` of the run is a pure
+//! Plain datasets train on their text column. A `.txt` file with blank lines is a corpus of
+//! documents separated by them (as the demo corpus's `train/*.txt`): one text per document,
+//! subject = file stem; without blank lines it is a prompt file (one text per line).
+//! Multiple-choice datasets (MMLU / MMLU-Pro layouts) train on the question and its lettered
+//! options followed by the answer cue and the correct letter, exactly the text the evaluation
+//! scores. Micro-batch `i` of the run is a pure
 //! function of (seed, i): epoch `i / batches_per_epoch` is a seeded shuffle, so a resumed run
 //! sees the same batches an uninterrupted one would.
 
@@ -20,6 +23,12 @@ use crate::steering::eval::{ANSWER_CUE, letter, load_items};
 
 /// Subject-labelled training texts, in file order.
 pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {
+    if let Some(mut set) = load_documents(path)? {
+        if let Some(n) = opts.max_per_subject {
+            set.limit_per_subject(n);
+        }
+        return Ok(set);
+    }
     let columns = dataset_columns(path)?;
     let has = |name: &str| columns.iter().any(|c| c.eq_ignore_ascii_case(name));
     let multiple_choice = opts.text_column.is_none()
@@ -44,6 +53,52 @@ pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {
         set.limit_per_subject(n);
     }
     Ok(set)
+}
+
+/// A `.txt` file holding documents separated by blank lines, one text per document (lines
+/// inside a document joined by newlines), subject = file stem. `None` for other files and for
+/// a `.txt` without blank lines or that is not UTF-8 (the prompt-file loader reads those and
+/// names the offending line).
+fn load_documents(path: &Path) -> Result<Option<PromptSet>> {
+    let is_txt = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"));
+    if !is_txt || !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| TrainError::Io(format!("{}: cannot read: {e}", path.display())))?;
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(None);
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let blank = |l: &str| l.trim().is_empty();
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.iter().position(|l| !blank(l));
+    let last = lines.iter().rposition(|l| !blank(l));
+    let separated = match (first, last) {
+        (Some(a), Some(b)) => lines[a..b].iter().any(|l| blank(l)),
+        _ => false,
+    };
+    if !separated {
+        return Ok(None);
+    }
+    let subject = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prompts = lines
+        .split(|l| blank(l))
+        .filter(|doc| !doc.is_empty())
+        .map(|doc| crate::data::Prompt {
+            text: doc.join("\n"),
+            subject: subject.clone(),
+        })
+        .collect();
+    Ok(Some(PromptSet {
+        prompts,
+        source: path.display().to_string(),
+    }))
 }
 
 /// Tokenises every text (special tokens as the tokenizer adds them), cut to `max_tokens`;
@@ -99,6 +154,29 @@ impl BatchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_file_with_blank_lines_is_a_corpus_of_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("law.txt");
+        std::fs::write(&corpus, "\u{feff}Q one\r\nAnswer: A\r\n\r\n\n  \nQ two\nAnswer: B\n\n").unwrap();
+        let set = load_texts(&corpus, &DataOptions::default()).unwrap();
+        let texts: Vec<_> = set.prompts.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(texts, ["Q one\nAnswer: A", "Q two\nAnswer: B"]);
+        assert!(set.prompts.iter().all(|p| p.subject == "law"));
+        let capped = DataOptions {
+            max_per_subject: Some(1),
+            ..DataOptions::default()
+        };
+        assert_eq!(load_texts(&corpus, &capped).unwrap().len(), 1);
+
+        // Without blank lines a .txt is a prompt file: one text per line.
+        let prompts = dir.path().join("math.txt");
+        std::fs::write(&prompts, "1+1\n2+2\n").unwrap();
+        let set = load_texts(&prompts, &DataOptions::default()).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.prompts[1].text, "2+2");
+    }
 
     #[test]
     fn every_epoch_visits_every_sequence_once_in_a_seeded_order() {
