@@ -44,6 +44,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli
+        .command
+        .as_ref()
+        .is_some_and(|c| !matches!(c, Command::Gui(_)))
+    {
+        quiet_on_closed_stdout();
+    }
     let result = match cli.command {
         Some(Command::Info(a)) => engine::info(a),
         Some(Command::Trace(a)) => engine::trace(a),
@@ -66,5 +73,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a subcommand whose output is piped into a reader that stops early (`moescope trace …
+/// | head`) end quietly, as other command-line tools do, instead of panicking in `println!`.
+/// Rust ignores SIGPIPE so writes fail with `EPIPE`; the default action ends the process at
+/// the failed write. Files are unaffected (they are written to a temporary file and renamed),
+/// and sockets opened by the standard library never raise SIGPIPE.
+fn quiet_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: called on the main thread before any other thread starts; restoring a signal's
+    // default disposition has no other effect on the program's state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -85,6 +85,50 @@ fn info_describes_every_fixture() {
     assert!(v["active_params"].as_u64().unwrap() < v["total_params"].as_u64().unwrap());
 }
 
+/// `moescope trace … | head -c 1`: the reader closes the pipe after the first byte; the command
+/// ends quietly instead of panicking in `println!`.
+#[test]
+#[cfg(unix)]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    // Output well over a pipe's 64 KiB buffer, so that writes happen after the reader is gone.
+    let ids = (1..=120)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moescope"))
+        .args([
+            "trace",
+            "--model",
+            &s(&fixture("olmoe")),
+            "--ids",
+            &ids,
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(first[0], b'{');
+    assert!(err.is_empty(), "stderr: {err}");
+    assert!(
+        status.success() || status.signal() == Some(13),
+        "ended by {status:?}"
+    );
+}
+
 #[test]
 fn trace_json_has_the_documented_shape() {
     let o = moescope(&[

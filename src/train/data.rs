@@ -159,7 +159,11 @@ mod tests {
     fn a_text_file_with_blank_lines_is_a_corpus_of_documents() {
         let dir = tempfile::tempdir().unwrap();
         let corpus = dir.path().join("law.txt");
-        std::fs::write(&corpus, "\u{feff}Q one\r\nAnswer: A\r\n\r\n\n  \nQ two\nAnswer: B\n\n").unwrap();
+        std::fs::write(
+            &corpus,
+            "\u{feff}Q one\r\nAnswer: A\r\n\r\n\n  \nQ two\nAnswer: B\n\n",
+        )
+        .unwrap();
         let set = load_texts(&corpus, &DataOptions::default()).unwrap();
         let texts: Vec<_> = set.prompts.iter().map(|p| p.text.as_str()).collect();
         assert_eq!(texts, ["Q one\nAnswer: A", "Q two\nAnswer: B"]);
