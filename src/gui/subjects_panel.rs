@@ -150,10 +150,15 @@ impl SubjectsPanel {
                     range: (0.0, 1.0),
                 };
                 crate::render::heatmap::legend_ui(ui, &style, 200.0, &|v| format!("{v:.2}"));
-                let side = (ui.available_width()).clamp(120.0, 420.0);
+                // Square, within the space left (the names above the columns included).
+                let side = ui
+                    .available_width()
+                    .min(ui.available_height() - 8.0)
+                    .clamp(120.0, 420.0);
                 let resp = Heatmap::new("jaccard_heatmap", &c.jaccard)
                     .style(style)
                     .row_labels(&c.names)
+                    .col_labels(&c.names)
                     .label("Subject Jaccard")
                     .gpu(gpu)
                     .size(egui::vec2(side, side))

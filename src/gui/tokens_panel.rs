@@ -24,7 +24,9 @@ impl TokensPanel {
         ui.horizontal(|ui| {
             ui.label("Prompt");
             ui.add(
-                egui::TextEdit::singleline(&mut self.prompt)
+                // Multi-line: prompts from the data often hold newlines.
+                egui::TextEdit::multiline(&mut self.prompt)
+                    .desired_rows(2)
                     .hint_text("type a prompt")
                     .desired_width(ui.available_width() - 220.0),
             );
@@ -46,7 +48,12 @@ impl TokensPanel {
                     .show_ui(ui, |ui| {
                         for subject in prompts.subjects() {
                             if let Some(p) = prompts.prompts_for(&subject).next() {
-                                let short: String = p.text.chars().take(60).collect();
+                                let short: String = p
+                                    .text
+                                    .chars()
+                                    .take(60)
+                                    .map(|c| if c.is_whitespace() { ' ' } else { c })
+                                    .collect();
                                 if ui
                                     .selectable_label(false, format!("{subject}: {short}"))
                                     .clicked()

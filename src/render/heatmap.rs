@@ -203,7 +203,7 @@ pub struct Heatmap<'a> {
 }
 
 const LEFT_AXIS_PT: f32 = 34.0;
-/// Row labels longer than this are clipped.
+/// Row labels (and named column labels, drawn upright) longer than this are clipped.
 const MAX_LEFT_AXIS_PT: f32 = 110.0;
 /// Axis label size.
 const AXIS_FONT_PT: f32 = 10.0;
@@ -281,10 +281,17 @@ impl<'a> Heatmap<'a> {
         let ppp = ui.ctx().pixels_per_point();
         let m = self.matrix;
         // Room for the longest row label (monospace, about 0.6 em per character).
-        let left_axis = self.row_labels.map_or(LEFT_AXIS_PT, |labels| {
+        let label_room = |labels: &[String], min: f32| {
             let chars = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-            (chars as f32 * AXIS_FONT_PT * 0.6 + 6.0).clamp(LEFT_AXIS_PT, MAX_LEFT_AXIS_PT)
-        });
+            (chars as f32 * AXIS_FONT_PT * 0.6 + 6.0).clamp(min, MAX_LEFT_AXIS_PT)
+        };
+        // Named columns are drawn upright (reading upwards), so they need height, not width.
+        let axes_pt = vec2(
+            self.row_labels
+                .map_or(LEFT_AXIS_PT, |l| label_room(l, LEFT_AXIS_PT)),
+            self.col_labels
+                .map_or(TOP_AXIS_PT, |l| label_room(l, TOP_AXIS_PT)),
+        );
 
         // Input that changes the view first, so this frame already shows it.
         if response.hovered() {
@@ -292,7 +299,7 @@ impl<'a> Heatmap<'a> {
             if zoom != 1.0 {
                 view.zoom_by(zoom);
             } else if scroll != Vec2::ZERO {
-                let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
+                let l = layout(outer, m, view, ppp, self.max_cell_pt, axes_pt);
                 view.pan[0] -= scroll.x / l.cell.x.max(1.0);
                 view.pan[1] -= scroll.y / l.cell.y.max(1.0);
             }
@@ -300,14 +307,14 @@ impl<'a> Heatmap<'a> {
         if response.dragged_by(egui::PointerButton::Secondary)
             || response.dragged_by(egui::PointerButton::Middle)
         {
-            let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
+            let l = layout(outer, m, view, ppp, self.max_cell_pt, axes_pt);
             let d = response.drag_delta();
             view.pan[0] -= d.x / l.cell.x.max(1.0);
             view.pan[1] -= d.y / l.cell.y.max(1.0);
         }
-        let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
+        let l = layout(outer, m, view, ppp, self.max_cell_pt, axes_pt);
         clamp_pan(view, &l);
-        let l = layout(outer, m, view, ppp, self.max_cell_pt, left_axis);
+        let l = layout(outer, m, view, ppp, self.max_cell_pt, axes_pt);
 
         let hovered = response.hover_pos().and_then(|p| l.cell_at(p));
         let clicked = if response.clicked_by(egui::PointerButton::Primary) {
@@ -396,14 +403,11 @@ fn layout(
     view: &HeatmapView,
     ppp: f32,
     max_cell_pt: f32,
-    left_axis_pt: f32,
+    axes_pt: Vec2,
 ) -> HeatmapLayout {
     let snap = |v: f32| (v * ppp).round() / ppp;
     let area = Rect::from_min_max(
-        pos2(
-            snap(outer.min.x + left_axis_pt),
-            snap(outer.min.y + TOP_AXIS_PT),
-        ),
+        pos2(snap(outer.min.x + axes_pt.x), snap(outer.min.y + axes_pt.y)),
         outer.max,
     );
     let avail_px = (area.size() * ppp).max(Vec2::ZERO);
@@ -554,22 +558,37 @@ fn axes(
             color,
         );
     }
-    let col_step = ((22.0 / l.cell.x).ceil() as usize).max(1);
+    // Indices side by side; names upright, one line of text per column.
+    let col_step = match cols {
+        None => ((22.0 / l.cell.x).ceil() as usize).max(1),
+        Some(_) => ((12.0 / l.cell.x).ceil() as usize).max(1),
+    };
     for c in (l.first.0..l.first.0 + l.visible.0).filter(|c| c % col_step == 0) {
         let Some(rect) = l.cell_rect(l.first.1, c) else {
             continue;
         };
-        let text = cols
-            .and_then(|x| x.get(c))
-            .cloned()
-            .unwrap_or_else(|| c.to_string());
-        painter.text(
-            pos2(rect.center().x, l.rect.min.y - 2.0),
-            egui::Align2::CENTER_BOTTOM,
-            text,
-            font.clone(),
-            color,
-        );
+        match cols.and_then(|x| x.get(c)) {
+            None => {
+                painter.text(
+                    pos2(rect.center().x, l.rect.min.y - 2.0),
+                    egui::Align2::CENTER_BOTTOM,
+                    c.to_string(),
+                    font.clone(),
+                    color,
+                );
+            }
+            Some(name) => {
+                let galley = painter.layout_no_wrap(name.clone(), font.clone(), color);
+                let h = galley.size().y;
+                // Rotated a quarter turn about its top-left corner: the text runs upwards from
+                // just above the grid, centred on the column.
+                let pos = pos2(rect.center().x - h / 2.0, l.rect.min.y - 3.0);
+                painter.add(
+                    egui::epaint::TextShape::new(pos, galley, color)
+                        .with_angle(-std::f32::consts::FRAC_PI_2),
+                );
+            }
+        }
     }
 }
 
@@ -872,7 +891,7 @@ mod tests {
             &HeatmapView::default(),
             1.5,
             48.0,
-            LEFT_AXIS_PT,
+            vec2(LEFT_AXIS_PT, TOP_AXIS_PT),
         )
     }
 
@@ -908,14 +927,21 @@ mod tests {
             zoom: 4.0,
             pan: [100.0, 40.0],
         };
-        let l = layout(outer, &m, &view, 1.0, 48.0, LEFT_AXIS_PT);
+        let l = layout(outer, &m, &view, 1.0, 48.0, vec2(LEFT_AXIS_PT, TOP_AXIS_PT));
         clamp_pan(&mut view, &l);
-        let l = layout(outer, &m, &view, 1.0, 48.0, LEFT_AXIS_PT);
+        let l = layout(outer, &m, &view, 1.0, 48.0, vec2(LEFT_AXIS_PT, TOP_AXIS_PT));
         assert!(l.visible.0 < 128 && l.visible.1 < 48);
         assert_eq!(l.first.0 + l.visible.0, 128, "panned to the right edge");
         assert_eq!(l.first.1 + l.visible.1, 48);
         // Fit: every cell of a 48 × 128 grid is visible and at least 6 px wide.
-        let fit = layout(outer, &m, &HeatmapView::default(), 1.0, 48.0, LEFT_AXIS_PT);
+        let fit = layout(
+            outer,
+            &m,
+            &HeatmapView::default(),
+            1.0,
+            48.0,
+            vec2(LEFT_AXIS_PT, TOP_AXIS_PT),
+        );
         assert_eq!(fit.visible, (128, 48));
         assert!(fit.cell.x >= 6.0 && fit.cell.y >= 6.0);
     }
