@@ -293,33 +293,17 @@ pub struct TokenRouting {
     pub routed: Vec<u64>,
 }
 
-/// Token id → routing of that token at one MoE layer row.
+/// Token id → routing of that token at one MoE layer row (counted by [`TokenCounter`]).
 pub fn token_routing_table(
     traces: &[SequenceTrace],
     row: usize,
     num_experts: usize,
 ) -> BTreeMap<u32, TokenRouting> {
-    let mut table: BTreeMap<u32, TokenRouting> = BTreeMap::new();
+    let mut counter = TokenCounter::new(1, num_experts);
     for t in traces {
-        let Some(layer) = t.layers.get(row) else {
-            continue;
-        };
-        for (pos, (&id, chosen)) in t.token_ids.iter().zip(&layer.indices).enumerate() {
-            let entry = table.entry(id).or_insert_with(|| TokenRouting {
-                token: t.tokens.get(pos).cloned().unwrap_or_default(),
-                occurrences: 0,
-                routed: vec![0; num_experts],
-            });
-            entry.occurrences += 1;
-            let unique: BTreeSet<u32> = chosen.iter().copied().collect();
-            for e in unique {
-                if let Some(r) = entry.routed.get_mut(e as usize) {
-                    *r += 1;
-                }
-            }
-        }
+        counter.add_layer(0, t, row);
     }
-    table
+    counter.routing_table(0)
 }
 
 /// Vocabulary specialisation of one token id.
@@ -431,13 +415,21 @@ pub fn top_tokens_for_expert(
         .collect();
     // BTreeMap iteration is by ascending token id and the sort is stable, so ties keep it.
     match order {
-        TopTokenOrder::RoutedCount => tokens.sort_by_key(|t| std::cmp::Reverse(t.routed)),
+        TopTokenOrder::RoutedCount => return most_routed(tokens, n),
         TopTokenOrder::Specialisation { .. } => tokens.sort_by(|a, b| {
             b.share
                 .total_cmp(&a.share)
                 .then_with(|| b.routed.cmp(&a.routed))
         }),
     }
+    tokens.truncate(n);
+    tokens
+}
+
+/// The `n` tokens routed most often, from tokens in ascending token-id order (the stable sort
+/// keeps that order among ties).
+fn most_routed(mut tokens: Vec<TopToken>, n: usize) -> Vec<TopToken> {
+    tokens.sort_by_key(|t| std::cmp::Reverse(t.routed));
     tokens.truncate(n);
     tokens
 }
@@ -463,24 +455,53 @@ impl TokenCounter {
 
     /// Adds one sequence (layers beyond the counter's, or experts out of range, are skipped).
     pub fn add(&mut self, trace: &SequenceTrace) {
-        for (row, layer) in trace.layers.iter().enumerate() {
-            let (Some(occ), Some(routed)) =
-                (self.occurrences.get_mut(row), self.routed.get_mut(row))
-            else {
-                continue;
-            };
-            for (pos, (&id, chosen)) in trace.token_ids.iter().zip(&layer.indices).enumerate() {
-                occ.entry(id)
-                    .or_insert_with(|| (trace.tokens.get(pos).cloned().unwrap_or_default(), 0))
-                    .1 += 1;
-                let unique: BTreeSet<u32> = chosen.iter().copied().collect();
-                for e in unique {
-                    if let Some(m) = routed.get_mut(e as usize) {
-                        *m.entry(id).or_insert(0) += 1;
-                    }
+        for row in 0..trace.layers.len() {
+            self.add_layer(row, trace, row);
+        }
+    }
+
+    /// Counts the sequence's MoE layer row `trace_row` into the counter's row `row`; an
+    /// expert chosen twice for one token counts once.
+    fn add_layer(&mut self, row: usize, trace: &SequenceTrace, trace_row: usize) {
+        let (Some(occ), Some(routed), Some(layer)) = (
+            self.occurrences.get_mut(row),
+            self.routed.get_mut(row),
+            trace.layers.get(trace_row),
+        ) else {
+            return;
+        };
+        for (pos, (&id, chosen)) in trace.token_ids.iter().zip(&layer.indices).enumerate() {
+            occ.entry(id)
+                .or_insert_with(|| (trace.tokens.get(pos).cloned().unwrap_or_default(), 0))
+                .1 += 1;
+            let unique: BTreeSet<u32> = chosen.iter().copied().collect();
+            for e in unique {
+                if let Some(m) = routed.get_mut(e as usize) {
+                    *m.entry(id).or_insert(0) += 1;
                 }
             }
         }
+    }
+
+    /// Row `row` as a dense table: every token seen with its per-expert counts.
+    pub fn routing_table(&self, row: usize) -> BTreeMap<u32, TokenRouting> {
+        let (Some(occ), Some(routed)) = (self.occurrences.get(row), self.routed.get(row)) else {
+            return BTreeMap::new();
+        };
+        occ.iter()
+            .map(|(&id, (token, occurrences))| {
+                let per_expert = routed
+                    .iter()
+                    .map(|m| m.get(&id).copied().unwrap_or(0))
+                    .collect();
+                let entry = TokenRouting {
+                    token: token.clone(),
+                    occurrences: *occurrences,
+                    routed: per_expert,
+                };
+                (id, entry)
+            })
+            .collect()
     }
 
     /// The `n` tokens most often routed to `expert` at `row` (ties: lower token id first), as
@@ -492,7 +513,7 @@ impl TokenCounter {
         ) else {
             return Vec::new();
         };
-        let mut tokens: Vec<TopToken> = routed
+        let tokens: Vec<TopToken> = routed
             .iter()
             .map(|(&token_id, &routed)| {
                 let (token, occurrences) = occ.get(&token_id).cloned().unwrap_or_default();
@@ -505,9 +526,7 @@ impl TokenCounter {
                 }
             })
             .collect();
-        tokens.sort_by_key(|t| std::cmp::Reverse(t.routed));
-        tokens.truncate(n);
-        tokens
+        most_routed(tokens, n)
     }
 
     /// [`Self::top_tokens`] for every `[row][expert]`.
