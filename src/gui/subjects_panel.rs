@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Line, Plot, PlotPoints};
 
 use crate::analysis::divergence::{
     SubjectDivergence, TopLayerOverlap, subject_divergences, top_layer_overlap,
@@ -29,6 +29,13 @@ struct Computed {
     jaccard: Matrix,
     names: Vec<String>,
     moe_layers: Vec<usize>,
+}
+
+/// A fixed colour per subject (by its position in the profile), so a line keeps its colour
+/// when others are hidden: golden-angle hues, bright enough on the dark theme.
+fn subject_color(i: usize) -> egui::Color32 {
+    let hue = (0.04 + i as f32 * 0.618_034).fract();
+    egui::ecolor::Hsva::new(hue, 0.6, 0.95, 1.0).into()
 }
 
 impl SubjectsPanel {
@@ -69,9 +76,10 @@ impl SubjectsPanel {
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading("KL divergence vs pooled, per layer");
             ui.horizontal_wrapped(|ui| {
-                for d in &c.divergences {
+                for (i, d) in c.divergences.iter().enumerate() {
                     let mut shown = !self.hidden.contains(&d.name);
-                    if ui.checkbox(&mut shown, &d.name).changed() {
+                    let name = egui::RichText::new(&d.name).color(subject_color(i));
+                    if ui.checkbox(&mut shown, name).changed() {
                         if shown {
                             self.hidden.remove(&d.name);
                         } else {
@@ -80,16 +88,17 @@ impl SubjectsPanel {
                     }
                 }
             });
+            // The checkboxes above, in the lines' colours, are the legend.
             Plot::new("kl_plot")
                 .height(220.0)
-                .legend(Legend::default())
                 .x_axis_label("layer")
                 .y_axis_label("KL (nats)")
                 .show(ui, |plot| {
-                    for d in c
+                    for (i, d) in c
                         .divergences
                         .iter()
-                        .filter(|d| !self.hidden.contains(&d.name))
+                        .enumerate()
+                        .filter(|(_, d)| !self.hidden.contains(&d.name))
                     {
                         let pts: PlotPoints = c
                             .moe_layers
@@ -97,7 +106,7 @@ impl SubjectsPanel {
                             .zip(&d.kl)
                             .map(|(&l, &kl)| [l as f64, kl])
                             .collect();
-                        plot.line(Line::new(d.name.clone(), pts));
+                        plot.line(Line::new(d.name.clone(), pts).color(subject_color(i)));
                     }
                 });
             ui.columns(2, |cols| {
