@@ -13,7 +13,8 @@ use moescope::model::routing::{ExpertForce, NoHook};
 use moescope::model::{Batch, LoadedModel, Output, RouteCtx, loader};
 use moescope::steering::diff::{LayerRouting, routing_change, sequence_routing};
 use moescope::steering::eval::{
-    EvalOptions, McItem, best, encode_item, letter, load_items, run_eval, score_encoded,
+    EvalOptions, McItem, best, encode_item, letter, load_items, run_eval, score_batch,
+    score_encoded,
 };
 use moescope::steering::generate::{GenerateOptions, argmax, generate};
 use moescope::steering::{ActiveSteering, ExpertSteer, SteerAction, SteeringSpec};
@@ -339,6 +340,50 @@ fn eval_scores_the_models_own_answers_at_100_percent() {
     )
     .unwrap();
     assert_eq!(r.overall.steered.unwrap().value, 1.0);
+}
+
+/// Questions batched into one padded pass score as they do one at a time, steered or not (on
+/// the demo model, whose BPE vocabulary has the option letters as single tokens).
+#[test]
+fn batched_eval_scores_match_one_question_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mc.jsonl");
+    write_dataset(&path, &[0; 9]);
+    let items = load_items(&path, &[], None).unwrap();
+    let opts = moescope::model::LoadOptions {
+        model: concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo").to_string(),
+        device: moescope::model::device::DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let mut m = moescope::model::load_model(&opts, None).unwrap();
+    let max_pos = m.model.info().max_position_embeddings;
+    let encoded: Vec<_> = items
+        .iter()
+        .map(|it| encode_item(&m.tokenizer, it, max_pos).unwrap())
+        .collect();
+    let lens: std::collections::BTreeSet<usize> = encoded.iter().map(|e| e.context.len()).collect();
+    assert!(lens.len() > 1, "prompts of different lengths pad the batch");
+    assert!(
+        encoded
+            .iter()
+            .all(|e| e.options.iter().all(|o| o.len() == 1)),
+        "single-token letters take the batched path"
+    );
+    let layers = m.model.info().moe_layers.clone();
+    let boost = resolve(
+        &m,
+        &SteeringSpec::from_cells(layers.iter().map(|&l| (l, 3)), SteerAction::Bias(2.0)),
+    );
+    for s in [None, Some(&boost.steering)] {
+        let batched = score_batch(m.model.as_mut(), &encoded, s).unwrap();
+        for (enc, b) in encoded.iter().zip(&batched) {
+            let alone = score_encoded(m.model.as_mut(), enc, s).unwrap();
+            assert_eq!(alone.len(), b.len());
+            for (x, y) in alone.iter().zip(b) {
+                assert!((x - y).abs() < 1e-4, "batched {y} vs alone {x}");
+            }
+        }
+    }
 }
 
 fn stderr(o: &std::process::Output) -> String {

@@ -5,8 +5,8 @@
 //! Prompt: the dataset's multiple-choice text as [`crate::data::format_multiple_choice`]
 //! writes it (`question\nA. …\nB. …`), then `\nAnswer:`. The score of letter `L` is the
 //! log-probability of the tokens of `" L"` after that (one forward pass when every letter is one
-//! token, as with every BPE vocabulary we know; otherwise a pass per letter summing its tokens'
-//! log-probabilities). The prediction is the best-scoring letter (ties: the earlier letter).
+//! token, as with every BPE vocabulary we know, with [`EVAL_BATCH`] questions padded into one
+//! batch; otherwise a pass per letter summing its tokens' log-probabilities). The prediction is the best-scoring letter (ties: the earlier letter).
 //!
 //! Datasets: MMLU-Pro (`question`, `options` up to 10, `answer` letter / `answer_index`,
 //! `category`) and MMLU (`question`, `choices`, `answer` index, `subject`), in any format
@@ -264,6 +264,55 @@ pub fn score_encoded(
     Ok(scores)
 }
 
+/// Questions scored together in one padded forward pass.
+pub const EVAL_BATCH: usize = 8;
+
+/// [`score_encoded`] for several questions: those whose letters are single tokens share one
+/// padded forward pass (each read at its own last token); the others are scored one by one.
+pub fn score_batch(
+    model: &mut dyn MoeModel,
+    encoded: &[Encoded],
+    steering: Option<&Steering>,
+) -> Result<Vec<Vec<f64>>> {
+    let single = |e: &Encoded| e.options.iter().all(|o| o.len() == 1);
+    let batched: Vec<usize> = (0..encoded.len())
+        .filter(|&i| single(&encoded[i]))
+        .collect();
+    let mut scores: Vec<Option<Vec<f64>>> = vec![None; encoded.len()];
+    if batched.len() > 1 {
+        let contexts: Vec<Vec<u32>> = batched
+            .iter()
+            .map(|&i| encoded[i].context.clone())
+            .collect();
+        let batch = Batch::from_sequences(&contexts, model.device())?;
+        let mut hook = NoHook;
+        let mut ctx = RouteCtx::new(&mut hook).with_steering(steering);
+        let logits = model
+            .forward(&batch, Output::LastLogits, &mut ctx)?
+            .ok_or_else(|| SteerError::Invalid("the model returned no logits".into()))?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        for (&i, row) in batched.iter().zip(&logits) {
+            let lp = log_softmax(row);
+            scores[i] = Some(
+                encoded[i]
+                    .options
+                    .iter()
+                    .map(|o| lp[o[0] as usize])
+                    .collect(),
+            );
+        }
+    }
+    encoded
+        .iter()
+        .zip(scores)
+        .map(|(enc, s)| match s {
+            Some(s) => Ok(s),
+            None => score_encoded(model, enc, steering),
+        })
+        .collect()
+}
+
 /// Index of the best score (ties: the earlier option).
 pub fn best(scores: &[f64]) -> usize {
     let mut b = 0;
@@ -365,8 +414,8 @@ impl Default for EvalOptions {
     }
 }
 
-/// Scores every item unsteered and (if `steering` is given) steered; `progress(done, total)`
-/// after each item; `cancel` checked between items.
+/// Scores every item unsteered and (if `steering` is given) steered, [`EVAL_BATCH`] at a time;
+/// `progress(done, total)` after each batch; `cancel` checked between batches.
 pub fn run_eval(
     model: &mut dyn MoeModel,
     tokenizer: &Tokenizer,
@@ -381,27 +430,44 @@ pub fn run_eval(
     // Multiple-choice scoring reads prompt tokens only.
     let steer = steering.and_then(|s| s.for_prompt());
     let mut results = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    for (chunk_no, chunk) in items.chunks(EVAL_BATCH).enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(SteerError::Cancelled);
         }
-        let enc = encode_item(tokenizer, item, max_pos).map_err(|e| {
-            SteerError::Invalid(format!("question {} ({}): {e}", i + 1, item.subject))
-        })?;
-        let plain = best(&score_encoded(model, &enc, None)?);
+        let first = chunk_no * EVAL_BATCH;
+        let encoded = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, item)| {
+                encode_item(tokenizer, item, max_pos).map_err(|e| {
+                    SteerError::Invalid(format!(
+                        "question {} ({}): {e}",
+                        first + j + 1,
+                        item.subject
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let plain = score_batch(model, &encoded, None)?;
         let steered = match (steering, steer) {
-            (Some(_), Some(s)) => Some(best(&score_encoded(model, &enc, Some(s))?)),
-            (Some(_), None) => Some(plain),
+            (Some(_), Some(s)) => Some(score_batch(model, &encoded, Some(s))?),
             _ => None,
         };
-        results.push(ItemResult {
-            subject: item.subject.clone(),
-            answer: item.answer,
-            unsteered: plain,
-            steered,
-            truncated: enc.truncated,
-        });
-        progress(i + 1, items.len());
+        for (j, (item, enc)) in chunk.iter().zip(&encoded).enumerate() {
+            let unsteered = best(&plain[j]);
+            results.push(ItemResult {
+                subject: item.subject.clone(),
+                answer: item.answer,
+                unsteered,
+                steered: match &steered {
+                    Some(s) => Some(best(&s[j])),
+                    // A spec that leaves prompt tokens alone scores as unsteered.
+                    None => steering.map(|_| unsteered),
+                },
+                truncated: enc.truncated,
+            });
+        }
+        progress(results.len(), items.len());
     }
     Ok(summarise(results, opts))
 }
