@@ -577,10 +577,14 @@ pub fn dispatch_experts(
     if let Some(y) = cpu::dispatch_experts(x, k, &slots, weights, experts)? {
         return Ok(y);
     }
+    // While training on the CPU, the experts without a trainable update run as one op; the
+    // others (below) add their outputs to its result.
+    let frozen = frozen_experts(x, k, &slots, weights, experts)?;
     let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
     let device = x.device();
     let used: Vec<usize> = (0..experts.len())
         .filter(|&e| !rows[e].is_empty())
+        .filter(|&e| frozen.as_ref().is_none_or(|(_, f)| !f[e]))
         .collect();
     let run = |e: usize| -> Result<Tensor> {
         let row_idx = Tensor::from_slice(&rows[e], rows[e].len(), device)?;
@@ -601,13 +605,150 @@ pub fn dispatch_experts(
     for &e in &used {
         all_rows.extend_from_slice(&rows[e]);
     }
-    let zeros = Tensor::zeros((tokens, hidden), x.dtype(), device)?;
+    let base = match frozen {
+        Some((y, _)) => y,
+        None => Tensor::zeros((tokens, hidden), x.dtype(), device)?,
+    };
     if outputs.is_empty() {
-        return Ok(zeros);
+        return Ok(base);
     }
     let ys = Tensor::cat(&outputs, 0)?;
     let all_rows = Tensor::from_vec(all_rows, ys.dim(0)?, device)?;
-    Ok(zeros.index_add(&all_rows, &ys, 0)?)
+    Ok(base.index_add(&all_rows, &ys, 0)?)
+}
+
+/// The weighted sum of the outputs of the experts that are plain (no bias, no LoRA update)
+/// f32 SwiGLUs on the CPU, as one [`FrozenExperts`] op, and which experts it covers; `None`
+/// when there are none or the inputs don't qualify.
+fn frozen_experts(
+    x: &Tensor,
+    k: usize,
+    slots: &[Vec<u32>],
+    weights: &Tensor,
+    experts: &[SwiGlu],
+) -> Result<Option<(Tensor, Vec<bool>)>> {
+    let (tokens, hidden) = x.dims2()?;
+    let qualifies = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weights.dtype() == DType::F32
+        && weights.elem_count() == tokens * k
+        && tokens > 0
+        && hidden > 0;
+    if !qualifies {
+        return Ok(None);
+    }
+    let frozen: Vec<bool> = experts
+        .iter()
+        .zip(slots)
+        .map(|(e, s)| !s.is_empty() && cpu::ExpertData::of(e, hidden).is_some())
+        .collect();
+    if !frozen.contains(&true) {
+        return Ok(None);
+    }
+    let op = FrozenExperts {
+        k,
+        slots: slots
+            .iter()
+            .zip(&frozen)
+            .map(|(s, &f)| if f { s.clone() } else { Vec::new() })
+            .collect(),
+        experts: experts.to_vec(),
+    };
+    let y = x.contiguous()?.apply_op2(&weights.contiguous()?, op)?;
+    Ok(Some((y, frozen)))
+}
+
+/// `Σ w·expert(x)` per token over a set of frozen SwiGLU experts, for the training path
+/// (CPU, f32): the forward pass is the direct CPU kernel's, and the backward pass gives
+/// `∂L/∂x` and `∂L/∂w` (the routing weights depend on `x` through the router) but nothing
+/// for the experts' weights. Composed from tensor ops, every expert would cost a dozen small
+/// ops and their backward passes.
+struct FrozenExperts {
+    /// Experts per token.
+    k: usize,
+    /// `slots[e]`: the positions in the row-major `[tokens, k]` choice routed to expert `e`
+    /// and computed here (empty for the experts left to the caller).
+    slots: Vec<Vec<u32>>,
+    experts: Vec<SwiGlu>,
+}
+
+impl FrozenExperts {
+    fn expert_data(&self, hidden: usize) -> candle_core::Result<Vec<Option<cpu::ExpertData<'_>>>> {
+        cpu::expert_data(&self.experts, &self.slots, hidden).ok_or_else(|| {
+            candle_core::Error::Msg("frozen-experts: an expert is not a plain f32 SwiGLU".into())
+        })
+    }
+}
+
+/// The contiguous f32 data of a CPU storage.
+fn f32_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("expected contiguous f32 data"),
+    }
+}
+
+impl candle_core::CustomOp2 for FrozenExperts {
+    fn name(&self) -> &'static str {
+        "frozen-experts"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        ws: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (tokens, hidden) = xl.shape().dims2()?;
+        let (xs, ws) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?);
+        if ws.len() != tokens * self.k {
+            candle_core::bail!("frozen-experts: {} weights for {tokens} tokens", ws.len());
+        }
+        let data = self.expert_data(hidden)?;
+        let out = cpu::experts_forward(xs, ws, hidden, self.k, &self.slots, &data);
+        Ok((candle_core::CpuStorage::F32(out), (tokens, hidden).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, hidden) = x.dims2()?;
+        let (xc, wc, gc) = (
+            x.detach().contiguous()?,
+            w.detach().contiguous()?,
+            grad.detach().contiguous()?,
+        );
+        let (Some(xd), Some(wd), Some(gd)) = (
+            cpu::F32Data::of(&xc),
+            cpu::F32Data::of(&wc),
+            cpu::F32Data::of(&gc),
+        ) else {
+            candle_core::bail!("frozen-experts: backward takes f32 CPU tensors")
+        };
+        let data = self.expert_data(hidden)?;
+        let (dx, dw) = cpu::experts_backward(
+            xd.slice(),
+            wd.slice(),
+            gd.slice(),
+            hidden,
+            self.k,
+            &self.slots,
+            &data,
+        );
+        drop((xd, wd, gd, data));
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
 }
 
 /// A decoder layer's feed-forward part.
@@ -865,14 +1006,14 @@ mod cpu {
     use super::{Linear, Result, RmsNorm, SwiGlu};
 
     /// A read lock on an f32 CPU tensor's contiguous data.
-    struct F32Data<'a> {
+    pub(super) struct F32Data<'a> {
         storage: StorageRef<'a>,
         range: Range<usize>,
     }
 
     impl<'a> F32Data<'a> {
         /// `None` unless `t` is an f32 tensor on the CPU, contiguous, and tracks no gradient.
-        fn of(t: &'a Tensor) -> Option<Self> {
+        pub(super) fn of(t: &'a Tensor) -> Option<Self> {
             if t.dtype() != DType::F32 || t.track_op() || !t.device().is_cpu() {
                 return None;
             }
@@ -884,7 +1025,7 @@ mod cpu {
             })
         }
 
-        fn slice(&self) -> &[f32] {
+        pub(super) fn slice(&self) -> &[f32] {
             match &*self.storage {
                 Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
                 _ => unreachable!("checked in F32Data::of"),
@@ -1042,7 +1183,7 @@ mod cpu {
     }
 
     /// An expert's three weights, `[inter, hidden]`, `[inter, hidden]`, `[hidden, inter]`.
-    struct ExpertData<'a> {
+    pub(super) struct ExpertData<'a> {
         gate: F32Data<'a>,
         up: F32Data<'a>,
         down: F32Data<'a>,
@@ -1050,7 +1191,7 @@ mod cpu {
     }
 
     impl<'a> ExpertData<'a> {
-        fn of(e: &'a SwiGlu, hidden: usize) -> Option<Self> {
+        pub(super) fn of(e: &'a SwiGlu, hidden: usize) -> Option<Self> {
             let (g, u, d) = (
                 e.gate.plain_weight()?,
                 e.up.plain_weight()?,
@@ -1170,32 +1311,85 @@ mod cpu {
         if weights.elem_count() != tokens * k {
             return Ok(None);
         }
-        let mut data = Vec::with_capacity(experts.len());
-        for (e, s) in experts.iter().zip(slots) {
-            data.push(match s.is_empty() {
-                true => None,
-                false => match ExpertData::of(e, hidden) {
-                    Some(d) => Some(d),
-                    None => return Ok(None),
-                },
-            });
-        }
-        let (xs, ws) = (xd.slice(), wd.slice());
+        let Some(data) = expert_data(experts, slots, hidden) else {
+            return Ok(None);
+        };
+        let out = experts_forward(xd.slice(), wd.slice(), hidden, k, slots, &data);
+        drop((xd, wd, data));
+        Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+    }
 
-        // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
-        let mut ys = vec![0f32; tokens * k * hidden];
-        let mut row_of_slot = vec![0u32; tokens * k];
-        let mut jobs = Vec::new();
-        let mut rest = ys.as_mut_slice();
+    /// The weights of the experts that have tokens in `slots` (`None` for the others), or
+    /// `None` if one of those is not a plain f32 SwiGLU on the CPU.
+    pub(super) fn expert_data<'a>(
+        experts: &'a [SwiGlu],
+        slots: &[Vec<u32>],
+        hidden: usize,
+    ) -> Option<Vec<Option<ExpertData<'a>>>> {
+        experts
+            .iter()
+            .zip(slots)
+            .map(|(e, s)| match s.is_empty() {
+                true => Some(None),
+                false => ExpertData::of(e, hidden).map(Some),
+            })
+            .collect()
+    }
+
+    /// Rows of a `[slots, hidden]` buffer that hold each expert's slots one expert after the
+    /// other: `row_of_slot[pos]` for every position in `slots` (`u32::MAX` for positions in
+    /// none), the total row count, and each expert's first row.
+    fn slot_rows(slots: &[Vec<u32>], positions: usize) -> (Vec<u32>, usize, Vec<usize>) {
+        let mut row_of_slot = vec![u32::MAX; positions];
+        let mut first = Vec::with_capacity(slots.len());
         let mut row = 0usize;
-        for (e, s) in slots.iter().enumerate() {
-            let (block, tail) = rest.split_at_mut(s.len() * hidden);
-            rest = tail;
+        for s in slots {
+            first.push(row);
             for (i, &pos) in s.iter().enumerate() {
                 row_of_slot[pos as usize] = (row + i) as u32;
             }
             row += s.len();
-            if let Some(d) = &data[e] {
+        }
+        (row_of_slot, row, first)
+    }
+
+    /// Each token's sum over the rows of `ys` of its slots, in increasing expert order (as
+    /// `index_add` adds the expert-ordered rows), starting from zero.
+    fn sum_rows_per_token(ys: &[f32], row_of_slot: &[u32], hidden: usize, k: usize) -> Vec<f32> {
+        let tokens = row_of_slot.len() / k.max(1);
+        let mut out = vec![0f32; tokens * hidden];
+        let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
+        par_each(token_rows, |(t, dst)| {
+            let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
+            // Rows are numbered in expert order, so sorting rows sorts by expert.
+            rows.sort_unstable();
+            for r in rows.into_iter().take_while(|&r| r != u32::MAX) {
+                let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+            }
+        });
+        out
+    }
+
+    /// `Σ_e w·expert_e(x)` per token over the experts in `slots` (`xs` `[tokens, hidden]`,
+    /// `ws` `[tokens, k]`, both row-major); positions in no expert's list add nothing.
+    pub(super) fn experts_forward(
+        xs: &[f32],
+        ws: &[f32],
+        hidden: usize,
+        k: usize,
+        slots: &[Vec<u32>],
+        data: &[Option<ExpertData<'_>>],
+    ) -> Vec<f32> {
+        // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
+        let (row_of_slot, rows, _) = slot_rows(slots, ws.len());
+        let mut ys = vec![0f32; rows * hidden];
+        let mut jobs = Vec::new();
+        let mut rest = ys.as_mut_slice();
+        for (d, s) in data.iter().zip(slots) {
+            let (block, tail) = rest.split_at_mut(s.len() * hidden);
+            rest = tail;
+            if let Some(d) = d {
                 jobs.push((d, s.as_slice(), block));
             }
         }
@@ -1238,22 +1432,128 @@ mod cpu {
                 }
             });
         });
+        sum_rows_per_token(&ys, &row_of_slot, hidden, k)
+    }
 
-        // Each token's sum over its experts in increasing expert order (as `index_add` adds
-        // the expert-ordered rows), starting from zero.
-        let mut out = vec![0f32; tokens * hidden];
-        let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
-        par_each(token_rows, |(t, dst)| {
-            let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
-            // Rows are numbered in expert order, so sorting rows sorts by expert.
-            rows.sort_unstable();
-            for r in rows {
-                let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+    /// The backward pass of [`experts_forward`] for the output gradient `gs` `[tokens,
+    /// hidden]`: `(∂L/∂x [tokens, hidden], ∂L/∂w [tokens, k])`, with zeros for positions in no
+    /// expert's list. The experts' weights get no gradient; their activations are recomputed.
+    pub(super) fn experts_backward(
+        xs: &[f32],
+        ws: &[f32],
+        gs: &[f32],
+        hidden: usize,
+        k: usize,
+        slots: &[Vec<u32>],
+        data: &[Option<ExpertData<'_>>],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (row_of_slot, rows, first) = slot_rows(slots, ws.len());
+        // Per slot row: its ∂L/∂x contribution, and its ∂L/∂w.
+        let mut dxs = vec![0f32; rows * hidden];
+        let mut dws = vec![0f32; rows];
+        let mut jobs = Vec::new();
+        let (mut rest, mut rest_w) = (dxs.as_mut_slice(), dws.as_mut_slice());
+        for (d, s) in data.iter().zip(slots) {
+            let (block, tail) = rest.split_at_mut(s.len() * hidden);
+            let (block_w, tail_w) = rest_w.split_at_mut(s.len());
+            (rest, rest_w) = (tail, tail_w);
+            if let Some(d) = d {
+                jobs.push((d, s.as_slice(), block, block_w));
             }
+        }
+        jobs.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.len()));
+        par_each(jobs, |(d, s, block, block_w)| {
+            let (n, inter) = (s.len(), d.inter);
+            let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
+            with_scratch(n * (2 * hidden + 3 * inter), |scratch| {
+                // All row-major, one row per slot.
+                let (xe, rest) = scratch.split_at_mut(n * hidden);
+                let (y, rest) = rest.split_at_mut(n * hidden);
+                let (g, rest) = rest.split_at_mut(n * inter);
+                let (u, h) = rest.split_at_mut(n * inter);
+                for (dst, &pos) in xe.chunks_exact_mut(hidden).zip(s) {
+                    let t = pos as usize / k;
+                    dst.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
+                }
+                let row_major = |cols: usize| (cols, 1);
+                let xm = Mat::rows(xe, hidden);
+                matmul(
+                    g,
+                    row_major(inter),
+                    xm,
+                    Mat::t(gate, hidden),
+                    (n, inter, hidden),
+                );
+                matmul(
+                    u,
+                    row_major(inter),
+                    xm,
+                    Mat::t(up, hidden),
+                    (n, inter, hidden),
+                );
+                for ((h, &g), &u) in h.iter_mut().zip(g.iter()).zip(u.iter()) {
+                    *h = g / (1.0 + (-g).exp()) * u;
+                }
+                let hm = Mat::rows(h, inter);
+                matmul(
+                    y,
+                    row_major(hidden),
+                    hm,
+                    Mat::t(down, inter),
+                    (n, hidden, inter),
+                );
+                // ∂L/∂w = ⟨expert(x), g⟩; ∂L/∂(expert output) = w·g, in place of the output.
+                for ((yr, dw), &pos) in y.chunks_exact_mut(hidden).zip(block_w).zip(s) {
+                    let t = pos as usize / k;
+                    let gr = &gs[t * hidden..(t + 1) * hidden];
+                    *dw = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    let w = ws[pos as usize];
+                    yr.iter_mut().zip(gr).for_each(|(d, &g)| *d = w * g);
+                }
+                // ∂L/∂h = dy·W_down.
+                let dy = Mat::rows(y, hidden);
+                matmul(
+                    h,
+                    row_major(inter),
+                    dy,
+                    Mat::rows(down, inter),
+                    (n, inter, hidden),
+                );
+                // h = silu(g)·u: ∂L/∂g = dh·u·silu'(g), ∂L/∂u = dh·silu(g), with
+                // silu'(g) = σ(g) + silu(g)·(1 - σ(g)).
+                for ((dh, g), u) in h.iter().zip(g.iter_mut()).zip(u.iter_mut()) {
+                    let sig = 1.0 / (1.0 + (-*g).exp());
+                    let silu = *g / (1.0 + (-*g).exp());
+                    let (dg, du) = (dh * *u * (sig + silu * (1.0 - sig)), dh * silu);
+                    (*g, *u) = (dg, du);
+                }
+                // ∂L/∂x = dg·W_gate + du·W_up.
+                let (dg, du) = (Mat::rows(g, inter), Mat::rows(u, inter));
+                matmul(
+                    block,
+                    row_major(hidden),
+                    dg,
+                    Mat::rows(gate, hidden),
+                    (n, hidden, inter),
+                );
+                matmul(
+                    xe,
+                    row_major(hidden),
+                    du,
+                    Mat::rows(up, hidden),
+                    (n, hidden, inter),
+                );
+                block.iter_mut().zip(xe.iter()).for_each(|(a, &b)| *a += b);
+            });
         });
-        drop((xd, wd, data));
-        Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+        let dx = sum_rows_per_token(&dxs, &row_of_slot, hidden, k);
+        let mut dw = vec![0f32; ws.len()];
+        for (e, s) in slots.iter().enumerate() {
+            for (i, &pos) in s.iter().enumerate() {
+                dw[pos as usize] = dws[first[e] + i];
+            }
+        }
+        (dx, dw)
     }
 
     /// [`super::scaled_attention`] with one task per (sequence, head) on the thread pool.
@@ -1434,6 +1734,68 @@ mod tests {
             let fast = scaled_attention(&q, &kk, &v, m, 0.3).unwrap();
             let plain = scaled_attention(&tracked(&q), &kk, &v, m, 0.3).unwrap();
             assert!(max_diff(&fast, &plain) < 1e-5);
+        }
+    }
+
+    /// `∂(Σ y·c)/∂v` for every `v` in `vars`, with `c` a fixed random tensor shaped as `y`.
+    fn input_grads(y: &Tensor, vars: &[&candle_core::Var], seed: u64) -> Vec<Tensor> {
+        let c = randn(y.dims(), seed);
+        let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
+    /// Largest difference relative to the largest magnitude of `b`.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        max_diff(a, b) / scale.max(1e-12)
+    }
+
+    #[test]
+    fn frozen_experts_op_matches_the_tensor_path() {
+        // Uneven loads, expert 5 unused, a token count that isn't a tile multiple.
+        let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
+        let expert = |i: u64, w: &dyn Fn(&Tensor) -> Tensor| SwiGlu {
+            gate: Linear::new(w(&randn(&[inter, hidden], 10 + i)), None),
+            up: Linear::new(w(&randn(&[inter, hidden], 20 + i)), None),
+            down: Linear::new(w(&randn(&[hidden, inter], 30 + i)), None),
+            names: ["gate_proj", "up_proj", "down_proj"],
+        };
+        let plain: Vec<_> = (0..n_exp as u64).map(|i| expert(i, &tracked)).collect();
+        // All frozen (one op), and experts 1 and 3 on the tensor path beside the op.
+        let frozen: Vec<_> = (0..n_exp as u64)
+            .map(|i| expert(i, &|t| t.clone()))
+            .collect();
+        let mixed: Vec<_> = (0..n_exp as u64)
+            .map(|i| match i {
+                1 | 3 => expert(i, &tracked),
+                _ => expert(i, &|t| t.clone()),
+            })
+            .collect();
+        let indices: Vec<u32> = (0..tokens * k)
+            .map(|p| [0, 1, 1, 2, 4, 1, 3, 0][p % 8] + (p % k) as u32 * 5 / 4)
+            .collect();
+        assert!(indices.iter().all(|&e| e != 5 && (e as usize) < n_exp));
+        let run = |experts: &[SwiGlu]| {
+            let x = candle_core::Var::from_tensor(&randn(&[tokens, hidden], 3)).unwrap();
+            let w = candle_core::Var::from_tensor(&randn(&[tokens, k], 4)).unwrap();
+            let y = dispatch_experts(x.as_tensor(), &indices, w.as_tensor(), experts).unwrap();
+            let grads = input_grads(&y, &[&x, &w], 5);
+            (y, grads)
+        };
+        let (y0, g0) = run(&plain);
+        for experts in [&frozen, &mixed] {
+            let (y, g) = run(experts);
+            assert!(rel_diff(&y, &y0) < 1e-5);
+            assert!(rel_diff(&g[0], &g0[0]) < 1e-5, "∂L/∂x");
+            assert!(rel_diff(&g[1], &g0[1]) < 1e-5, "∂L/∂w");
         }
     }
 
