@@ -412,6 +412,9 @@ impl Attention {
         offset: usize,
         use_cache: bool,
     ) -> Result<Tensor> {
+        if let Some(op) = FrozenAttention::of(self, x, mask, offset, use_cache)? {
+            return Ok(x.apply_op1(op)?);
+        }
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut q = self.q.forward(x)?;
@@ -448,6 +451,182 @@ impl Attention {
 
     pub fn clear_cache(&mut self) {
         self.cache = None;
+    }
+}
+
+/// [`Attention::forward`] as one op while training on the CPU (f32) with all four projections
+/// frozen: the forward pass runs the direct CPU kernels, and the backward pass gives `∂L/∂x`
+/// only (recomputing the activations), where the composite tensor ops would cost some sixty
+/// small ops and their backward passes per layer. Covers no KV cache, positions from 0, no
+/// clamping, and q / k norms over the whole projection or none.
+struct FrozenAttention {
+    /// `[out, in]` each.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    /// Rotary tables for positions `0..t`, `[t, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    interleaved: bool,
+    /// `[b, 1, t, t]`.
+    mask: Option<Tensor>,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+}
+
+impl FrozenAttention {
+    /// The op for `attn` on `x` `[b, t, hidden]`, or `None` when the tensor path must run
+    /// (`x` tracks no gradient, a projection is adapted or has a bias, another device or dtype,
+    /// a KV cache, per-head norms, clamping).
+    fn of(
+        attn: &Attention,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        use_cache: bool,
+    ) -> Result<Option<Self>> {
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        let plain = |l: &Linear| {
+            l.plain_weight()
+                .filter(|w| f32_cpu(w) && !w.track_op())
+                .cloned()
+        };
+        if !x.track_op() || !f32_cpu(x) || use_cache || offset != 0 || attn.cfg.clip_qkv.is_some() {
+            return Ok(None);
+        }
+        let Ok((b, t, hidden)) = x.dims3() else {
+            return Ok(None);
+        };
+        let (nh, nkv, d) = (attn.cfg.num_heads, attn.cfg.num_kv_heads, attn.cfg.head_dim);
+        let shapes = nh > 0 && nkv > 0 && nh % nkv == 0 && d % 2 == 0 && t > 0 && b > 0;
+        let rot = &attn.rotary;
+        if !shapes || rot.cos.dims() != [rot.max_positions(), d / 2] || t > rot.max_positions() {
+            return Ok(None);
+        }
+        let (Some(q), Some(k), Some(v), Some(o)) = (
+            plain(&attn.q),
+            plain(&attn.k),
+            plain(&attn.v),
+            plain(&attn.o),
+        ) else {
+            return Ok(None);
+        };
+        let dims_ok = q.dims() == [nh * d, hidden]
+            && k.dims() == [nkv * d, hidden]
+            && v.dims() == [nkv * d, hidden]
+            && o.dims() == [hidden, nh * d];
+        let norm_ok = |n: &RmsNorm, width: usize| {
+            f32_cpu(&n.weight) && !n.weight.track_op() && n.weight.dims() == [width]
+        };
+        let (q_norm, k_norm) = match &attn.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::Full { q: qn, k: kn } if norm_ok(qn, nh * d) && norm_ok(kn, nkv * d) => {
+                (Some(qn.clone()), Some(kn.clone()))
+            }
+            _ => return Ok(None),
+        };
+        let mask = match mask {
+            Some(m) if m.dims() != [b, 1, t, t] || !f32_cpu(m) || m.track_op() => return Ok(None),
+            m => m.map(|m| m.contiguous()).transpose()?,
+        };
+        if !dims_ok || !f32_cpu(&rot.cos) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            q,
+            k,
+            v,
+            o,
+            q_norm,
+            k_norm,
+            cos: rot.cos.narrow(0, 0, t)?.contiguous()?,
+            sin: rot.sin.narrow(0, 0, t)?.contiguous()?,
+            interleaved: rot.interleaved,
+            mask,
+            nh,
+            nkv,
+            d,
+        }))
+    }
+
+    /// Runs `f` on the op's data for an input of shape `[b, t, hidden]`.
+    fn with_data<R>(
+        &self,
+        dims: &[usize],
+        f: impl FnOnce(&cpu::AttnData<'_>, &cpu::AttnShape) -> R,
+    ) -> candle_core::Result<R> {
+        let &[b, t, hidden] = dims else {
+            candle_core::bail!("frozen-attention: expected [b, t, hidden], got {dims:?}")
+        };
+        fn lock(t: &Tensor) -> candle_core::Result<cpu::F32Data<'_>> {
+            cpu::F32Data::of(t)
+                .ok_or_else(|| candle_core::Error::Msg("frozen-attention: f32 CPU data".into()))
+        }
+        let (q, k, v, o) = (
+            lock(&self.q)?,
+            lock(&self.k)?,
+            lock(&self.v)?,
+            lock(&self.o)?,
+        );
+        let (cos, sin) = (lock(&self.cos)?, lock(&self.sin)?);
+        let qn = self.q_norm.as_ref().map(|n| lock(&n.weight)).transpose()?;
+        let kn = self.k_norm.as_ref().map(|n| lock(&n.weight)).transpose()?;
+        let mask = self.mask.as_ref().map(lock).transpose()?;
+        let eps = |n: &Option<RmsNorm>| n.as_ref().map_or(0.0, |n| n.eps as f32);
+        let data = cpu::AttnData {
+            q: q.slice(),
+            k: k.slice(),
+            v: v.slice(),
+            o: o.slice(),
+            q_norm: qn.as_ref().map(|w| (w.slice(), eps(&self.q_norm))),
+            k_norm: kn.as_ref().map(|w| (w.slice(), eps(&self.k_norm))),
+            cos: cos.slice(),
+            sin: sin.slice(),
+            mask: mask.as_ref().map(|m| m.slice()),
+        };
+        let shape = cpu::AttnShape {
+            b,
+            t,
+            hidden,
+            nh: self.nh,
+            nkv: self.nkv,
+            d: self.d,
+            scale: (1.0 / (self.d as f64).sqrt()) as f32,
+            interleaved: self.interleaved,
+        };
+        Ok(f(&data, &shape))
+    }
+}
+
+impl candle_core::CustomOp1 for FrozenAttention {
+    fn name(&self) -> &'static str {
+        "frozen-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let out = self.with_data(layout.dims(), |w, sh| cpu::attn_forward(xs, w, sh))?;
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xc, gc) = (x.detach().contiguous()?, grad.detach().contiguous()?);
+        let (Some(xd), Some(gd)) = (cpu::F32Data::of(&xc), cpu::F32Data::of(&gc)) else {
+            candle_core::bail!("frozen-attention: backward takes f32 CPU tensors")
+        };
+        let dx = self.with_data(x.dims(), |w, sh| {
+            cpu::attn_backward(xd.slice(), gd.slice(), w, sh)
+        })?;
+        drop((xd, gd));
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -1153,7 +1332,23 @@ mod cpu {
         (dst_rs, dst_cs): (usize, usize),
         a: Mat<'_>,
         b: Mat<'_>,
+        mnk: (usize, usize, usize),
+    ) {
+        // SAFETY: passed on from the caller.
+        unsafe { gemm_to(dst, (dst_rs, dst_cs), a, b, mnk, false) }
+    }
+
+    /// [`matmul_to`], adding the product to `dst`'s contents when `acc` is set.
+    ///
+    /// # Safety
+    /// As for [`matmul_to`].
+    unsafe fn gemm_to(
+        dst: *mut f32,
+        (dst_rs, dst_cs): (usize, usize),
+        a: Mat<'_>,
+        b: Mat<'_>,
         (m, n, k): (usize, usize, usize),
+        acc: bool,
     ) {
         assert!(a.reaches(m, k) && b.reaches(k, n));
         // SAFETY: the assert keeps the operands' reads in bounds, the caller `dst`'s writes.
@@ -1165,14 +1360,14 @@ mod cpu {
                 dst,
                 dst_cs as isize,
                 dst_rs as isize,
-                false,
+                acc,
                 a.data.as_ptr(),
                 a.cs as isize,
                 a.rs as isize,
                 b.data.as_ptr(),
                 b.cs as isize,
                 b.rs as isize,
-                0.0,
+                if acc { 1.0 } else { 0.0 },
                 1.0,
                 false,
                 false,
@@ -1556,6 +1751,385 @@ mod cpu {
         (dx, dw)
     }
 
+    /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major, in blocks of rows across the
+    /// worker threads (each block one single-threaded product); adds to `dst` when `acc`.
+    fn par_matmul(
+        dst: &mut [f32],
+        acc: bool,
+        a: Mat<'_>,
+        b: Mat<'_>,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        assert!(dst.len() >= m * n && a.reaches(m, k));
+        if m == 0 || n == 0 {
+            return;
+        }
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = m.div_ceil(4 * threads).max(16);
+        let out = SharedMut(dst.as_mut_ptr());
+        let starts: Vec<usize> = (0..m).step_by(block).collect();
+        par_each(starts, |r0| {
+            let rows = block.min(m - r0);
+            let a = Mat {
+                data: &a.data[r0 * a.rs..],
+                ..a
+            };
+            // SAFETY: each task writes only its own rows `r0..r0 + rows` of `dst`.
+            unsafe { gemm_to(out.at(r0 * n), (n, 1), a, b, (rows, n, k), acc) };
+        });
+    }
+
+    /// Shapes and constants of a frozen attention block (see `super::FrozenAttention`).
+    pub(super) struct AttnShape {
+        pub b: usize,
+        pub t: usize,
+        pub hidden: usize,
+        pub nh: usize,
+        pub nkv: usize,
+        pub d: usize,
+        pub scale: f32,
+        pub interleaved: bool,
+    }
+
+    /// The data of a frozen attention block: projection weights (`[out, in]`), the q / k
+    /// RMSNorm weights and epsilons, the rotary tables `[t, d/2]` and the mask `[b, 1, t, t]`.
+    pub(super) struct AttnData<'a> {
+        pub q: &'a [f32],
+        pub k: &'a [f32],
+        pub v: &'a [f32],
+        pub o: &'a [f32],
+        pub q_norm: Option<(&'a [f32], f32)>,
+        pub k_norm: Option<(&'a [f32], f32)>,
+        pub cos: &'a [f32],
+        pub sin: &'a [f32],
+        pub mask: Option<&'a [f32]>,
+    }
+
+    /// The forward pass's intermediate results, `[b·t, width]` row-major each.
+    struct AttnParts {
+        /// Projections before the norm.
+        qp: Vec<f32>,
+        kp: Vec<f32>,
+        v: Vec<f32>,
+        /// Normalised and rotated.
+        qr: Vec<f32>,
+        kr: Vec<f32>,
+        /// Attention output per head, `[b·t, nh·d]`.
+        y: Vec<f32>,
+    }
+
+    /// `x / sqrt(mean(x²) + eps) · w` per row of `width` (as `RmsNorm::forward` computes it).
+    fn rms_rows(src: &[f32], dst: &mut [f32], w: &[f32], eps: f32) {
+        let width = w.len();
+        let inv = (1.0 / width as f64) as f32;
+        for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+            d.iter_mut().zip(s).for_each(|(d, &v)| *d = v * v);
+            let mut sum = 0f32;
+            // SAFETY: `d` holds `width` elements.
+            unsafe { f32::vec_reduce_sum(d.as_ptr(), &mut sum, width) };
+            let den = (sum * inv + eps).sqrt();
+            for ((d, &v), &w) in d.iter_mut().zip(s).zip(w) {
+                *d = v / den * w;
+            }
+        }
+    }
+
+    /// Backward pass of [`rms_rows`]: `dy` (in place) becomes `∂L/∂x`.
+    fn rms_rows_backward(x: &[f32], dy: &mut [f32], w: &[f32], eps: f32) {
+        let width = w.len();
+        for (x, dy) in x.chunks_exact(width).zip(dy.chunks_exact_mut(width)) {
+            let ms = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            let dot: f32 = x
+                .iter()
+                .zip(dy.iter())
+                .zip(w)
+                .map(|((x, d), w)| x * d * w)
+                .sum();
+            let c = dot * r * r * r / width as f32;
+            for ((d, &x), &w) in dy.iter_mut().zip(x).zip(w) {
+                *d = *d * w * r - x * c;
+            }
+        }
+    }
+
+    /// Rotates (or with `inverse`, rotates back: the backward pass) every head of every row of
+    /// `x` `[b·t, heads·d]` in place, for positions `0..t` in each sequence.
+    fn rope_rows(
+        x: &mut [f32],
+        sh: &AttnShape,
+        heads: usize,
+        cos: &[f32],
+        sin: &[f32],
+        inverse: bool,
+    ) {
+        let (d, half) = (sh.d, sh.d / 2);
+        for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
+            let pos = r % sh.t;
+            let (c, s) = (
+                &cos[pos * half..(pos + 1) * half],
+                &sin[pos * half..(pos + 1) * half],
+            );
+            for head in row.chunks_exact_mut(d) {
+                for j in 0..half {
+                    let (i1, i2) = if sh.interleaved {
+                        (2 * j, 2 * j + 1)
+                    } else {
+                        (j, j + half)
+                    };
+                    let (x1, x2, c, s) =
+                        (head[i1], head[i2], c[j], if inverse { -s[j] } else { s[j] });
+                    head[i1] = x1 * c - x2 * s;
+                    head[i2] = x2 * c + x1 * s;
+                }
+            }
+        }
+    }
+
+    /// Operand views of one sequence's head in a `[b·t, heads·d]` buffer: as rows `[t, d]`
+    /// and transposed `[d, t]`.
+    fn head_rows<'a>(buf: &'a [f32], sh: &AttnShape, heads: usize, bi: usize, h: usize) -> Mat<'a> {
+        Mat {
+            data: &buf[bi * sh.t * heads * sh.d + h * sh.d..],
+            rs: heads * sh.d,
+            cs: 1,
+        }
+    }
+
+    fn head_cols<'a>(buf: &'a [f32], sh: &AttnShape, heads: usize, bi: usize, h: usize) -> Mat<'a> {
+        Mat {
+            data: &buf[bi * sh.t * heads * sh.d + h * sh.d..],
+            rs: 1,
+            cs: heads * sh.d,
+        }
+    }
+
+    /// The softmax-ed, masked and scaled scores `[t, t]` of query head `h` of sequence `bi`.
+    fn head_probs(
+        att: &mut [f32],
+        qr: &[f32],
+        kr: &[f32],
+        mask: Option<&[f32]>,
+        sh: &AttnShape,
+        bi: usize,
+        h: usize,
+    ) {
+        let t = sh.t;
+        let g = h / (sh.nh / sh.nkv);
+        let q = head_rows(qr, sh, sh.nh, bi, h);
+        let k = head_cols(kr, sh, sh.nkv, bi, g);
+        matmul(att, (t, 1), q, k, (t, t, sh.d));
+        let m = mask.map(|m| &m[bi * t * t..(bi + 1) * t * t]);
+        for (i, row) in att.chunks_exact_mut(t).enumerate() {
+            row.iter_mut().for_each(|a| *a *= sh.scale);
+            if let Some(m) = m {
+                row.iter_mut()
+                    .zip(&m[i * t..(i + 1) * t])
+                    .for_each(|(a, &m)| *a += m);
+            }
+            softmax_in_place(row);
+        }
+    }
+
+    /// The forward pass up to the attention output (`y` left empty without `with_y`).
+    fn attn_parts(xs: &[f32], w: &AttnData<'_>, sh: &AttnShape, with_y: bool) -> AttnParts {
+        let (n, h, d) = (sh.b * sh.t, sh.hidden, sh.d);
+        let (qw, kw) = (sh.nh * d, sh.nkv * d);
+        let x = Mat::rows(xs, h);
+        let mut qp = vec![0f32; n * qw];
+        let mut kp = vec![0f32; n * kw];
+        let mut v = vec![0f32; n * kw];
+        par_matmul(&mut qp, false, x, Mat::t(w.q, h), (n, qw, h));
+        par_matmul(&mut kp, false, x, Mat::t(w.k, h), (n, kw, h));
+        par_matmul(&mut v, false, x, Mat::t(w.v, h), (n, kw, h));
+        let (mut qr, mut kr) = (qp.clone(), kp.clone());
+        if let Some((nw, eps)) = w.q_norm {
+            rms_rows(&qp, &mut qr, nw, eps);
+        }
+        if let Some((nw, eps)) = w.k_norm {
+            rms_rows(&kp, &mut kr, nw, eps);
+        }
+        rope_rows(&mut qr, sh, sh.nh, w.cos, w.sin, false);
+        rope_rows(&mut kr, sh, sh.nkv, w.cos, w.sin, false);
+        if !with_y {
+            let y = Vec::new();
+            return AttnParts {
+                qp,
+                kp,
+                v,
+                qr,
+                kr,
+                y,
+            };
+        }
+        let mut y = vec![0f32; n * qw];
+        let out = SharedMut(y.as_mut_ptr());
+        let heads: Vec<usize> = (0..sh.b * sh.nh).collect();
+        par_each(heads, |bh| {
+            let (bi, hi) = (bh / sh.nh, bh % sh.nh);
+            let g = hi / (sh.nh / sh.nkv);
+            with_scratch(sh.t * sh.t, |att| {
+                head_probs(att, &qr, &kr, w.mask, sh, bi, hi);
+                let vm = head_rows(&v, sh, sh.nkv, bi, g);
+                let at = bi * sh.t * qw + hi * d;
+                // SAFETY: each task writes only its own head's columns of its sequence's rows.
+                unsafe {
+                    matmul_to(
+                        out.at(at),
+                        (qw, 1),
+                        Mat::rows(att, sh.t),
+                        vm,
+                        (sh.t, d, sh.t),
+                    )
+                };
+            });
+        });
+        AttnParts {
+            qp,
+            kp,
+            v,
+            qr,
+            kr,
+            y,
+        }
+    }
+
+    /// The attention block `o(attention(rope(norm(q(x))), rope(norm(k(x))), v(x)))` for `xs`
+    /// `[b·t, hidden]`.
+    pub(super) fn attn_forward(xs: &[f32], w: &AttnData<'_>, sh: &AttnShape) -> Vec<f32> {
+        let parts = attn_parts(xs, w, sh, true);
+        let (n, qw) = (sh.b * sh.t, sh.nh * sh.d);
+        let mut out = vec![0f32; n * sh.hidden];
+        par_matmul(
+            &mut out,
+            false,
+            Mat::rows(&parts.y, qw),
+            Mat::t(w.o, qw),
+            (n, sh.hidden, qw),
+        );
+        out
+    }
+
+    /// `∂L/∂x` of [`attn_forward`] for the output gradient `gs` (the weights get none).
+    pub(super) fn attn_backward(
+        xs: &[f32],
+        gs: &[f32],
+        w: &AttnData<'_>,
+        sh: &AttnShape,
+    ) -> Vec<f32> {
+        let AttnParts {
+            qp, kp, v, qr, kr, ..
+        } = attn_parts(xs, w, sh, false);
+        let (n, h, d, t) = (sh.b * sh.t, sh.hidden, sh.d, sh.t);
+        let (qw, kw) = (sh.nh * d, sh.nkv * d);
+        let mut dy = vec![0f32; n * qw];
+        par_matmul(
+            &mut dy,
+            false,
+            Mat::rows(gs, h),
+            Mat::rows(w.o, qw),
+            (n, qw, h),
+        );
+        let mut dq = vec![0f32; n * qw];
+        let mut dk = vec![0f32; n * kw];
+        let mut dv = vec![0f32; n * kw];
+        let (dq_p, dk_p, dv_p) = (
+            SharedMut(dq.as_mut_ptr()),
+            SharedMut(dk.as_mut_ptr()),
+            SharedMut(dv.as_mut_ptr()),
+        );
+        let n_rep = sh.nh / sh.nkv;
+        // One task per (sequence, kv head): its query heads add to the same dk / dv.
+        let groups: Vec<usize> = (0..sh.b * sh.nkv).collect();
+        par_each(groups, |bg| {
+            let (bi, g) = (bg / sh.nkv, bg % sh.nkv);
+            with_scratch(2 * t * t, |scratch| {
+                let (p, dp) = scratch.split_at_mut(t * t);
+                for hi in g * n_rep..(g + 1) * n_rep {
+                    head_probs(p, &qr, &kr, w.mask, sh, bi, hi);
+                    let dyh = head_rows(&dy, sh, sh.nh, bi, hi);
+                    let (kv_at, q_at) = (bi * t * kw + g * d, bi * t * qw + hi * d);
+                    // SAFETY (all three products): each task writes only its own kv head's
+                    // columns of dk / dv and its query heads' columns of dq, of its sequence.
+                    // dV += Pᵀ·dY.
+                    unsafe {
+                        gemm_to(
+                            dv_p.at(kv_at),
+                            (kw, 1),
+                            Mat::cols(p, t),
+                            dyh,
+                            (t, d, t),
+                            true,
+                        )
+                    };
+                    // dP = dY·Vᵀ; dS = P ∘ (dP - rowsum(dP ∘ P)), times the scale.
+                    matmul(dp, (t, 1), dyh, head_cols(&v, sh, sh.nkv, bi, g), (t, t, d));
+                    for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                        dr.iter_mut()
+                            .zip(pr)
+                            .for_each(|(d, &p)| *d = p * (*d - dot) * sh.scale);
+                    }
+                    // dQ = dS·K, dK += dSᵀ·Q.
+                    let k = head_rows(&kr, sh, sh.nkv, bi, g);
+                    unsafe {
+                        gemm_to(
+                            dq_p.at(q_at),
+                            (qw, 1),
+                            Mat::rows(dp, t),
+                            k,
+                            (t, d, t),
+                            false,
+                        )
+                    };
+                    let q = head_rows(&qr, sh, sh.nh, bi, hi);
+                    unsafe {
+                        gemm_to(
+                            dk_p.at(kv_at),
+                            (kw, 1),
+                            Mat::cols(dp, t),
+                            q,
+                            (t, d, t),
+                            true,
+                        )
+                    };
+                }
+            });
+        });
+        rope_rows(&mut dq, sh, sh.nh, w.cos, w.sin, true);
+        rope_rows(&mut dk, sh, sh.nkv, w.cos, w.sin, true);
+        if let Some((nw, eps)) = w.q_norm {
+            rms_rows_backward(&qp, &mut dq, nw, eps);
+        }
+        if let Some((nw, eps)) = w.k_norm {
+            rms_rows_backward(&kp, &mut dk, nw, eps);
+        }
+        drop(v);
+        let mut dx = vec![0f32; n * h];
+        par_matmul(
+            &mut dx,
+            false,
+            Mat::rows(&dq, qw),
+            Mat::rows(w.q, h),
+            (n, h, qw),
+        );
+        par_matmul(
+            &mut dx,
+            true,
+            Mat::rows(&dk, kw),
+            Mat::rows(w.k, h),
+            (n, h, kw),
+        );
+        par_matmul(
+            &mut dx,
+            true,
+            Mat::rows(&dv, kw),
+            Mat::rows(w.v, h),
+            (n, h, kw),
+        );
+        dx
+    }
+
     /// [`super::scaled_attention`] with one task per (sequence, head) on the thread pool.
     pub fn attention(
         q: &Tensor,
@@ -1796,6 +2370,81 @@ mod tests {
             assert!(rel_diff(&y, &y0) < 1e-5);
             assert!(rel_diff(&g[0], &g0[0]) < 1e-5, "∂L/∂x");
             assert!(rel_diff(&g[1], &g0[1]) < 1e-5, "∂L/∂w");
+        }
+    }
+
+    #[test]
+    fn frozen_attention_op_matches_the_tensor_path() {
+        let (b, t, hidden, d) = (2, 9, 24, 8);
+        let dev = Device::Cpu;
+        // Grouped heads, q / k norms, halves rotation, a padding mask; then plain heads,
+        // interleaved rotation, no mask.
+        for (nh, nkv, norms, interleaved, masked) in
+            [(4, 2, true, false, true), (2, 2, false, true, false)]
+        {
+            let attn = |w: &dyn Fn(&Tensor) -> Tensor| {
+                let lin =
+                    |o: usize, i: usize, seed: u64| Linear::new(w(&randn(&[o, i], seed)), None);
+                let norm = |width: usize, seed: u64| RmsNorm {
+                    weight: w(&randn(&[width], seed)),
+                    eps: 1e-5,
+                };
+                let inv: Vec<f32> = (0..d / 2)
+                    .map(|i| 1.0 / 100f32.powf(2.0 * i as f32 / d as f32))
+                    .collect();
+                Attention {
+                    q: lin(nh * d, hidden, 1),
+                    k: lin(nkv * d, hidden, 2),
+                    v: lin(nkv * d, hidden, 3),
+                    o: lin(hidden, nh * d, 4),
+                    qk_norm: match norms {
+                        true => QkNorm::Full {
+                            q: norm(nh * d, 5),
+                            k: norm(nkv * d, 6),
+                        },
+                        false => QkNorm::None,
+                    },
+                    cfg: AttentionConfig {
+                        hidden_size: hidden,
+                        num_heads: nh,
+                        num_kv_heads: nkv,
+                        head_dim: d,
+                        qkv_bias: false,
+                        o_bias: false,
+                        clip_qkv: None,
+                    },
+                    rotary: Arc::new(
+                        Rotary::from_inv_freq(&inv, 1.0, 16, interleaved, DType::F32, &dev)
+                            .unwrap(),
+                    ),
+                    cache: None,
+                }
+            };
+            let mask = match masked {
+                true => attention_mask(&[9, 6], t, 0, None, DType::F32, &dev).unwrap(),
+                false => None,
+            };
+            let run = |mut a: Attention| {
+                let x = candle_core::Var::from_tensor(&randn(&[b, t, hidden], 7)).unwrap();
+                let y = a.forward(x.as_tensor(), mask.as_ref(), 0, false).unwrap();
+                let g = input_grads(&y, &[&x], 8);
+                (y, g)
+            };
+            let frozen = attn(&|t| t.clone());
+            let x = tracked(&randn(&[b, t, hidden], 7));
+            assert!(
+                FrozenAttention::of(&frozen, &x, mask.as_ref(), 0, false)
+                    .unwrap()
+                    .is_some()
+            );
+            let (y, g) = run(frozen);
+            let (y0, g0) = run(attn(&tracked));
+            assert!(rel_diff(&y, &y0) < 1e-5, "output {}", rel_diff(&y, &y0));
+            assert!(
+                rel_diff(&g[0], &g0[0]) < 1e-5,
+                "∂L/∂x {}",
+                rel_diff(&g[0], &g0[0])
+            );
         }
     }
 
