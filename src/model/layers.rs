@@ -88,7 +88,8 @@ impl Linear {
 
 /// `x·Wᵀ` for a frozen `W` while `x` carries gradients (training adapters elsewhere in the
 /// model). Candle's matmul backward also computes `∂L/∂W`, a full-size product for a weight
-/// nobody trains; this op passes back `∂L/∂x = g·W` only. CPU, contiguous `[rows, in]` input.
+/// nobody trains; this op passes back `∂L/∂x = g·W` only. CPU, contiguous `[rows, in]` input;
+/// f32 runs on the direct CPU kernels.
 struct FrozenMatmul {
     /// `[out, in]`.
     weight: Tensor,
@@ -109,6 +110,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let Some((a, b)) = layout.contiguous_offsets() else {
             candle_core::bail!("frozen-matmul: the input must be contiguous")
         };
+        let out = self.weight.dim(0)?;
+        if let (S::F32(v), Some(w)) = (storage, cpu::F32Data::of(&self.weight)) {
+            let y = cpu::matmul_wt(&v[a..b], w.slice(), (rows, inp, out));
+            return Ok((S::F32(y), (rows, out).into()));
+        }
         let cpu = Device::Cpu;
         let x = match storage {
             S::F32(v) => Tensor::from_slice(&v[a..b], (rows, inp), &cpu)?,
@@ -117,7 +123,6 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             _ => candle_core::bail!("frozen-matmul: f32, f16 or bf16 only"),
         };
         let y = x.matmul(&self.weight.t()?)?.flatten_all()?;
-        let out = self.weight.dim(0)?;
         let storage = match y.dtype() {
             DType::F32 => S::F32(y.to_vec1()?),
             DType::F16 => S::F16(y.to_vec1()?),
@@ -128,6 +133,16 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let gc = grad.detach().contiguous()?;
+        if let (Some(g), Some(w), Ok((rows, out))) = (
+            cpu::F32Data::of(&gc),
+            cpu::F32Data::of(&self.weight),
+            gc.dims2(),
+        ) {
+            let inp = self.weight.dim(1)?;
+            let dx = cpu::matmul_w(g.slice(), w.slice(), (rows, out, inp));
+            return Ok(Some(Tensor::from_vec(dx, (rows, inp), grad.device())?));
+        }
         Ok(Some(grad.matmul(&self.weight)?))
     }
 }
@@ -151,11 +166,56 @@ impl RmsNorm {
         if let Some(y) = cpu::rms_norm(self, x)? {
             return Ok(y);
         }
+        // While training on the CPU with a frozen weight: one fused op.
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        let h = x.dims().last().copied().unwrap_or(0);
+        let frozen = f32_cpu(&self.weight) && !self.weight.track_op();
+        if x.track_op() && f32_cpu(x) && frozen && h > 0 && self.weight.dims() == [h] {
+            return Ok(x.contiguous()?.apply_op1(FrozenRmsNorm(self.clone()))?);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// [`RmsNorm::forward`] with a frozen weight while training on the CPU (f32): one pass over
+/// the rows forward, one back for `∂L/∂x` (the weight gets none), where the composite ops
+/// take about twenty elementwise passes.
+struct FrozenRmsNorm(RmsNorm);
+
+impl candle_core::CustomOp1 for FrozenRmsNorm {
+    fn name(&self) -> &'static str {
+        "frozen-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let Some(w) = cpu::F32Data::of(&self.0.weight) else {
+            candle_core::bail!("frozen-rms-norm: the weight must be f32 on the CPU")
+        };
+        let out = cpu::rms_norm_rows(xs, w.slice(), self.0.eps as f32, false, &[]);
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xc, gc) = (x.detach().contiguous()?, grad.detach().contiguous()?);
+        let (Some(xd), Some(gd), Some(w)) = (
+            cpu::F32Data::of(&xc),
+            cpu::F32Data::of(&gc),
+            cpu::F32Data::of(&self.0.weight),
+        ) else {
+            candle_core::bail!("frozen-rms-norm: backward takes f32 CPU tensors")
+        };
+        let dx = cpu::rms_norm_rows(xd.slice(), w.slice(), self.0.eps as f32, true, gd.slice());
+        drop((xd, gd, w));
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -1779,6 +1839,20 @@ mod cpu {
         });
     }
 
+    /// `x·Wᵀ` for `xs` `[m, k]` and an `[n, k]` weight, in blocks of rows across the threads.
+    pub(super) fn matmul_wt(xs: &[f32], ws: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        par_matmul(&mut y, false, Mat::rows(xs, k), Mat::t(ws, k), (m, n, k));
+        y
+    }
+
+    /// `g·W` for `gs` `[m, n]` and an `[n, k]` weight, in blocks of rows across the threads.
+    pub(super) fn matmul_w(gs: &[f32], ws: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+        let mut y = vec![0f32; m * k];
+        par_matmul(&mut y, false, Mat::rows(gs, n), Mat::rows(ws, k), (m, k, n));
+        y
+    }
+
     /// Shapes and constants of a frozen attention block (see `super::FrozenAttention`).
     pub(super) struct AttnShape {
         pub b: usize,
@@ -1851,6 +1925,34 @@ mod cpu {
                 *d = *d * w * r - x * c;
             }
         }
+    }
+
+    /// [`rms_rows`] over `xs` (rows of `w.len()`) in blocks of rows across the worker threads,
+    /// or with `backward` its backward pass for the output gradient `gs`: `∂L/∂x`.
+    pub(super) fn rms_norm_rows(
+        xs: &[f32],
+        w: &[f32],
+        eps: f32,
+        backward: bool,
+        gs: &[f32],
+    ) -> Vec<f32> {
+        let h = w.len();
+        let mut out = match backward {
+            true => gs.to_vec(),
+            false => vec![0f32; xs.len()],
+        };
+        let rows = xs.len() / h.max(1);
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = rows.div_ceil(4 * threads).max(16 * 1024 / h.max(1)).max(1);
+        let blocks: Vec<_> = out.chunks_mut(block * h).enumerate().collect();
+        par_each(blocks, |(i, dst)| {
+            let src = &xs[i * block * h..i * block * h + dst.len()];
+            match backward {
+                true => rms_rows_backward(src, dst, w, eps),
+                false => rms_rows(src, dst, w, eps),
+            }
+        });
+        out
     }
 
     /// Rotates (or with `inverse`, rotates back: the backward pass) every head of every row of
@@ -2446,6 +2548,23 @@ mod tests {
                 rel_diff(&g[0], &g0[0])
             );
         }
+    }
+
+    #[test]
+    fn frozen_rms_norm_op_matches_the_tensor_path() {
+        let w = randn(&[16], 9);
+        let run = |weight: Tensor| {
+            let x = candle_core::Var::from_tensor(&randn(&[2, 33, 16], 8)).unwrap();
+            let y = RmsNorm { weight, eps: 1e-5 }
+                .forward(x.as_tensor())
+                .unwrap();
+            let g = input_grads(&y, &[&x], 10);
+            (y, g)
+        };
+        let (y, g) = run(w.clone());
+        let (y0, g0) = run(tracked(&w));
+        assert!(rel_diff(&y, &y0) < 1e-5);
+        assert!(rel_diff(&g[0], &g0[0]) < 1e-5);
     }
 
     #[test]
