@@ -21,7 +21,7 @@ STEPS=${2:-200}
 CORPUS=${DEMO_CORPUS:-../shared/demo-corpus}
 WORK=target/bench-lora
 cargo build --release
-BIN=target/release/moescope
+BIN="${CARGO_TARGET_DIR:-target}/release/moescope"
 rm -rf "$WORK"
 mkdir -p "$WORK"
 grep -v '^[[:space:]]*$' "$CORPUS/train/$DOMAIN.txt" > "$WORK/$DOMAIN.txt"

@@ -88,7 +88,8 @@ impl Linear {
 
 /// `x·Wᵀ` for a frozen `W` while `x` carries gradients (training adapters elsewhere in the
 /// model). Candle's matmul backward also computes `∂L/∂W`, a full-size product for a weight
-/// nobody trains; this op passes back `∂L/∂x = g·W` only. CPU, contiguous `[rows, in]` input.
+/// nobody trains; this op passes back `∂L/∂x = g·W` only. CPU, contiguous `[rows, in]` input;
+/// f32 runs on the direct CPU kernels.
 struct FrozenMatmul {
     /// `[out, in]`.
     weight: Tensor,
@@ -109,6 +110,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let Some((a, b)) = layout.contiguous_offsets() else {
             candle_core::bail!("frozen-matmul: the input must be contiguous")
         };
+        let out = self.weight.dim(0)?;
+        if let (S::F32(v), Some(w)) = (storage, cpu::F32Data::of(&self.weight)) {
+            let y = cpu::matmul_wt(&v[a..b], w.slice(), (rows, inp, out));
+            return Ok((S::F32(y), (rows, out).into()));
+        }
         let cpu = Device::Cpu;
         let x = match storage {
             S::F32(v) => Tensor::from_slice(&v[a..b], (rows, inp), &cpu)?,
@@ -117,7 +123,6 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             _ => candle_core::bail!("frozen-matmul: f32, f16 or bf16 only"),
         };
         let y = x.matmul(&self.weight.t()?)?.flatten_all()?;
-        let out = self.weight.dim(0)?;
         let storage = match y.dtype() {
             DType::F32 => S::F32(y.to_vec1()?),
             DType::F16 => S::F16(y.to_vec1()?),
@@ -128,6 +133,16 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let gc = grad.detach().contiguous()?;
+        if let (Some(g), Some(w), Ok((rows, out))) = (
+            cpu::F32Data::of(&gc),
+            cpu::F32Data::of(&self.weight),
+            gc.dims2(),
+        ) {
+            let inp = self.weight.dim(1)?;
+            let dx = cpu::matmul_w(g.slice(), w.slice(), (rows, out, inp));
+            return Ok(Some(Tensor::from_vec(dx, (rows, inp), grad.device())?));
+        }
         Ok(Some(grad.matmul(&self.weight)?))
     }
 }
@@ -151,11 +166,56 @@ impl RmsNorm {
         if let Some(y) = cpu::rms_norm(self, x)? {
             return Ok(y);
         }
+        // While training on the CPU with a frozen weight: one fused op.
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        let h = x.dims().last().copied().unwrap_or(0);
+        let frozen = f32_cpu(&self.weight) && !self.weight.track_op();
+        if x.track_op() && f32_cpu(x) && frozen && h > 0 && self.weight.dims() == [h] {
+            return Ok(x.contiguous()?.apply_op1(FrozenRmsNorm(self.clone()))?);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// [`RmsNorm::forward`] with a frozen weight while training on the CPU (f32): one pass over
+/// the rows forward, one back for `∂L/∂x` (the weight gets none), where the composite ops
+/// take about twenty elementwise passes.
+struct FrozenRmsNorm(RmsNorm);
+
+impl candle_core::CustomOp1 for FrozenRmsNorm {
+    fn name(&self) -> &'static str {
+        "frozen-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let Some(w) = cpu::F32Data::of(&self.0.weight) else {
+            candle_core::bail!("frozen-rms-norm: the weight must be f32 on the CPU")
+        };
+        let out = cpu::rms_norm_rows(xs, w.slice(), self.0.eps as f32, false, &[]);
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xc, gc) = (x.detach().contiguous()?, grad.detach().contiguous()?);
+        let (Some(xd), Some(gd), Some(w)) = (
+            cpu::F32Data::of(&xc),
+            cpu::F32Data::of(&gc),
+            cpu::F32Data::of(&self.0.weight),
+        ) else {
+            candle_core::bail!("frozen-rms-norm: backward takes f32 CPU tensors")
+        };
+        let dx = cpu::rms_norm_rows(xd.slice(), w.slice(), self.0.eps as f32, true, gd.slice());
+        drop((xd, gd, w));
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -412,6 +472,9 @@ impl Attention {
         offset: usize,
         use_cache: bool,
     ) -> Result<Tensor> {
+        if let Some(op) = FrozenAttention::of(self, x, mask, offset, use_cache)? {
+            return Ok(x.apply_op1(op)?);
+        }
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut q = self.q.forward(x)?;
@@ -448,6 +511,182 @@ impl Attention {
 
     pub fn clear_cache(&mut self) {
         self.cache = None;
+    }
+}
+
+/// [`Attention::forward`] as one op while training on the CPU (f32) with all four projections
+/// frozen: the forward pass runs the direct CPU kernels, and the backward pass gives `∂L/∂x`
+/// only (recomputing the activations), where the composite tensor ops would cost some sixty
+/// small ops and their backward passes per layer. Covers no KV cache, positions from 0, no
+/// clamping, and q / k norms over the whole projection or none.
+struct FrozenAttention {
+    /// `[out, in]` each.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    /// Rotary tables for positions `0..t`, `[t, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    interleaved: bool,
+    /// `[b, 1, t, t]`.
+    mask: Option<Tensor>,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+}
+
+impl FrozenAttention {
+    /// The op for `attn` on `x` `[b, t, hidden]`, or `None` when the tensor path must run
+    /// (`x` tracks no gradient, a projection is adapted or has a bias, another device or dtype,
+    /// a KV cache, per-head norms, clamping).
+    fn of(
+        attn: &Attention,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        use_cache: bool,
+    ) -> Result<Option<Self>> {
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        let plain = |l: &Linear| {
+            l.plain_weight()
+                .filter(|w| f32_cpu(w) && !w.track_op())
+                .cloned()
+        };
+        if !x.track_op() || !f32_cpu(x) || use_cache || offset != 0 || attn.cfg.clip_qkv.is_some() {
+            return Ok(None);
+        }
+        let Ok((b, t, hidden)) = x.dims3() else {
+            return Ok(None);
+        };
+        let (nh, nkv, d) = (attn.cfg.num_heads, attn.cfg.num_kv_heads, attn.cfg.head_dim);
+        let shapes = nh > 0 && nkv > 0 && nh % nkv == 0 && d % 2 == 0 && t > 0 && b > 0;
+        let rot = &attn.rotary;
+        if !shapes || rot.cos.dims() != [rot.max_positions(), d / 2] || t > rot.max_positions() {
+            return Ok(None);
+        }
+        let (Some(q), Some(k), Some(v), Some(o)) = (
+            plain(&attn.q),
+            plain(&attn.k),
+            plain(&attn.v),
+            plain(&attn.o),
+        ) else {
+            return Ok(None);
+        };
+        let dims_ok = q.dims() == [nh * d, hidden]
+            && k.dims() == [nkv * d, hidden]
+            && v.dims() == [nkv * d, hidden]
+            && o.dims() == [hidden, nh * d];
+        let norm_ok = |n: &RmsNorm, width: usize| {
+            f32_cpu(&n.weight) && !n.weight.track_op() && n.weight.dims() == [width]
+        };
+        let (q_norm, k_norm) = match &attn.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::Full { q: qn, k: kn } if norm_ok(qn, nh * d) && norm_ok(kn, nkv * d) => {
+                (Some(qn.clone()), Some(kn.clone()))
+            }
+            _ => return Ok(None),
+        };
+        let mask = match mask {
+            Some(m) if m.dims() != [b, 1, t, t] || !f32_cpu(m) || m.track_op() => return Ok(None),
+            m => m.map(|m| m.contiguous()).transpose()?,
+        };
+        if !dims_ok || !f32_cpu(&rot.cos) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            q,
+            k,
+            v,
+            o,
+            q_norm,
+            k_norm,
+            cos: rot.cos.narrow(0, 0, t)?.contiguous()?,
+            sin: rot.sin.narrow(0, 0, t)?.contiguous()?,
+            interleaved: rot.interleaved,
+            mask,
+            nh,
+            nkv,
+            d,
+        }))
+    }
+
+    /// Runs `f` on the op's data for an input of shape `[b, t, hidden]`.
+    fn with_data<R>(
+        &self,
+        dims: &[usize],
+        f: impl FnOnce(&cpu::AttnData<'_>, &cpu::AttnShape) -> R,
+    ) -> candle_core::Result<R> {
+        let &[b, t, hidden] = dims else {
+            candle_core::bail!("frozen-attention: expected [b, t, hidden], got {dims:?}")
+        };
+        fn lock(t: &Tensor) -> candle_core::Result<cpu::F32Data<'_>> {
+            cpu::F32Data::of(t)
+                .ok_or_else(|| candle_core::Error::Msg("frozen-attention: f32 CPU data".into()))
+        }
+        let (q, k, v, o) = (
+            lock(&self.q)?,
+            lock(&self.k)?,
+            lock(&self.v)?,
+            lock(&self.o)?,
+        );
+        let (cos, sin) = (lock(&self.cos)?, lock(&self.sin)?);
+        let qn = self.q_norm.as_ref().map(|n| lock(&n.weight)).transpose()?;
+        let kn = self.k_norm.as_ref().map(|n| lock(&n.weight)).transpose()?;
+        let mask = self.mask.as_ref().map(lock).transpose()?;
+        let eps = |n: &Option<RmsNorm>| n.as_ref().map_or(0.0, |n| n.eps as f32);
+        let data = cpu::AttnData {
+            q: q.slice(),
+            k: k.slice(),
+            v: v.slice(),
+            o: o.slice(),
+            q_norm: qn.as_ref().map(|w| (w.slice(), eps(&self.q_norm))),
+            k_norm: kn.as_ref().map(|w| (w.slice(), eps(&self.k_norm))),
+            cos: cos.slice(),
+            sin: sin.slice(),
+            mask: mask.as_ref().map(|m| m.slice()),
+        };
+        let shape = cpu::AttnShape {
+            b,
+            t,
+            hidden,
+            nh: self.nh,
+            nkv: self.nkv,
+            d: self.d,
+            scale: (1.0 / (self.d as f64).sqrt()) as f32,
+            interleaved: self.interleaved,
+        };
+        Ok(f(&data, &shape))
+    }
+}
+
+impl candle_core::CustomOp1 for FrozenAttention {
+    fn name(&self) -> &'static str {
+        "frozen-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let out = self.with_data(layout.dims(), |w, sh| cpu::attn_forward(xs, w, sh))?;
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xc, gc) = (x.detach().contiguous()?, grad.detach().contiguous()?);
+        let (Some(xd), Some(gd)) = (cpu::F32Data::of(&xc), cpu::F32Data::of(&gc)) else {
+            candle_core::bail!("frozen-attention: backward takes f32 CPU tensors")
+        };
+        let dx = self.with_data(x.dims(), |w, sh| {
+            cpu::attn_backward(xd.slice(), gd.slice(), w, sh)
+        })?;
+        drop((xd, gd));
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -577,10 +816,14 @@ pub fn dispatch_experts(
     if let Some(y) = cpu::dispatch_experts(x, k, &slots, weights, experts)? {
         return Ok(y);
     }
+    // While training on the CPU, the experts without a trainable update run as one op; the
+    // others (below) add their outputs to its result.
+    let frozen = frozen_experts(x, k, &slots, weights, experts)?;
     let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
     let device = x.device();
     let used: Vec<usize> = (0..experts.len())
         .filter(|&e| !rows[e].is_empty())
+        .filter(|&e| frozen.as_ref().is_none_or(|(_, f)| !f[e]))
         .collect();
     let run = |e: usize| -> Result<Tensor> {
         let row_idx = Tensor::from_slice(&rows[e], rows[e].len(), device)?;
@@ -601,13 +844,150 @@ pub fn dispatch_experts(
     for &e in &used {
         all_rows.extend_from_slice(&rows[e]);
     }
-    let zeros = Tensor::zeros((tokens, hidden), x.dtype(), device)?;
+    let base = match frozen {
+        Some((y, _)) => y,
+        None => Tensor::zeros((tokens, hidden), x.dtype(), device)?,
+    };
     if outputs.is_empty() {
-        return Ok(zeros);
+        return Ok(base);
     }
     let ys = Tensor::cat(&outputs, 0)?;
     let all_rows = Tensor::from_vec(all_rows, ys.dim(0)?, device)?;
-    Ok(zeros.index_add(&all_rows, &ys, 0)?)
+    Ok(base.index_add(&all_rows, &ys, 0)?)
+}
+
+/// The weighted sum of the outputs of the experts that are plain (no bias, no LoRA update)
+/// f32 SwiGLUs on the CPU, as one [`FrozenExperts`] op, and which experts it covers; `None`
+/// when there are none or the inputs don't qualify.
+fn frozen_experts(
+    x: &Tensor,
+    k: usize,
+    slots: &[Vec<u32>],
+    weights: &Tensor,
+    experts: &[SwiGlu],
+) -> Result<Option<(Tensor, Vec<bool>)>> {
+    let (tokens, hidden) = x.dims2()?;
+    let qualifies = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weights.dtype() == DType::F32
+        && weights.elem_count() == tokens * k
+        && tokens > 0
+        && hidden > 0;
+    if !qualifies {
+        return Ok(None);
+    }
+    let frozen: Vec<bool> = experts
+        .iter()
+        .zip(slots)
+        .map(|(e, s)| !s.is_empty() && cpu::ExpertData::of(e, hidden).is_some())
+        .collect();
+    if !frozen.contains(&true) {
+        return Ok(None);
+    }
+    let op = FrozenExperts {
+        k,
+        slots: slots
+            .iter()
+            .zip(&frozen)
+            .map(|(s, &f)| if f { s.clone() } else { Vec::new() })
+            .collect(),
+        experts: experts.to_vec(),
+    };
+    let y = x.contiguous()?.apply_op2(&weights.contiguous()?, op)?;
+    Ok(Some((y, frozen)))
+}
+
+/// `Σ w·expert(x)` per token over a set of frozen SwiGLU experts, for the training path
+/// (CPU, f32): the forward pass is the direct CPU kernel's, and the backward pass gives
+/// `∂L/∂x` and `∂L/∂w` (the routing weights depend on `x` through the router) but nothing
+/// for the experts' weights. Composed from tensor ops, every expert would cost a dozen small
+/// ops and their backward passes.
+struct FrozenExperts {
+    /// Experts per token.
+    k: usize,
+    /// `slots[e]`: the positions in the row-major `[tokens, k]` choice routed to expert `e`
+    /// and computed here (empty for the experts left to the caller).
+    slots: Vec<Vec<u32>>,
+    experts: Vec<SwiGlu>,
+}
+
+impl FrozenExperts {
+    fn expert_data(&self, hidden: usize) -> candle_core::Result<Vec<Option<cpu::ExpertData<'_>>>> {
+        cpu::expert_data(&self.experts, &self.slots, hidden).ok_or_else(|| {
+            candle_core::Error::Msg("frozen-experts: an expert is not a plain f32 SwiGLU".into())
+        })
+    }
+}
+
+/// The contiguous f32 data of a CPU storage.
+fn f32_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("expected contiguous f32 data"),
+    }
+}
+
+impl candle_core::CustomOp2 for FrozenExperts {
+    fn name(&self) -> &'static str {
+        "frozen-experts"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        ws: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (tokens, hidden) = xl.shape().dims2()?;
+        let (xs, ws) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?);
+        if ws.len() != tokens * self.k {
+            candle_core::bail!("frozen-experts: {} weights for {tokens} tokens", ws.len());
+        }
+        let data = self.expert_data(hidden)?;
+        let out = cpu::experts_forward(xs, ws, hidden, self.k, &self.slots, &data);
+        Ok((candle_core::CpuStorage::F32(out), (tokens, hidden).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, hidden) = x.dims2()?;
+        let (xc, wc, gc) = (
+            x.detach().contiguous()?,
+            w.detach().contiguous()?,
+            grad.detach().contiguous()?,
+        );
+        let (Some(xd), Some(wd), Some(gd)) = (
+            cpu::F32Data::of(&xc),
+            cpu::F32Data::of(&wc),
+            cpu::F32Data::of(&gc),
+        ) else {
+            candle_core::bail!("frozen-experts: backward takes f32 CPU tensors")
+        };
+        let data = self.expert_data(hidden)?;
+        let (dx, dw) = cpu::experts_backward(
+            xd.slice(),
+            wd.slice(),
+            gd.slice(),
+            hidden,
+            self.k,
+            &self.slots,
+            &data,
+        );
+        drop((xd, wd, gd, data));
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
 }
 
 /// A decoder layer's feed-forward part.
@@ -865,14 +1245,14 @@ mod cpu {
     use super::{Linear, Result, RmsNorm, SwiGlu};
 
     /// A read lock on an f32 CPU tensor's contiguous data.
-    struct F32Data<'a> {
+    pub(super) struct F32Data<'a> {
         storage: StorageRef<'a>,
         range: Range<usize>,
     }
 
     impl<'a> F32Data<'a> {
         /// `None` unless `t` is an f32 tensor on the CPU, contiguous, and tracks no gradient.
-        fn of(t: &'a Tensor) -> Option<Self> {
+        pub(super) fn of(t: &'a Tensor) -> Option<Self> {
             if t.dtype() != DType::F32 || t.track_op() || !t.device().is_cpu() {
                 return None;
             }
@@ -884,7 +1264,7 @@ mod cpu {
             })
         }
 
-        fn slice(&self) -> &[f32] {
+        pub(super) fn slice(&self) -> &[f32] {
             match &*self.storage {
                 Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
                 _ => unreachable!("checked in F32Data::of"),
@@ -1012,7 +1392,23 @@ mod cpu {
         (dst_rs, dst_cs): (usize, usize),
         a: Mat<'_>,
         b: Mat<'_>,
+        mnk: (usize, usize, usize),
+    ) {
+        // SAFETY: passed on from the caller.
+        unsafe { gemm_to(dst, (dst_rs, dst_cs), a, b, mnk, false) }
+    }
+
+    /// [`matmul_to`], adding the product to `dst`'s contents when `acc` is set.
+    ///
+    /// # Safety
+    /// As for [`matmul_to`].
+    unsafe fn gemm_to(
+        dst: *mut f32,
+        (dst_rs, dst_cs): (usize, usize),
+        a: Mat<'_>,
+        b: Mat<'_>,
         (m, n, k): (usize, usize, usize),
+        acc: bool,
     ) {
         assert!(a.reaches(m, k) && b.reaches(k, n));
         // SAFETY: the assert keeps the operands' reads in bounds, the caller `dst`'s writes.
@@ -1024,14 +1420,14 @@ mod cpu {
                 dst,
                 dst_cs as isize,
                 dst_rs as isize,
-                false,
+                acc,
                 a.data.as_ptr(),
                 a.cs as isize,
                 a.rs as isize,
                 b.data.as_ptr(),
                 b.cs as isize,
                 b.rs as isize,
-                0.0,
+                if acc { 1.0 } else { 0.0 },
                 1.0,
                 false,
                 false,
@@ -1042,7 +1438,7 @@ mod cpu {
     }
 
     /// An expert's three weights, `[inter, hidden]`, `[inter, hidden]`, `[hidden, inter]`.
-    struct ExpertData<'a> {
+    pub(super) struct ExpertData<'a> {
         gate: F32Data<'a>,
         up: F32Data<'a>,
         down: F32Data<'a>,
@@ -1050,7 +1446,7 @@ mod cpu {
     }
 
     impl<'a> ExpertData<'a> {
-        fn of(e: &'a SwiGlu, hidden: usize) -> Option<Self> {
+        pub(super) fn of(e: &'a SwiGlu, hidden: usize) -> Option<Self> {
             let (g, u, d) = (
                 e.gate.plain_weight()?,
                 e.up.plain_weight()?,
@@ -1170,32 +1566,85 @@ mod cpu {
         if weights.elem_count() != tokens * k {
             return Ok(None);
         }
-        let mut data = Vec::with_capacity(experts.len());
-        for (e, s) in experts.iter().zip(slots) {
-            data.push(match s.is_empty() {
-                true => None,
-                false => match ExpertData::of(e, hidden) {
-                    Some(d) => Some(d),
-                    None => return Ok(None),
-                },
-            });
-        }
-        let (xs, ws) = (xd.slice(), wd.slice());
+        let Some(data) = expert_data(experts, slots, hidden) else {
+            return Ok(None);
+        };
+        let out = experts_forward(xd.slice(), wd.slice(), hidden, k, slots, &data);
+        drop((xd, wd, data));
+        Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+    }
 
-        // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
-        let mut ys = vec![0f32; tokens * k * hidden];
-        let mut row_of_slot = vec![0u32; tokens * k];
-        let mut jobs = Vec::new();
-        let mut rest = ys.as_mut_slice();
+    /// The weights of the experts that have tokens in `slots` (`None` for the others), or
+    /// `None` if one of those is not a plain f32 SwiGLU on the CPU.
+    pub(super) fn expert_data<'a>(
+        experts: &'a [SwiGlu],
+        slots: &[Vec<u32>],
+        hidden: usize,
+    ) -> Option<Vec<Option<ExpertData<'a>>>> {
+        experts
+            .iter()
+            .zip(slots)
+            .map(|(e, s)| match s.is_empty() {
+                true => Some(None),
+                false => ExpertData::of(e, hidden).map(Some),
+            })
+            .collect()
+    }
+
+    /// Rows of a `[slots, hidden]` buffer that hold each expert's slots one expert after the
+    /// other: `row_of_slot[pos]` for every position in `slots` (`u32::MAX` for positions in
+    /// none), the total row count, and each expert's first row.
+    fn slot_rows(slots: &[Vec<u32>], positions: usize) -> (Vec<u32>, usize, Vec<usize>) {
+        let mut row_of_slot = vec![u32::MAX; positions];
+        let mut first = Vec::with_capacity(slots.len());
         let mut row = 0usize;
-        for (e, s) in slots.iter().enumerate() {
-            let (block, tail) = rest.split_at_mut(s.len() * hidden);
-            rest = tail;
+        for s in slots {
+            first.push(row);
             for (i, &pos) in s.iter().enumerate() {
                 row_of_slot[pos as usize] = (row + i) as u32;
             }
             row += s.len();
-            if let Some(d) = &data[e] {
+        }
+        (row_of_slot, row, first)
+    }
+
+    /// Each token's sum over the rows of `ys` of its slots, in increasing expert order (as
+    /// `index_add` adds the expert-ordered rows), starting from zero.
+    fn sum_rows_per_token(ys: &[f32], row_of_slot: &[u32], hidden: usize, k: usize) -> Vec<f32> {
+        let tokens = row_of_slot.len() / k.max(1);
+        let mut out = vec![0f32; tokens * hidden];
+        let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
+        par_each(token_rows, |(t, dst)| {
+            let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
+            // Rows are numbered in expert order, so sorting rows sorts by expert.
+            rows.sort_unstable();
+            for r in rows.into_iter().take_while(|&r| r != u32::MAX) {
+                let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+            }
+        });
+        out
+    }
+
+    /// `Σ_e w·expert_e(x)` per token over the experts in `slots` (`xs` `[tokens, hidden]`,
+    /// `ws` `[tokens, k]`, both row-major); positions in no expert's list add nothing.
+    pub(super) fn experts_forward(
+        xs: &[f32],
+        ws: &[f32],
+        hidden: usize,
+        k: usize,
+        slots: &[Vec<u32>],
+        data: &[Option<ExpertData<'_>>],
+    ) -> Vec<f32> {
+        // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
+        let (row_of_slot, rows, _) = slot_rows(slots, ws.len());
+        let mut ys = vec![0f32; rows * hidden];
+        let mut jobs = Vec::new();
+        let mut rest = ys.as_mut_slice();
+        for (d, s) in data.iter().zip(slots) {
+            let (block, tail) = rest.split_at_mut(s.len() * hidden);
+            rest = tail;
+            if let Some(d) = d {
                 jobs.push((d, s.as_slice(), block));
             }
         }
@@ -1238,22 +1687,549 @@ mod cpu {
                 }
             });
         });
+        sum_rows_per_token(&ys, &row_of_slot, hidden, k)
+    }
 
-        // Each token's sum over its experts in increasing expert order (as `index_add` adds
-        // the expert-ordered rows), starting from zero.
-        let mut out = vec![0f32; tokens * hidden];
-        let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
-        par_each(token_rows, |(t, dst)| {
-            let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
-            // Rows are numbered in expert order, so sorting rows sorts by expert.
-            rows.sort_unstable();
-            for r in rows {
-                let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+    /// The backward pass of [`experts_forward`] for the output gradient `gs` `[tokens,
+    /// hidden]`: `(∂L/∂x [tokens, hidden], ∂L/∂w [tokens, k])`, with zeros for positions in no
+    /// expert's list. The experts' weights get no gradient; their activations are recomputed.
+    pub(super) fn experts_backward(
+        xs: &[f32],
+        ws: &[f32],
+        gs: &[f32],
+        hidden: usize,
+        k: usize,
+        slots: &[Vec<u32>],
+        data: &[Option<ExpertData<'_>>],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (row_of_slot, rows, first) = slot_rows(slots, ws.len());
+        // Per slot row: its ∂L/∂x contribution, and its ∂L/∂w.
+        let mut dxs = vec![0f32; rows * hidden];
+        let mut dws = vec![0f32; rows];
+        let mut jobs = Vec::new();
+        let (mut rest, mut rest_w) = (dxs.as_mut_slice(), dws.as_mut_slice());
+        for (d, s) in data.iter().zip(slots) {
+            let (block, tail) = rest.split_at_mut(s.len() * hidden);
+            let (block_w, tail_w) = rest_w.split_at_mut(s.len());
+            (rest, rest_w) = (tail, tail_w);
+            if let Some(d) = d {
+                jobs.push((d, s.as_slice(), block, block_w));
+            }
+        }
+        jobs.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.len()));
+        par_each(jobs, |(d, s, block, block_w)| {
+            let (n, inter) = (s.len(), d.inter);
+            let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
+            with_scratch(n * (2 * hidden + 3 * inter), |scratch| {
+                // All row-major, one row per slot.
+                let (xe, rest) = scratch.split_at_mut(n * hidden);
+                let (y, rest) = rest.split_at_mut(n * hidden);
+                let (g, rest) = rest.split_at_mut(n * inter);
+                let (u, h) = rest.split_at_mut(n * inter);
+                for (dst, &pos) in xe.chunks_exact_mut(hidden).zip(s) {
+                    let t = pos as usize / k;
+                    dst.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
+                }
+                let row_major = |cols: usize| (cols, 1);
+                let xm = Mat::rows(xe, hidden);
+                matmul(
+                    g,
+                    row_major(inter),
+                    xm,
+                    Mat::t(gate, hidden),
+                    (n, inter, hidden),
+                );
+                matmul(
+                    u,
+                    row_major(inter),
+                    xm,
+                    Mat::t(up, hidden),
+                    (n, inter, hidden),
+                );
+                for ((h, &g), &u) in h.iter_mut().zip(g.iter()).zip(u.iter()) {
+                    *h = g / (1.0 + (-g).exp()) * u;
+                }
+                let hm = Mat::rows(h, inter);
+                matmul(
+                    y,
+                    row_major(hidden),
+                    hm,
+                    Mat::t(down, inter),
+                    (n, hidden, inter),
+                );
+                // ∂L/∂w = ⟨expert(x), g⟩; ∂L/∂(expert output) = w·g, in place of the output.
+                for ((yr, dw), &pos) in y.chunks_exact_mut(hidden).zip(block_w).zip(s) {
+                    let t = pos as usize / k;
+                    let gr = &gs[t * hidden..(t + 1) * hidden];
+                    *dw = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    let w = ws[pos as usize];
+                    yr.iter_mut().zip(gr).for_each(|(d, &g)| *d = w * g);
+                }
+                // ∂L/∂h = dy·W_down.
+                let dy = Mat::rows(y, hidden);
+                matmul(
+                    h,
+                    row_major(inter),
+                    dy,
+                    Mat::rows(down, inter),
+                    (n, inter, hidden),
+                );
+                // h = silu(g)·u: ∂L/∂g = dh·u·silu'(g), ∂L/∂u = dh·silu(g), with
+                // silu'(g) = σ(g) + silu(g)·(1 - σ(g)).
+                for ((dh, g), u) in h.iter().zip(g.iter_mut()).zip(u.iter_mut()) {
+                    let sig = 1.0 / (1.0 + (-*g).exp());
+                    let silu = *g / (1.0 + (-*g).exp());
+                    let (dg, du) = (dh * *u * (sig + silu * (1.0 - sig)), dh * silu);
+                    (*g, *u) = (dg, du);
+                }
+                // ∂L/∂x = dg·W_gate + du·W_up.
+                let (dg, du) = (Mat::rows(g, inter), Mat::rows(u, inter));
+                matmul(
+                    block,
+                    row_major(hidden),
+                    dg,
+                    Mat::rows(gate, hidden),
+                    (n, hidden, inter),
+                );
+                matmul(
+                    xe,
+                    row_major(hidden),
+                    du,
+                    Mat::rows(up, hidden),
+                    (n, hidden, inter),
+                );
+                block.iter_mut().zip(xe.iter()).for_each(|(a, &b)| *a += b);
+            });
+        });
+        let dx = sum_rows_per_token(&dxs, &row_of_slot, hidden, k);
+        let mut dw = vec![0f32; ws.len()];
+        for (e, s) in slots.iter().enumerate() {
+            for (i, &pos) in s.iter().enumerate() {
+                dw[pos as usize] = dws[first[e] + i];
+            }
+        }
+        (dx, dw)
+    }
+
+    /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major, in blocks of rows across the
+    /// worker threads (each block one single-threaded product); adds to `dst` when `acc`.
+    fn par_matmul(
+        dst: &mut [f32],
+        acc: bool,
+        a: Mat<'_>,
+        b: Mat<'_>,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        assert!(dst.len() >= m * n && a.reaches(m, k));
+        if m == 0 || n == 0 {
+            return;
+        }
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = m.div_ceil(4 * threads).max(16);
+        let out = SharedMut(dst.as_mut_ptr());
+        let starts: Vec<usize> = (0..m).step_by(block).collect();
+        par_each(starts, |r0| {
+            let rows = block.min(m - r0);
+            let a = Mat {
+                data: &a.data[r0 * a.rs..],
+                ..a
+            };
+            // SAFETY: each task writes only its own rows `r0..r0 + rows` of `dst`.
+            unsafe { gemm_to(out.at(r0 * n), (n, 1), a, b, (rows, n, k), acc) };
+        });
+    }
+
+    /// `x·Wᵀ` for `xs` `[m, k]` and an `[n, k]` weight, in blocks of rows across the threads.
+    pub(super) fn matmul_wt(xs: &[f32], ws: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        par_matmul(&mut y, false, Mat::rows(xs, k), Mat::t(ws, k), (m, n, k));
+        y
+    }
+
+    /// `g·W` for `gs` `[m, n]` and an `[n, k]` weight, in blocks of rows across the threads.
+    pub(super) fn matmul_w(gs: &[f32], ws: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+        let mut y = vec![0f32; m * k];
+        par_matmul(&mut y, false, Mat::rows(gs, n), Mat::rows(ws, k), (m, k, n));
+        y
+    }
+
+    /// Shapes and constants of a frozen attention block (see `super::FrozenAttention`).
+    pub(super) struct AttnShape {
+        pub b: usize,
+        pub t: usize,
+        pub hidden: usize,
+        pub nh: usize,
+        pub nkv: usize,
+        pub d: usize,
+        pub scale: f32,
+        pub interleaved: bool,
+    }
+
+    /// The data of a frozen attention block: projection weights (`[out, in]`), the q / k
+    /// RMSNorm weights and epsilons, the rotary tables `[t, d/2]` and the mask `[b, 1, t, t]`.
+    pub(super) struct AttnData<'a> {
+        pub q: &'a [f32],
+        pub k: &'a [f32],
+        pub v: &'a [f32],
+        pub o: &'a [f32],
+        pub q_norm: Option<(&'a [f32], f32)>,
+        pub k_norm: Option<(&'a [f32], f32)>,
+        pub cos: &'a [f32],
+        pub sin: &'a [f32],
+        pub mask: Option<&'a [f32]>,
+    }
+
+    /// The forward pass's intermediate results, `[b·t, width]` row-major each.
+    struct AttnParts {
+        /// Projections before the norm.
+        qp: Vec<f32>,
+        kp: Vec<f32>,
+        v: Vec<f32>,
+        /// Normalised and rotated.
+        qr: Vec<f32>,
+        kr: Vec<f32>,
+        /// Attention output per head, `[b·t, nh·d]`.
+        y: Vec<f32>,
+    }
+
+    /// `x / sqrt(mean(x²) + eps) · w` per row of `width` (as `RmsNorm::forward` computes it).
+    fn rms_rows(src: &[f32], dst: &mut [f32], w: &[f32], eps: f32) {
+        let width = w.len();
+        let inv = (1.0 / width as f64) as f32;
+        for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+            d.iter_mut().zip(s).for_each(|(d, &v)| *d = v * v);
+            let mut sum = 0f32;
+            // SAFETY: `d` holds `width` elements.
+            unsafe { f32::vec_reduce_sum(d.as_ptr(), &mut sum, width) };
+            let den = (sum * inv + eps).sqrt();
+            for ((d, &v), &w) in d.iter_mut().zip(s).zip(w) {
+                *d = v / den * w;
+            }
+        }
+    }
+
+    /// Backward pass of [`rms_rows`]: `dy` (in place) becomes `∂L/∂x`.
+    fn rms_rows_backward(x: &[f32], dy: &mut [f32], w: &[f32], eps: f32) {
+        let width = w.len();
+        for (x, dy) in x.chunks_exact(width).zip(dy.chunks_exact_mut(width)) {
+            let ms = x.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            let dot: f32 = x
+                .iter()
+                .zip(dy.iter())
+                .zip(w)
+                .map(|((x, d), w)| x * d * w)
+                .sum();
+            let c = dot * r * r * r / width as f32;
+            for ((d, &x), &w) in dy.iter_mut().zip(x).zip(w) {
+                *d = *d * w * r - x * c;
+            }
+        }
+    }
+
+    /// [`rms_rows`] over `xs` (rows of `w.len()`) in blocks of rows across the worker threads,
+    /// or with `backward` its backward pass for the output gradient `gs`: `∂L/∂x`.
+    pub(super) fn rms_norm_rows(
+        xs: &[f32],
+        w: &[f32],
+        eps: f32,
+        backward: bool,
+        gs: &[f32],
+    ) -> Vec<f32> {
+        let h = w.len();
+        let mut out = match backward {
+            true => gs.to_vec(),
+            false => vec![0f32; xs.len()],
+        };
+        let rows = xs.len() / h.max(1);
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block = rows.div_ceil(4 * threads).max(16 * 1024 / h.max(1)).max(1);
+        let blocks: Vec<_> = out.chunks_mut(block * h).enumerate().collect();
+        par_each(blocks, |(i, dst)| {
+            let src = &xs[i * block * h..i * block * h + dst.len()];
+            match backward {
+                true => rms_rows_backward(src, dst, w, eps),
+                false => rms_rows(src, dst, w, eps),
             }
         });
-        drop((xd, wd, data));
-        Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+        out
+    }
+
+    /// Rotates (or with `inverse`, rotates back: the backward pass) every head of every row of
+    /// `x` `[b·t, heads·d]` in place, for positions `0..t` in each sequence.
+    fn rope_rows(
+        x: &mut [f32],
+        sh: &AttnShape,
+        heads: usize,
+        cos: &[f32],
+        sin: &[f32],
+        inverse: bool,
+    ) {
+        let (d, half) = (sh.d, sh.d / 2);
+        for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
+            let pos = r % sh.t;
+            let (c, s) = (
+                &cos[pos * half..(pos + 1) * half],
+                &sin[pos * half..(pos + 1) * half],
+            );
+            for head in row.chunks_exact_mut(d) {
+                for j in 0..half {
+                    let (i1, i2) = if sh.interleaved {
+                        (2 * j, 2 * j + 1)
+                    } else {
+                        (j, j + half)
+                    };
+                    let (x1, x2, c, s) =
+                        (head[i1], head[i2], c[j], if inverse { -s[j] } else { s[j] });
+                    head[i1] = x1 * c - x2 * s;
+                    head[i2] = x2 * c + x1 * s;
+                }
+            }
+        }
+    }
+
+    /// Operand views of one sequence's head in a `[b·t, heads·d]` buffer: as rows `[t, d]`
+    /// and transposed `[d, t]`.
+    fn head_rows<'a>(buf: &'a [f32], sh: &AttnShape, heads: usize, bi: usize, h: usize) -> Mat<'a> {
+        Mat {
+            data: &buf[bi * sh.t * heads * sh.d + h * sh.d..],
+            rs: heads * sh.d,
+            cs: 1,
+        }
+    }
+
+    fn head_cols<'a>(buf: &'a [f32], sh: &AttnShape, heads: usize, bi: usize, h: usize) -> Mat<'a> {
+        Mat {
+            data: &buf[bi * sh.t * heads * sh.d + h * sh.d..],
+            rs: 1,
+            cs: heads * sh.d,
+        }
+    }
+
+    /// The softmax-ed, masked and scaled scores `[t, t]` of query head `h` of sequence `bi`.
+    fn head_probs(
+        att: &mut [f32],
+        qr: &[f32],
+        kr: &[f32],
+        mask: Option<&[f32]>,
+        sh: &AttnShape,
+        bi: usize,
+        h: usize,
+    ) {
+        let t = sh.t;
+        let g = h / (sh.nh / sh.nkv);
+        let q = head_rows(qr, sh, sh.nh, bi, h);
+        let k = head_cols(kr, sh, sh.nkv, bi, g);
+        matmul(att, (t, 1), q, k, (t, t, sh.d));
+        let m = mask.map(|m| &m[bi * t * t..(bi + 1) * t * t]);
+        for (i, row) in att.chunks_exact_mut(t).enumerate() {
+            row.iter_mut().for_each(|a| *a *= sh.scale);
+            if let Some(m) = m {
+                row.iter_mut()
+                    .zip(&m[i * t..(i + 1) * t])
+                    .for_each(|(a, &m)| *a += m);
+            }
+            softmax_in_place(row);
+        }
+    }
+
+    /// The forward pass up to the attention output (`y` left empty without `with_y`).
+    fn attn_parts(xs: &[f32], w: &AttnData<'_>, sh: &AttnShape, with_y: bool) -> AttnParts {
+        let (n, h, d) = (sh.b * sh.t, sh.hidden, sh.d);
+        let (qw, kw) = (sh.nh * d, sh.nkv * d);
+        let x = Mat::rows(xs, h);
+        let mut qp = vec![0f32; n * qw];
+        let mut kp = vec![0f32; n * kw];
+        let mut v = vec![0f32; n * kw];
+        par_matmul(&mut qp, false, x, Mat::t(w.q, h), (n, qw, h));
+        par_matmul(&mut kp, false, x, Mat::t(w.k, h), (n, kw, h));
+        par_matmul(&mut v, false, x, Mat::t(w.v, h), (n, kw, h));
+        let (mut qr, mut kr) = (qp.clone(), kp.clone());
+        if let Some((nw, eps)) = w.q_norm {
+            rms_rows(&qp, &mut qr, nw, eps);
+        }
+        if let Some((nw, eps)) = w.k_norm {
+            rms_rows(&kp, &mut kr, nw, eps);
+        }
+        rope_rows(&mut qr, sh, sh.nh, w.cos, w.sin, false);
+        rope_rows(&mut kr, sh, sh.nkv, w.cos, w.sin, false);
+        if !with_y {
+            let y = Vec::new();
+            return AttnParts {
+                qp,
+                kp,
+                v,
+                qr,
+                kr,
+                y,
+            };
+        }
+        let mut y = vec![0f32; n * qw];
+        let out = SharedMut(y.as_mut_ptr());
+        let heads: Vec<usize> = (0..sh.b * sh.nh).collect();
+        par_each(heads, |bh| {
+            let (bi, hi) = (bh / sh.nh, bh % sh.nh);
+            let g = hi / (sh.nh / sh.nkv);
+            with_scratch(sh.t * sh.t, |att| {
+                head_probs(att, &qr, &kr, w.mask, sh, bi, hi);
+                let vm = head_rows(&v, sh, sh.nkv, bi, g);
+                let at = bi * sh.t * qw + hi * d;
+                // SAFETY: each task writes only its own head's columns of its sequence's rows.
+                unsafe {
+                    matmul_to(
+                        out.at(at),
+                        (qw, 1),
+                        Mat::rows(att, sh.t),
+                        vm,
+                        (sh.t, d, sh.t),
+                    )
+                };
+            });
+        });
+        AttnParts {
+            qp,
+            kp,
+            v,
+            qr,
+            kr,
+            y,
+        }
+    }
+
+    /// The attention block `o(attention(rope(norm(q(x))), rope(norm(k(x))), v(x)))` for `xs`
+    /// `[b·t, hidden]`.
+    pub(super) fn attn_forward(xs: &[f32], w: &AttnData<'_>, sh: &AttnShape) -> Vec<f32> {
+        let parts = attn_parts(xs, w, sh, true);
+        let (n, qw) = (sh.b * sh.t, sh.nh * sh.d);
+        let mut out = vec![0f32; n * sh.hidden];
+        par_matmul(
+            &mut out,
+            false,
+            Mat::rows(&parts.y, qw),
+            Mat::t(w.o, qw),
+            (n, sh.hidden, qw),
+        );
+        out
+    }
+
+    /// `∂L/∂x` of [`attn_forward`] for the output gradient `gs` (the weights get none).
+    pub(super) fn attn_backward(
+        xs: &[f32],
+        gs: &[f32],
+        w: &AttnData<'_>,
+        sh: &AttnShape,
+    ) -> Vec<f32> {
+        let AttnParts {
+            qp, kp, v, qr, kr, ..
+        } = attn_parts(xs, w, sh, false);
+        let (n, h, d, t) = (sh.b * sh.t, sh.hidden, sh.d, sh.t);
+        let (qw, kw) = (sh.nh * d, sh.nkv * d);
+        let mut dy = vec![0f32; n * qw];
+        par_matmul(
+            &mut dy,
+            false,
+            Mat::rows(gs, h),
+            Mat::rows(w.o, qw),
+            (n, qw, h),
+        );
+        let mut dq = vec![0f32; n * qw];
+        let mut dk = vec![0f32; n * kw];
+        let mut dv = vec![0f32; n * kw];
+        let (dq_p, dk_p, dv_p) = (
+            SharedMut(dq.as_mut_ptr()),
+            SharedMut(dk.as_mut_ptr()),
+            SharedMut(dv.as_mut_ptr()),
+        );
+        let n_rep = sh.nh / sh.nkv;
+        // One task per (sequence, kv head): its query heads add to the same dk / dv.
+        let groups: Vec<usize> = (0..sh.b * sh.nkv).collect();
+        par_each(groups, |bg| {
+            let (bi, g) = (bg / sh.nkv, bg % sh.nkv);
+            with_scratch(2 * t * t, |scratch| {
+                let (p, dp) = scratch.split_at_mut(t * t);
+                for hi in g * n_rep..(g + 1) * n_rep {
+                    head_probs(p, &qr, &kr, w.mask, sh, bi, hi);
+                    let dyh = head_rows(&dy, sh, sh.nh, bi, hi);
+                    let (kv_at, q_at) = (bi * t * kw + g * d, bi * t * qw + hi * d);
+                    // SAFETY (all three products): each task writes only its own kv head's
+                    // columns of dk / dv and its query heads' columns of dq, of its sequence.
+                    // dV += Pᵀ·dY.
+                    unsafe {
+                        gemm_to(
+                            dv_p.at(kv_at),
+                            (kw, 1),
+                            Mat::cols(p, t),
+                            dyh,
+                            (t, d, t),
+                            true,
+                        )
+                    };
+                    // dP = dY·Vᵀ; dS = P ∘ (dP - rowsum(dP ∘ P)), times the scale.
+                    matmul(dp, (t, 1), dyh, head_cols(&v, sh, sh.nkv, bi, g), (t, t, d));
+                    for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                        dr.iter_mut()
+                            .zip(pr)
+                            .for_each(|(d, &p)| *d = p * (*d - dot) * sh.scale);
+                    }
+                    // dQ = dS·K, dK += dSᵀ·Q.
+                    let k = head_rows(&kr, sh, sh.nkv, bi, g);
+                    unsafe {
+                        gemm_to(
+                            dq_p.at(q_at),
+                            (qw, 1),
+                            Mat::rows(dp, t),
+                            k,
+                            (t, d, t),
+                            false,
+                        )
+                    };
+                    let q = head_rows(&qr, sh, sh.nh, bi, hi);
+                    unsafe {
+                        gemm_to(
+                            dk_p.at(kv_at),
+                            (kw, 1),
+                            Mat::cols(dp, t),
+                            q,
+                            (t, d, t),
+                            true,
+                        )
+                    };
+                }
+            });
+        });
+        rope_rows(&mut dq, sh, sh.nh, w.cos, w.sin, true);
+        rope_rows(&mut dk, sh, sh.nkv, w.cos, w.sin, true);
+        if let Some((nw, eps)) = w.q_norm {
+            rms_rows_backward(&qp, &mut dq, nw, eps);
+        }
+        if let Some((nw, eps)) = w.k_norm {
+            rms_rows_backward(&kp, &mut dk, nw, eps);
+        }
+        drop(v);
+        let mut dx = vec![0f32; n * h];
+        par_matmul(
+            &mut dx,
+            false,
+            Mat::rows(&dq, qw),
+            Mat::rows(w.q, h),
+            (n, h, qw),
+        );
+        par_matmul(
+            &mut dx,
+            true,
+            Mat::rows(&dk, kw),
+            Mat::rows(w.k, h),
+            (n, h, kw),
+        );
+        par_matmul(
+            &mut dx,
+            true,
+            Mat::rows(&dv, kw),
+            Mat::rows(w.v, h),
+            (n, h, kw),
+        );
+        dx
     }
 
     /// [`super::scaled_attention`] with one task per (sequence, head) on the thread pool.
@@ -1435,6 +2411,160 @@ mod tests {
             let plain = scaled_attention(&tracked(&q), &kk, &v, m, 0.3).unwrap();
             assert!(max_diff(&fast, &plain) < 1e-5);
         }
+    }
+
+    /// `∂(Σ y·c)/∂v` for every `v` in `vars`, with `c` a fixed random tensor shaped as `y`.
+    fn input_grads(y: &Tensor, vars: &[&candle_core::Var], seed: u64) -> Vec<Tensor> {
+        let c = randn(y.dims(), seed);
+        let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
+    /// Largest difference relative to the largest magnitude of `b`.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        max_diff(a, b) / scale.max(1e-12)
+    }
+
+    #[test]
+    fn frozen_experts_op_matches_the_tensor_path() {
+        // Uneven loads, expert 5 unused, a token count that isn't a tile multiple.
+        let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
+        let expert = |i: u64, w: &dyn Fn(&Tensor) -> Tensor| SwiGlu {
+            gate: Linear::new(w(&randn(&[inter, hidden], 10 + i)), None),
+            up: Linear::new(w(&randn(&[inter, hidden], 20 + i)), None),
+            down: Linear::new(w(&randn(&[hidden, inter], 30 + i)), None),
+            names: ["gate_proj", "up_proj", "down_proj"],
+        };
+        let plain: Vec<_> = (0..n_exp as u64).map(|i| expert(i, &tracked)).collect();
+        // All frozen (one op), and experts 1 and 3 on the tensor path beside the op.
+        let frozen: Vec<_> = (0..n_exp as u64)
+            .map(|i| expert(i, &|t| t.clone()))
+            .collect();
+        let mixed: Vec<_> = (0..n_exp as u64)
+            .map(|i| match i {
+                1 | 3 => expert(i, &tracked),
+                _ => expert(i, &|t| t.clone()),
+            })
+            .collect();
+        let indices: Vec<u32> = (0..tokens * k)
+            .map(|p| [0, 1, 1, 2, 4, 1, 3, 0][p % 8] + (p % k) as u32 * 5 / 4)
+            .collect();
+        assert!(indices.iter().all(|&e| e != 5 && (e as usize) < n_exp));
+        let run = |experts: &[SwiGlu]| {
+            let x = candle_core::Var::from_tensor(&randn(&[tokens, hidden], 3)).unwrap();
+            let w = candle_core::Var::from_tensor(&randn(&[tokens, k], 4)).unwrap();
+            let y = dispatch_experts(x.as_tensor(), &indices, w.as_tensor(), experts).unwrap();
+            let grads = input_grads(&y, &[&x, &w], 5);
+            (y, grads)
+        };
+        let (y0, g0) = run(&plain);
+        for experts in [&frozen, &mixed] {
+            let (y, g) = run(experts);
+            assert!(rel_diff(&y, &y0) < 1e-5);
+            assert!(rel_diff(&g[0], &g0[0]) < 1e-5, "∂L/∂x");
+            assert!(rel_diff(&g[1], &g0[1]) < 1e-5, "∂L/∂w");
+        }
+    }
+
+    #[test]
+    fn frozen_attention_op_matches_the_tensor_path() {
+        let (b, t, hidden, d) = (2, 9, 24, 8);
+        let dev = Device::Cpu;
+        // Grouped heads, q / k norms, halves rotation, a padding mask; then plain heads,
+        // interleaved rotation, no mask.
+        for (nh, nkv, norms, interleaved, masked) in
+            [(4, 2, true, false, true), (2, 2, false, true, false)]
+        {
+            let attn = |w: &dyn Fn(&Tensor) -> Tensor| {
+                let lin =
+                    |o: usize, i: usize, seed: u64| Linear::new(w(&randn(&[o, i], seed)), None);
+                let norm = |width: usize, seed: u64| RmsNorm {
+                    weight: w(&randn(&[width], seed)),
+                    eps: 1e-5,
+                };
+                let inv: Vec<f32> = (0..d / 2)
+                    .map(|i| 1.0 / 100f32.powf(2.0 * i as f32 / d as f32))
+                    .collect();
+                Attention {
+                    q: lin(nh * d, hidden, 1),
+                    k: lin(nkv * d, hidden, 2),
+                    v: lin(nkv * d, hidden, 3),
+                    o: lin(hidden, nh * d, 4),
+                    qk_norm: match norms {
+                        true => QkNorm::Full {
+                            q: norm(nh * d, 5),
+                            k: norm(nkv * d, 6),
+                        },
+                        false => QkNorm::None,
+                    },
+                    cfg: AttentionConfig {
+                        hidden_size: hidden,
+                        num_heads: nh,
+                        num_kv_heads: nkv,
+                        head_dim: d,
+                        qkv_bias: false,
+                        o_bias: false,
+                        clip_qkv: None,
+                    },
+                    rotary: Arc::new(
+                        Rotary::from_inv_freq(&inv, 1.0, 16, interleaved, DType::F32, &dev)
+                            .unwrap(),
+                    ),
+                    cache: None,
+                }
+            };
+            let mask = match masked {
+                true => attention_mask(&[9, 6], t, 0, None, DType::F32, &dev).unwrap(),
+                false => None,
+            };
+            let run = |mut a: Attention| {
+                let x = candle_core::Var::from_tensor(&randn(&[b, t, hidden], 7)).unwrap();
+                let y = a.forward(x.as_tensor(), mask.as_ref(), 0, false).unwrap();
+                let g = input_grads(&y, &[&x], 8);
+                (y, g)
+            };
+            let frozen = attn(&|t| t.clone());
+            let x = tracked(&randn(&[b, t, hidden], 7));
+            assert!(
+                FrozenAttention::of(&frozen, &x, mask.as_ref(), 0, false)
+                    .unwrap()
+                    .is_some()
+            );
+            let (y, g) = run(frozen);
+            let (y0, g0) = run(attn(&tracked));
+            assert!(rel_diff(&y, &y0) < 1e-5, "output {}", rel_diff(&y, &y0));
+            assert!(
+                rel_diff(&g[0], &g0[0]) < 1e-5,
+                "∂L/∂x {}",
+                rel_diff(&g[0], &g0[0])
+            );
+        }
+    }
+
+    #[test]
+    fn frozen_rms_norm_op_matches_the_tensor_path() {
+        let w = randn(&[16], 9);
+        let run = |weight: Tensor| {
+            let x = candle_core::Var::from_tensor(&randn(&[2, 33, 16], 8)).unwrap();
+            let y = RmsNorm { weight, eps: 1e-5 }
+                .forward(x.as_tensor())
+                .unwrap();
+            let g = input_grads(&y, &[&x], 10);
+            (y, g)
+        };
+        let (y, g) = run(w.clone());
+        let (y0, g0) = run(tracked(&w));
+        assert!(rel_diff(&y, &y0) < 1e-5);
+        assert!(rel_diff(&g[0], &g0[0]) < 1e-5);
     }
 
     #[test]

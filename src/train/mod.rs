@@ -723,8 +723,14 @@ impl Trainer {
         }
         let n = rows.len();
         let rows = Tensor::from_vec(rows, n, &self.device)?;
-        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
         let picked = logits.reshape((b * t, v))?.index_select(&rows, 0)?;
+        // On the CPU, one fused pass (and one back) instead of log-softmax's composite ops.
+        if picked.device().is_cpu() && picked.dtype() == candle_core::DType::F32 {
+            let targets = Tensor::from_vec(targets, n, &self.device)?;
+            let nll = crate::demo::ops::cross_entropy_rows(&picked, &targets)?.sum_all()?;
+            return Ok((nll, n));
+        }
+        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
         let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
         let nll = logp.gather(&targets, 1)?.sum_all()?.neg()?;
         Ok((nll, n))
