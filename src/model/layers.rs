@@ -1226,13 +1226,16 @@ impl MoeModel for DecoderStack {
     }
 }
 
-/// Direct CPU kernels for the inference hot path: f32 tensors on the CPU that track no gradient.
+/// Direct CPU kernels for the inference hot path (f32 tensors on the CPU that track no
+/// gradient), and the forward and backward kernels of the training ops for frozen parts
+/// ([`FrozenExperts`], [`FrozenAttention`], [`FrozenRmsNorm`], [`FrozenMatmul`]).
 ///
-/// Each function returns `Ok(None)` when its inputs don't qualify, and the caller then takes the
-/// plain tensor-op path, which stays the reference (and the only path for training, other
-/// devices and dtypes). The kernels compute the same operations in the same order as that path,
-/// with the `gemm` crate's kernels that candle's CPU matmul uses, but with each small matmul
-/// running on one thread inside a task of the thread pool instead of split across all threads.
+/// Each inference function returns `Ok(None)` when its inputs don't qualify, and the caller then
+/// takes the plain tensor-op path, which stays the reference (and the path for other devices,
+/// dtypes and trainable weights). The kernels compute the same operations in the same order as
+/// that path, with the `gemm` crate's kernels that candle's CPU matmul uses, but with each small
+/// matmul running on one thread inside a task of the thread pool instead of split across all
+/// threads.
 mod cpu {
     use std::cell::RefCell;
     use std::ops::Range;
