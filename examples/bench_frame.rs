@@ -13,8 +13,8 @@ use std::time::Instant;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use moescope::gui::{MoeScopeApp, UiState};
-use moescope::model::routing::ScoreFn;
-use moescope::routing::{ProfileModel, RoutingProfile, SubjectProfile};
+use moescope::model::router::ScoreFn;
+use moescope::profile::{ProfileModel, RoutingProfile, SubjectProfile};
 use rand::{Rng, SeedableRng};
 
 const LAYERS: usize = 48;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use moescope::model::device::DeviceChoice;
 use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
 use moescope::profiling::profile_model;
-use moescope::routing::ProfileRecorder;
+use moescope::profile::ProfileRecorder;
 use rand::{Rng, SeedableRng};
 
 fn peak_rss_mib() -> f64 {

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokenizers::Tokenizer;
 
 use crate::data::PromptSet;
-use crate::model::routing::RouteCtx;
+use crate::model::router::RouteCtx;
 use crate::model::{Batch, ModelError, ModelInfo, MoeModel, Output, loader};
-use crate::routing::traces::TraceWriter;
-use crate::routing::{ProfileModel, ProfileRecorder, RoutingProfile, SequenceTrace};
+use crate::profile::traces::TraceWriter;
+use crate::profile::{ProfileModel, ProfileRecorder, RoutingProfile, SequenceTrace};
 
 /// Settings of a profiling run.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub enum ProfileError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
-    Format(#[from] crate::routing::FormatError),
+    Format(#[from] crate::profile::FormatError),
 }
 
 /// The profile-file description of a model.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 use moescope::model::device::DeviceChoice;
-use moescope::model::routing::NoHook;
+use moescope::model::router::NoHook;
 use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
 use moescope::selection::accounting::AdapterScope;
 use moescope::train::{

@@ -9,7 +9,7 @@ use common::{fixture, moescope};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use moescope::routing::RoutingProfile;
+use moescope::profile::RoutingProfile;
 use moescope::selection::Selection;
 
 fn s(p: &Path) -> String {

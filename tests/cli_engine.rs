@@ -200,7 +200,7 @@ fn profile_writes_a_valid_profile_and_traces() {
             &s(&traces),
         ]);
         assert!(o.status.success(), "{model}: {}", stderr(&o));
-        let p = moescope::routing::RoutingProfile::load(&out).unwrap();
+        let p = moescope::profile::RoutingProfile::load(&out).unwrap();
         assert_eq!(p.subject_names(), vec!["law", "code"]);
         let law = p.subject("law").unwrap();
         assert_eq!(law.sequences, 2);
@@ -211,7 +211,7 @@ fn profile_writes_a_valid_profile_and_traces() {
                 "{model} row {row}"
             );
         }
-        let (_, t) = moescope::routing::traces::read_traces(&traces).unwrap();
+        let (_, t) = moescope::profile::traces::read_traces(&traces).unwrap();
         assert_eq!(t.len(), 3);
         assert_eq!(
             t.iter().map(|x| x.token_ids.len() as u64).sum::<u64>(),

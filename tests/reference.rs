@@ -8,7 +8,7 @@ mod common;
 use common::{fixture, load};
 use std::collections::BTreeMap;
 
-use moescope::model::routing::{
+use moescope::model::router::{
     ExpertForce, LayerSteering, RecordedRoute, RecordingHook, RouteCtx, Steering,
 };
 use moescope::model::{Batch, LoadedModel, Output};

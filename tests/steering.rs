@@ -9,7 +9,7 @@ use common::{fixture, load, moescope};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use moescope::model::routing::{ExpertForce, NoHook};
+use moescope::model::router::{ExpertForce, NoHook};
 use moescope::model::{Batch, LoadedModel, Output, RouteCtx, loader};
 use moescope::steering::diff::{LayerRouting, routing_change, sequence_routing};
 use moescope::steering::eval::{

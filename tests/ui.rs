@@ -15,7 +15,7 @@ use moescope::gui::state::{JobKind, RunningJob};
 use moescope::gui::{MoeScopeApp, Tab, UiState};
 use moescope::model::{LoadOptions, load_model};
 use moescope::profiling::{ProfileOptions, run_profile};
-use moescope::routing::RoutingProfile;
+use moescope::profile::RoutingProfile;
 use moescope::worker::Event;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/olmoe");

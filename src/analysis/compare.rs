@@ -15,7 +15,7 @@ use super::AnalysisError;
 use super::das::mean_scores;
 use super::divergence::{activation_distribution, kl_divergence, kl_vs_pooled};
 use super::hot::{HotSignal, hot_sets, per_layer_jaccard};
-use crate::routing::{ProfileModel, RoutingProfile, SequenceTrace, SubjectProfile};
+use crate::profile::{ProfileModel, RoutingProfile, SequenceTrace, SubjectProfile};
 
 /// Errors unless both models have the same architecture, MoE layers and expert count.
 pub fn check_same_model(a: &ProfileModel, b: &ProfileModel) -> Result<(), AnalysisError> {
@@ -306,7 +306,7 @@ mod tests {
             moe_layers: vec![0, 1],
             num_experts,
             top_k: 1,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         }
     }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{AnalysisError, find_subject, top_k_indices};
-use crate::routing::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, SubjectProfile};
 
 /// Which subjects make up the general data set D_general.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,7 +175,7 @@ pub fn top_das_experts(das: &[Vec<f64>], moe_layers: &[usize], n: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::ProfileModel;
+    use crate::profile::ProfileModel;
 
     fn subject(name: &str, tokens: u64, score: Vec<Vec<f64>>) -> SubjectProfile {
         let mut s = SubjectProfile::empty(name, score.len(), score[0].len());
@@ -191,7 +191,7 @@ mod tests {
             moe_layers: vec![2, 4],
             num_experts: 3,
             top_k: 1,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         };
         RoutingProfile::new(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{jaccard, top_k_indices};
-use crate::routing::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, SubjectProfile};
 
 /// Activation distribution q_l = count[l] / Σ_e count[l][e] (DESIGN.md "Metrics").
 /// A layer with no activations gives all zeros.
@@ -131,7 +131,7 @@ pub fn top_layer_overlap(top_layer_sets: &[Vec<usize>]) -> TopLayerOverlap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::ProfileModel;
+    use crate::profile::ProfileModel;
 
     #[test]
     fn kl_hand_computed() {
@@ -156,7 +156,7 @@ mod tests {
             moe_layers: vec![1, 3, 5],
             num_experts: 2,
             top_k: 1,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         };
         let mut a = SubjectProfile::empty("a", 3, 2);

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{AnalysisError, jaccard, to_f64, top_k_indices};
-use crate::routing::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, SubjectProfile};
 
 /// Which routing statistic ranks experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ pub fn count_mass_agreement(subject: &SubjectProfile, k: usize) -> CountMassAgre
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::ProfileModel;
+    use crate::profile::ProfileModel;
 
     #[test]
     fn budget_to_k() {
@@ -216,7 +216,7 @@ mod tests {
             moe_layers: vec![0, 1],
             num_experts: 3,
             top_k: 1,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         };
         let a = subject(

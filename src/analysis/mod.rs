@@ -4,7 +4,7 @@
 //!
 //! - [`divergence`]: per-subject KL vs pooled per layer, top-k layers per subject, mean pairwise
 //!   Jaccard of the top-layer sets and how often each layer appears (the blog post's analysis).
-//! - [`load`]: load-balance statistics per layer and globally: layer CV, global CV, cold-expert
+//! - [`balance`]: expert load-balance statistics per layer and globally: layer CV, global CV, cold-expert
 //!   share, coverage@k, normalised entropy (MoE-Sieve §3).
 //! - [`hot`]: hot sets (top-k experts per layer by count or mass), the budget → k rule,
 //!   cross-subject hot-set Jaccard, count-vs-mass agreement (MoE-Sieve §3.2–3.3, §6.3).
@@ -20,11 +20,11 @@
 //! `ProfileModel::moe_layers`; results that name a layer use the *decoder* layer index. Rankings
 //! break ties by the lower index (lower layer / lower expert first).
 
+pub mod balance;
 pub mod compare;
 pub mod das;
 pub mod divergence;
 pub mod hot;
-pub mod load;
 pub mod report;
 pub mod traces;
 
@@ -55,9 +55,9 @@ pub enum AnalysisError {
 
 /// Looks a subject up by name, with an error listing the profile's subjects.
 pub fn find_subject<'a>(
-    profile: &'a crate::routing::RoutingProfile,
+    profile: &'a crate::profile::RoutingProfile,
     name: &str,
-) -> Result<&'a crate::routing::SubjectProfile, AnalysisError> {
+) -> Result<&'a crate::profile::SubjectProfile, AnalysisError> {
     profile
         .subject(name)
         .ok_or_else(|| AnalysisError::UnknownSubject {

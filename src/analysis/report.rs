@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::balance::{LayerLoad, LoadSummary, layer_loads, load_summary};
 use super::das::{
     CumulativeDas, ExpertDas, GeneralSet, cumulative_das, domain_advantage, top_das_experts,
 };
@@ -11,7 +12,6 @@ use super::hot::{
     CountMassAgreement, HotSetJaccardMatrix, HotSignal, check_k, count_mass_agreement,
     experts_for_budget, hot_set_jaccard_matrix,
 };
-use super::load::{LayerLoad, LoadSummary, layer_loads, load_summary};
 use super::traces::{
     CoActivationPair, DomainSpecialisation, StabilityOptions, SubsampleStability, TopToken,
     TopTokenOrder, check_traces, co_activation, count_traces, domain_specialisation_by_subject,
@@ -19,7 +19,7 @@ use super::traces::{
     top_tokens_for_expert,
 };
 use super::{AnalysisError, top_k_indices};
-use crate::routing::{RoutingProfile, SequenceTrace};
+use crate::profile::{RoutingProfile, SequenceTrace};
 
 /// What the report computes and how much of it it lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,7 +374,7 @@ fn summarise_specialisation(
 mod tests {
     use super::*;
     use crate::analysis::traces::tests::trace;
-    use crate::routing::{ProfileModel, SubjectProfile};
+    use crate::profile::{ProfileModel, SubjectProfile};
 
     pub(crate) fn profile() -> RoutingProfile {
         let model = ProfileModel {
@@ -383,7 +383,7 @@ mod tests {
             moe_layers: vec![0, 1],
             num_experts: 4,
             top_k: 2,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         };
         let mut a = SubjectProfile::empty("math", 2, 4);

@@ -1,5 +1,5 @@
 //! Metrics that need individual tokens, computed from per-sequence routing traces
-//! (`moescope-traces`, see [`crate::routing::traces`]):
+//! (`moescope-traces`, see [`crate::profile::traces`]):
 //!
 //! - counts and masses summed over any subset of sequences ([`count_traces`]);
 //! - subsample stability of hot sets (MoE-Sieve §3.3: random 10 % of sequences, 50 seeded
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hot::{HotSignal, hot_set, mean_layer_jaccard};
 use super::{AnalysisError, to_f64};
-use crate::routing::SequenceTrace;
+use crate::profile::SequenceTrace;
 
 /// Checks that every trace has `moe_layers.len()` layers with those decoder indices, one routing
 /// row per token, and experts below `num_experts`.
@@ -637,7 +637,7 @@ pub fn top_co_activation_pairs(co: &CoActivation, n: usize) -> Vec<CoActivationP
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::routing::TraceLayer;
+    use crate::profile::TraceLayer;
 
     /// A trace with one MoE layer per entry of `layers` (decoder indices 0, 1, ...), each a list
     /// of per-token chosen sets with weight 0.5 each.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::analysis::compare::{ProfileComparison, compare_profiles, router_saturation};
 use crate::analysis::hot::{DEFAULT_BUDGET, HotSignal, check_k, experts_for_budget};
-use crate::routing::traces::read_traces;
+use crate::profile::traces::read_traces;
 use anyhow::{Context, Result};
 
 use super::report::{load_profile, table};

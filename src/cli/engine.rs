@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::data::{DataOptions, load_prompts};
 use crate::model::device::DeviceChoice;
-use crate::model::routing::RecordingHook;
+use crate::model::router::RecordingHook;
 use crate::model::{
     Batch, LoadOptions, LoadedModel, Output, RouteCtx, load_model, loader, parse_dtype,
 };
@@ -251,7 +251,7 @@ pub fn trace(args: TraceArgs) -> Result<()> {
             );
         }
     }
-    let best = crate::model::routing::top_k_indices(&last, 5);
+    let best = crate::model::router::top_k_indices(&last, 5);
     let next: Vec<String> = best
         .iter()
         .map(|&i| {

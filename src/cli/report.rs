@@ -10,8 +10,9 @@ use crate::analysis::compare::check_same_model;
 use crate::analysis::das::{GeneralSet, domain_advantage};
 use crate::analysis::report::{ProfileReport, ReportOptions, build_report};
 use crate::analysis::traces::{co_activation, domain_specialisation_by_subject};
-use crate::routing::traces::read_traces;
-use crate::routing::{RoutingProfile, SequenceTrace, write_atomic};
+use crate::io::write_atomic;
+use crate::profile::traces::read_traces;
+use crate::profile::{RoutingProfile, SequenceTrace};
 use anyhow::{Context, Result};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -696,8 +697,8 @@ fn write_csv(
 pub(crate) mod tests {
     use super::*;
     use crate::model::{ModuleLayout, Projection};
-    use crate::routing::traces::TraceWriter;
-    use crate::routing::{ProfileModel, SubjectProfile, TraceLayer};
+    use crate::profile::traces::TraceWriter;
+    use crate::profile::{ProfileModel, SubjectProfile, TraceLayer};
 
     /// A two-layer, four-expert OLMoE-layout profile with two subjects.
     pub(crate) fn fixture_profile() -> RoutingProfile {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::analysis::hot::{HotSignal, experts_for_budget};
-use crate::routing::RoutingProfile;
+use crate::profile::RoutingProfile;
 use crate::selection::accounting::{Accounting, require_layout};
 use crate::selection::export::{write_esft_config, write_peft_config};
 use crate::selection::rules::random_matched;

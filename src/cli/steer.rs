@@ -13,9 +13,9 @@ use serde_json::json;
 
 use super::engine::ModelArgs;
 use crate::analysis::das::GeneralSet;
-use crate::model::routing::ExpertForce;
+use crate::model::router::ExpertForce;
 use crate::model::{LoadedModel, ModelInfo, loader};
-use crate::routing::RoutingProfile;
+use crate::profile::RoutingProfile;
 use crate::selection::{Selection, parse_cells};
 use crate::steering::diff::{routing_change, sequence_routing};
 use crate::steering::eval::{Estimate, EvalOptions, EvalReport, load_items, run_eval};
@@ -382,7 +382,7 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
         "report": report,
     });
     if let Some(path) = &args.out {
-        crate::routing::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())
+        crate::io::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     if args.json {

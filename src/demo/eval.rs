@@ -18,14 +18,14 @@ use tokenizers::Tokenizer;
 
 use super::corpus::TokenCorpus;
 use super::{DemoError, Result};
+use crate::analysis::balance::{LayerLoad, LoadSummary, layer_loads, load_summary};
 use crate::analysis::divergence::{subject_divergences, top_layer_overlap};
 use crate::analysis::hot::{HotSignal, experts_for_budget, hot_set_jaccard_matrix};
-use crate::analysis::load::{LayerLoad, LoadSummary, layer_loads, load_summary};
 use crate::data::PromptSet;
-use crate::model::routing::NoHook;
+use crate::model::router::NoHook;
 use crate::model::{Batch, MoeModel, Output, RouteCtx};
+use crate::profile::RoutingProfile;
 use crate::profiling::{ProfileOptions, run_profile};
-use crate::routing::RoutingProfile;
 
 /// One domain's held-out perplexities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

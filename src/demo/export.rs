@@ -19,7 +19,7 @@ use candle_nn::VarMap;
 use super::config::DemoConfig;
 use super::corpus::CorpusDir;
 use super::{DemoError, Result};
-use crate::routing::write_atomic;
+use crate::io::write_atomic;
 
 /// The licence texts and per-source notes of the NOTICE; `{{SOURCES}}` is replaced by the
 /// corpus's `SOURCES.tsv` rows.

@@ -9,7 +9,7 @@
 //! gradients in Candle (the engine uses the fused `softmax_last_dim` and `rope` kernels, which
 //! have no backward pass): `rope_slow` and the fused kernels of [`super::ops`] (RMSNorm, causal
 //! softmax, cross-entropy). The expert choice is made on the host
-//! from the fused softmax as in [`crate::model::routing::route`], so the experts chosen are the
+//! from the fused softmax as in [`crate::model::router::route`], so the experts chosen are the
 //! engine's. A test checks that both give the same logits.
 //!
 //! The forward also returns the auxiliary router losses (per MoE layer, averaged over layers):
@@ -28,7 +28,7 @@ use super::ops::{causal_softmax, cross_entropy_rows, rms_norm};
 use super::{DemoError, Result};
 use crate::model::families::{self, BuildCtx};
 use crate::model::layers::{Linear, RmsNorm, SwiGlu, dispatch_experts};
-use crate::model::routing::top_k_indices;
+use crate::model::router::top_k_indices;
 use crate::model::{Family, MoeModel};
 
 /// Creates every weight of the demo model in `varmap` (zero-filled; see [`init_weights`]) by
@@ -318,7 +318,7 @@ fn rotary_tables(cfg: &DemoConfig, device: &Device) -> Result<(Tensor, Tensor)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::routing::{RecordingHook, RouteCtx};
+    use crate::model::router::{RecordingHook, RouteCtx};
     use crate::model::{Batch, Output};
 
     pub(crate) fn tiny() -> DemoConfig {

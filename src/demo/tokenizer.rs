@@ -69,7 +69,7 @@ pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     let json = tokenizer
         .to_string(true)
         .map_err(|e| DemoError::msg(format!("cannot serialise the tokenizer: {e}")))?;
-    crate::routing::write_atomic(path, json.as_bytes()).map_err(|e| DemoError::io(path, e))
+    crate::io::write_atomic(path, json.as_bytes()).map_err(|e| DemoError::io(path, e))
 }
 
 /// Loads a `tokenizer.json`.

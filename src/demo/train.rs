@@ -194,7 +194,7 @@ fn write_loss_log(path: &Path, points: &[LossPoint]) -> Result<()> {
             p.step, p.ce, p.balance, p.z, p.lr
         ));
     }
-    crate::routing::write_atomic(path, s.as_bytes()).map_err(|e| DemoError::io(path, e))
+    crate::io::write_atomic(path, s.as_bytes()).map_err(|e| DemoError::io(path, e))
 }
 
 /// Means of the loss points over consecutive windows of `window` steps.

@@ -194,7 +194,7 @@ impl EvalPanel {
                 let written = serde_json::to_vec_pretty(&json)
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| {
-                        crate::routing::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+                        crate::io::write_atomic(&path, &bytes).map_err(|e| e.to_string())
                     });
                 match written {
                     Ok(()) => state.info(format!("saved the eval report to {}", path.display())),

@@ -3,9 +3,9 @@
 
 use crate::analysis::das::{GeneralSet, domain_advantage};
 use crate::analysis::divergence::activation_distribution;
+use crate::profile::{RoutingProfile, SubjectProfile};
 use crate::render::heatmap::legend_ui;
 use crate::render::{ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, Matrix};
-use crate::routing::{RoutingProfile, SubjectProfile};
 
 use super::state::{AppState, HeatmapMetric};
 

@@ -3,7 +3,7 @@
 
 use egui_plot::{HLine, Legend, Line, Plot, PlotPoints};
 
-use crate::analysis::load::{LayerLoad, LoadSummary, layer_loads, load_summary};
+use crate::analysis::balance::{LayerLoad, LoadSummary, layer_loads, load_summary};
 
 use super::state::AppState;
 

@@ -14,7 +14,7 @@ use crate::selection::{
 
 use super::model_panel::human;
 use super::state::AppState;
-use crate::routing::RoutingProfile;
+use crate::profile::RoutingProfile;
 
 /// The rules offered, in the combo box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

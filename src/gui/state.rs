@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataOptions, PromptSet};
 use crate::model::ModelInfo;
+use crate::profile::RoutingProfile;
 use crate::render::{ColorScale, HeatmapView};
-use crate::routing::RoutingProfile;
 use crate::selection::{Selection, SelectionModel, SelectionRule};
 use crate::steering::SteeringSpec;
 use crate::steering::eval::EvalReport;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use egui::vec2;
 
 use crate::analysis::das::GeneralSet;
-use crate::model::routing::ExpertForce;
+use crate::model::router::ExpertForce;
 use crate::render::heatmap::legend_ui;
 use crate::render::{
     ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, HeatmapView, Matrix,

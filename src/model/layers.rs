@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
 use super::lora::{LoraDelta, push_named};
-use super::routing::{RouteCtx, RouterConfig, route};
+use super::router::{RouteCtx, RouterConfig, route};
 use super::{Batch, ModelError, ModelInfo, MoeModel, Output, Result};
 
 /// `y = x·Wᵀ (+ b)`, weights as stored in the checkpoint (`[out, in]`), plus an unmerged LoRA

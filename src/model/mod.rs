@@ -3,7 +3,7 @@
 //!
 //! - [`MoeModel`] is the trait every family implements; [`loader::load_model`] picks the family
 //!   from `config.json` and builds it from memory-mapped safetensors.
-//! - [`routing`] owns router scoring, expert choice, steering and the [`routing::RoutingHook`].
+//! - [`router`] owns router scoring, expert choice, steering and the [`router::RoutingHook`].
 //! - [`layers`] holds the building blocks (norms, rotary embeddings, attention, SwiGLU experts,
 //!   the sparse expert dispatch) the family files are made of.
 
@@ -13,14 +13,14 @@ pub mod hub;
 pub mod layers;
 pub mod loader;
 pub mod lora;
-pub mod routing;
+pub mod router;
 pub mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use loader::{LoadOptions, LoadedModel, load_model};
-pub use routing::{RecordingHook, RouteCtx, RoutingHook, Steering};
+pub use router::{RecordingHook, RouteCtx, RoutingHook, Steering};
 
 /// Errors from building or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ pub struct ModelInfo {
     pub active_params: u64,
     pub dtype: String,
     pub device: String,
-    pub score_fn: routing::ScoreFn,
+    pub score_fn: router::ScoreFn,
     pub layout: ModuleLayout,
 }
 

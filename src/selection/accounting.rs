@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Selection, SelectionError};
 use crate::model::{ModuleLayout, Projection};
-use crate::routing::{ProfileModel, RoutingProfile, SubjectProfile};
+use crate::profile::{ProfileModel, RoutingProfile, SubjectProfile};
 
 /// Which non-expert modules an adapter also covers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -303,7 +303,7 @@ pub(crate) mod tests {
             moe_layers: vec![0, 1],
             num_experts: 4,
             top_k: 2,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: Some(olmoe_layout()),
         };
         let mut a = SubjectProfile::empty("math", 2, 4);

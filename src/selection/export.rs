@@ -149,7 +149,7 @@ pub fn write_peft_config(
             path: path.display().to_string(),
             source,
         })?;
-    crate::routing::write_atomic(&path, &bytes).map_err(|e| SelectionError::io(&path, e))?;
+    crate::io::write_atomic(&path, &bytes).map_err(|e| SelectionError::io(&path, e))?;
     Ok(path)
 }
 
@@ -197,7 +197,7 @@ pub fn write_esft_config(
             source,
         }
     })?;
-    crate::routing::write_atomic(path, &bytes).map_err(|e| SelectionError::io(path, e))
+    crate::io::write_atomic(path, &bytes).map_err(|e| SelectionError::io(path, e))
 }
 
 #[cfg(test)]

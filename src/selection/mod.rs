@@ -30,7 +30,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::AnalysisError;
-use crate::routing::ProfileModel;
+use crate::profile::ProfileModel;
 
 pub use accounting::{Accounting, AccountingOptions, AdapterScope, account};
 pub use export::{EsftOptions, PeftOptions, esft_config, peft_adapter_config, target_modules};
@@ -220,7 +220,7 @@ impl Selection {
             path: path.display().to_string(),
             source,
         })?;
-        crate::routing::write_atomic(path, &bytes).map_err(|e| SelectionError::io(path, e))
+        crate::io::write_atomic(path, &bytes).map_err(|e| SelectionError::io(path, e))
     }
 
     /// Reads a selection file, checking its format tag, version and that its cells fit the model
@@ -237,13 +237,8 @@ impl Selection {
             path: p.clone(),
             msg,
         };
-        crate::format_header::check_header(
-            &value,
-            SELECTION_FORMAT,
-            SELECTION_VERSION,
-            "selection",
-        )
-        .map_err(bad)?;
+        crate::io::check_header(&value, SELECTION_FORMAT, SELECTION_VERSION, "selection")
+            .map_err(bad)?;
         let selection: Selection =
             serde_json::from_value(value).map_err(|source| SelectionError::Json {
                 path: p.clone(),
@@ -331,7 +326,7 @@ pub(crate) mod tests {
             moe_layers: vec![1, 2, 3],
             num_experts: 4,
             top_k: 2,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         };
         let err = s.validate_for(&other).unwrap_err().to_string();

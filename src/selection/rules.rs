@@ -21,7 +21,7 @@ use super::{LayerExperts, Selection, SelectionError, SelectionModel};
 use crate::analysis::das::{GeneralSet, domain_advantage};
 use crate::analysis::hot::{HotSignal, check_k, signal_matrix};
 use crate::analysis::{AnalysisError, find_subject, top_k_indices};
-use crate::routing::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, SubjectProfile};
 
 /// A rule and its parameters, as recorded in a selection file (`"rule": {"name": "hot", ...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -296,7 +296,7 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::ProfileModel;
+    use crate::profile::ProfileModel;
 
     fn set(experts: &[usize]) -> BTreeSet<usize> {
         experts.iter().copied().collect()
@@ -319,7 +319,7 @@ mod tests {
             moe_layers: vec![1, 3],
             num_experts: 4,
             top_k: 2,
-            score_fn: crate::model::routing::ScoreFn::Softmax,
+            score_fn: crate::model::router::ScoreFn::Softmax,
             layout: None,
         };
         let mut math = SubjectProfile::empty("math", 2, 4);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{ActiveSteering, Result, SteerError};
-use crate::model::routing::{RecordedRoute, RecordingHook};
+use crate::model::router::{RecordedRoute, RecordingHook};
 use crate::model::{Batch, MoeModel, Output, RouteCtx};
 
 /// One layer's routing for a whole sequence (chunks concatenated).

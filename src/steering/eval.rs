@@ -23,7 +23,7 @@ use tokenizers::Tokenizer;
 
 use super::{ActiveSteering, Result, SteerError};
 use crate::data::{DataOptions, load_prompts, preview};
-use crate::model::routing::{NoHook, Steering};
+use crate::model::router::{NoHook, Steering};
 use crate::model::{Batch, MoeModel, Output, RouteCtx, loader};
 
 /// One multiple-choice question.

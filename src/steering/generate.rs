@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;
 
 use super::{ActiveSteering, Result, SteerError};
-use crate::model::routing::{NoHook, RoutingHook};
+use crate::model::router::{NoHook, RoutingHook};
 use crate::model::{Batch, MoeModel, Output, RouteCtx};
 
 /// How to pick tokens and when to stop.

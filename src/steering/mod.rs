@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::das::{GeneralSet, domain_advantage, top_das_experts};
 use crate::model::ModelInfo;
-use crate::model::routing::{ExpertForce, LayerSteering, Steering};
-use crate::routing::RoutingProfile;
+use crate::model::router::{ExpertForce, LayerSteering, Steering};
+use crate::profile::RoutingProfile;
 use crate::selection::{Selection, SelectionModel};
 
 pub const STEERING_FORMAT: &str = "moescope-steering";
@@ -399,13 +399,8 @@ impl SteeringSpec {
             path: p.clone(),
             msg,
         };
-        crate::format_header::check_header(
-            &value,
-            STEERING_FORMAT,
-            STEERING_VERSION,
-            "steering spec",
-        )
-        .map_err(bad)?;
+        crate::io::check_header(&value, STEERING_FORMAT, STEERING_VERSION, "steering spec")
+            .map_err(bad)?;
         serde_json::from_value(value).map_err(|source| SteerError::Json { path: p, source })
     }
 
@@ -434,15 +429,14 @@ impl SteeringSpec {
             path: p.clone(),
             source,
         })?;
-        crate::routing::write_atomic(path, &bytes)
-            .map_err(|source| SteerError::Io { path: p, source })
+        crate::io::write_atomic(path, &bytes).map_err(|source| SteerError::Io { path: p, source })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::routing::ScoreFn;
+    use crate::model::router::ScoreFn;
     use crate::model::{Family, ModuleLayout};
 
     pub(crate) fn info() -> ModelInfo {

@@ -209,10 +209,10 @@ impl Adapter {
         }
         let bytes = safetensors_bytes(&tensors, None)?;
         let weights_path = dir.join(WEIGHTS_FILE);
-        crate::routing::write_atomic(&weights_path, &bytes)
+        crate::io::write_atomic(&weights_path, &bytes)
             .map_err(|e| bad(&weights_path, format!("cannot write: {e}")))?;
         let cfg_path = dir.join(CONFIG_FILE);
-        crate::routing::write_atomic(&cfg_path, &cfg)
+        crate::io::write_atomic(&cfg_path, &cfg)
             .map_err(|e| bad(&cfg_path, format!("cannot write: {e}")))?;
         Ok(bytes.len() as u64)
     }

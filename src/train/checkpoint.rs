@@ -64,7 +64,7 @@ pub(super) fn save(t: &Trainer) -> Result<()> {
     let meta = serde_json::to_string(&state).map_err(|e| TrainError::Io(e.to_string()))?;
     let bytes = safetensors_bytes(&tensors, Some(HashMap::from([(META_KEY.into(), meta)])))?;
     let path = t.opts.checkpoint_path();
-    crate::routing::write_atomic(&path, &bytes).map_err(|e| {
+    crate::io::write_atomic(&path, &bytes).map_err(|e| {
         TrainError::Io(format!(
             "{}: cannot write the checkpoint: {e}",
             path.display()
@@ -175,7 +175,7 @@ pub(super) fn restore(t: &mut Trainer) -> Result<()> {
         text.push_str(&serde_json::to_string(m).map_err(|e| TrainError::Io(e.to_string()))?);
         text.push('\n');
     }
-    crate::routing::write_atomic(&metrics_path, text.as_bytes())
+    crate::io::write_atomic(&metrics_path, text.as_bytes())
         .map_err(|e| TrainError::Io(format!("{}: {e}", metrics_path.display())))?;
     Ok(())
 }

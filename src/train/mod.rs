@@ -34,7 +34,7 @@ use tokenizers::Tokenizer;
 
 use crate::data::{DataError, DataOptions, PromptSet};
 use crate::model::lora::{LoraDelta, LoraDropout, mix_seed};
-use crate::model::routing::NoHook;
+use crate::model::router::NoHook;
 use crate::model::{Batch, LoadOptions, ModelError, ModelInfo, MoeModel, Output, RouteCtx};
 use crate::selection::accounting::AdapterScope;
 use crate::selection::export::target_modules;
@@ -1037,7 +1037,7 @@ impl Trainer {
         let path = self.opts.out.join("training.json");
         let bytes = serde_json::to_vec_pretty(&summary)
             .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-        crate::routing::write_atomic(&path, &bytes)
+        crate::io::write_atomic(&path, &bytes)
             .map_err(|e| TrainError::Io(format!("{}: cannot write: {e}", path.display())))?;
         Ok(summary)
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 
 use super::*;
 use crate::data::{DataOptions, load_prompts};
-use crate::model::routing::ExpertForce;
+use crate::model::router::ExpertForce;
 use crate::steering::SteerAction;
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -36,7 +36,7 @@ use crate::model::layers::{
     AttentionLayer, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, RmsNorm, Rotary,
     SharedExpert, SwiGlu, append_kv, scaled_attention,
 };
-use crate::model::routing::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
+use crate::model::router::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
 use crate::model::{Family, ModelError, ModuleLayout, MoeModel, Projection, Result};
 
 /// `eps` of `q_a_layernorm` / `kv_a_layernorm` (transformers builds them with its default).
@@ -701,7 +701,7 @@ mod tests {
 
     use super::*;
     use crate::model::families::{self, BuildCtx};
-    use crate::model::routing::{RecordedRoute, RecordingHook, RouteCtx};
+    use crate::model::router::{RecordedRoute, RecordingHook, RouteCtx};
     use crate::model::{Batch, Output};
 
     #[derive(Debug, Deserialize)]

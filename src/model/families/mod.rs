@@ -1,6 +1,6 @@
 //! One file per supported MoE family. Each parses its HF `config.json` (field names exactly as
 //! HF's), builds its layers from checkpoint key names, and routes through
-//! [`crate::model::routing::route`].
+//! [`crate::model::router::route`].
 
 pub mod deepseek_v2;
 pub mod mixtral;
@@ -84,7 +84,7 @@ impl InfoParts {
             active_params: 0,
             dtype: format!("{:?}", ctx.dtype).to_lowercase(),
             device: super::device::describe(&ctx.device),
-            score_fn: super::routing::ScoreFn::Softmax,
+            score_fn: super::router::ScoreFn::Softmax,
             layout: self.layout,
         }
     }

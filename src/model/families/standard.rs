@@ -13,7 +13,7 @@ use crate::model::layers::{
     Attention, AttentionConfig, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, QkNorm,
     RmsNorm, Rotary, SharedExpert, SwiGlu,
 };
-use crate::model::routing::RouterConfig;
+use crate::model::router::RouterConfig;
 use crate::model::{Family, ModuleLayout, MoeModel, Result};
 
 /// Where q/k normalisation sits in the attention.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FormatError;
 use crate::model::ModuleLayout;
-use crate::model::routing::ScoreFn;
+use crate::model::router::ScoreFn;
 
 pub const PROFILE_FORMAT: &str = "moescope-profile";
 pub const PROFILE_VERSION: u32 = 1;
@@ -136,18 +136,14 @@ impl RoutingProfile {
             path: path.to_string(),
             msg,
         };
-        if self.format != PROFILE_FORMAT {
-            return Err(bad(format!(
-                "format is '{}', expected '{PROFILE_FORMAT}'",
-                self.format
-            )));
-        }
-        if self.version != PROFILE_VERSION {
-            return Err(bad(format!(
-                "profile version {} is not supported (this build reads version {PROFILE_VERSION})",
-                self.version
-            )));
-        }
+        crate::io::check_format_version(
+            Some(&self.format),
+            Some(u64::from(self.version)),
+            PROFILE_FORMAT,
+            PROFILE_VERSION,
+            "profile",
+        )
+        .map_err(bad)?;
         let (l, n) = (self.num_layers(), self.model.num_experts);
         if n == 0 || l == 0 {
             return Err(bad("model has no MoE layers or no experts".into()));
@@ -206,7 +202,7 @@ impl RoutingProfile {
     /// Writes the profile atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), FormatError> {
         let bytes = serde_json::to_vec(self).expect("profile serialises");
-        super::write_atomic(path, &bytes).map_err(|source| FormatError::Io {
+        crate::io::write_atomic(path, &bytes).map_err(|source| FormatError::Io {
             path: path.display().to_string(),
             source,
         })

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::FormatError;
-use super::profile::ProfileModel;
+use super::routing_profile::ProfileModel;
 
 pub const TRACES_FORMAT: &str = "moescope-traces";
 pub const TRACES_VERSION: u32 = 1;

@@ -1,9 +1,9 @@
 //! [`ProfileRecorder`]: the routing hook that accumulates a [`RoutingProfile`] (and optionally
 //! per-sequence traces) while batches of subject-labelled sequences run through a model.
 
-use super::profile::{ProfileModel, RoutingProfile, SubjectProfile};
+use super::routing_profile::{ProfileModel, RoutingProfile, SubjectProfile};
 use super::traces::{SequenceTrace, TraceLayer};
-use crate::model::routing::{RouteEvent, RoutingHook};
+use crate::model::router::{RouteEvent, RoutingHook};
 
 /// Accumulates per-subject count / mass / score matrices from routing events.
 ///

@@ -1,6 +1,6 @@
 //! Routing profiles and traces: what profiling a dataset records, and their file formats.
 //!
-//! - [`profile`]: [`RoutingProfile`], per-subject count / mass / score matrices
+//! - [`routing_profile`]: [`RoutingProfile`], per-subject count / mass / score matrices
 //!   (MoE layer × expert), saved as versioned JSON (`moescope-profile` v1).
 //! - [`traces`]: per-sequence token ids and per-layer chosen experts and weights, saved as JSON
 //!   Lines (`moescope-traces` v1), for metrics that need individual tokens.
@@ -9,12 +9,12 @@
 //! Nothing here touches tensors: these are plain data types shared by the engine, the analysis
 //! code and the GUI.
 
-pub mod profile;
 pub mod recorder;
+pub mod routing_profile;
 pub mod traces;
 
-pub use profile::{ProfileModel, RoutingProfile, SubjectProfile};
 pub use recorder::ProfileRecorder;
+pub use routing_profile::{ProfileModel, RoutingProfile, SubjectProfile};
 pub use traces::{SequenceTrace, TraceHeader, TraceLayer};
 
 /// Errors reading or validating profile and traces files.
@@ -33,19 +33,4 @@ pub enum FormatError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: String, msg: String },
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename, so a
-/// failure never leaves a half-written file behind.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
