@@ -9,8 +9,8 @@
 //!   batches of fixed-length chunks (seeded, reproducible, resumable by step).
 //! - [`tokenizer`]: training the byte-level BPE tokenizer with the `tokenizers` crate.
 //! - [`model`]: the differentiable training forward over the very weights the engine's
-//!   `families::build(Family::Olmoe, ..)` reads, plus the load-balancing and router z-losses;
-//!   [`ops`]: the fused CPU kernels (with backward passes) that make that forward fast enough.
+//!   `families::build(Family::Olmoe, ..)` reads, plus the load-balancing and router z-losses
+//!   (made fast enough by the fused ops of [`crate::model::autograd`]).
 //! - [`train`]: the training loop (AdamW, warmup + cosine, clipping, atomic checkpoints,
 //!   resume) and [`export`]: writing the shipped folder (f16 weights, tokenizer, prompts,
 //!   NOTICE).
@@ -23,7 +23,6 @@ pub mod eval;
 pub mod export;
 pub mod locate;
 pub mod model;
-pub mod ops;
 pub mod tokenizer;
 pub mod train;
 

@@ -7,10 +7,12 @@
 //! loader takes — and [`init_weights`] then gives them their seeded initial values. [`TrainModel`]
 //! holds the same `Var`s and computes the same function as the engine, but with ops that have
 //! gradients in Candle (the engine uses the fused `softmax_last_dim` and `rope` kernels, which
-//! have no backward pass): `rope_slow` and the fused kernels of [`super::ops`] (RMSNorm, causal
-//! softmax, cross-entropy). The expert choice is made on the host
-//! from the fused softmax as in [`crate::model::router::route`], so the experts chosen are the
-//! engine's. A test checks that both give the same logits.
+//! have no backward pass): `rope_slow` and the fused ops of [`crate::model::autograd`] (RMSNorm,
+//! causal softmax, cross-entropy). Routing goes through the shared router
+//! ([`crate::model::router`]): the experts are chosen by [`choose_experts`] from the router's
+//! scores of the detached logits, as [`crate::model::router::route`] chooses them, so the experts
+//! chosen are the engine's; their weights are [`expert_weights`] of the differentiable scores. A
+//! test checks that both give the same logits.
 //!
 //! The forward also returns the auxiliary router losses (per MoE layer, averaged over layers):
 //! - load balancing (Switch / OLMoE): `N · Σ_e f_e · P_e`, `f_e` the fraction of tokens whose
@@ -24,11 +26,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::DemoConfig;
-use super::ops::{causal_softmax, cross_entropy_rows, rms_norm};
 use super::{DemoError, Result};
+use crate::model::autograd::{causal_softmax, rms_norm, softmax_detached_max};
 use crate::model::families::{self, BuildCtx};
 use crate::model::layers::{Linear, RmsNorm, SwiGlu, dispatch_experts};
-use crate::model::router::top_k_indices;
+use crate::model::router::{RouterConfig, choose_experts, expert_weights, routing_scores};
 use crate::model::{Family, MoeModel};
 
 /// Creates every weight of the demo model in `varmap` (zero-filled; see [`init_weights`]) by
@@ -135,6 +137,8 @@ pub struct TrainModel {
     /// `[max_pos, head_dim/2]`, as the engine's `Rotary::new` computes them.
     cos: Tensor,
     sin: Tensor,
+    /// OLMoE's router: softmax over all experts, greedy top-k, no renormalisation.
+    router_cfg: RouterConfig,
 }
 
 impl TrainModel {
@@ -186,6 +190,7 @@ impl TrainModel {
             lm_head,
             cos,
             sin,
+            router_cfg: RouterConfig::softmax_topk(cfg.num_experts, cfg.num_experts_per_tok, false),
         })
     }
 
@@ -249,21 +254,18 @@ impl TrainModel {
         let (n, _) = x.dims2()?;
         let (ne, k) = (self.cfg.num_experts, self.cfg.num_experts_per_tok);
         let logits = layer.router.forward(x)?;
-        let scores = softmax(&logits)?;
-        // Choose exactly as the engine does: top-k of the fused softmax, on the host.
-        let host: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits.detach())?
+        let scores = softmax_detached_max(&logits)?;
+        // Choose exactly as the engine does: from the router's scores of the logits (which,
+        // detached, are the fused softmax's), on the host.
+        let router = &self.router_cfg;
+        let host: Vec<f32> = routing_scores(&logits.detach(), router)?
             .flatten_all()?
             .to_vec1()?;
-        let mut idx = Vec::with_capacity(n * k);
+        let idx = choose_experts(&host, router);
         let mut counts = vec![0u64; ne];
-        for row in host.chunks_exact(ne) {
-            for e in top_k_indices(row, k) {
-                counts[e as usize] += 1;
-                idx.push(e);
-            }
-        }
+        idx.iter().for_each(|&e| counts[e as usize] += 1);
         let idx_t = Tensor::from_slice(&idx, (n, k), x.device())?;
-        let weights = scores.gather(&idx_t, D::Minus1)?;
+        let weights = expert_weights(&scores, &idx_t, router)?;
         let y = dispatch_experts(x, &idx, &weights, &layer.experts)?;
         // Load balancing: N · Σ f_e · P_e.
         let f: Vec<f32> = counts.iter().map(|&c| c as f32 / n as f32).collect();
@@ -281,18 +283,6 @@ impl TrainModel {
         let z = lse.sqr()?.mean_all()?;
         Ok((y, lb, z, counts))
     }
-}
-
-/// Softmax over the last axis with the row maximum held constant (same value, cheaper gradient).
-pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// Mean cross-entropy of `logits` `[n, vocab]` against `targets` `[n]` (u32).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    Ok(cross_entropy_rows(logits, targets)?.mean_all()?)
 }
 
 /// The engine's RMSNorm, computed by the fused kernel.
@@ -407,7 +397,7 @@ mod tests {
         )
         .unwrap();
         let out = m.forward(&ids).unwrap();
-        let loss = (cross_entropy(&out.logits, &tg).unwrap()
+        let loss = (crate::model::autograd::cross_entropy(&out.logits, &tg).unwrap()
             + (out.balance_loss * 0.01).unwrap()
             + (out.z_loss * 0.001).unwrap())
         .unwrap();

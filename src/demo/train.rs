@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::config::DemoConfig;
 use super::corpus::{CorpusDir, TokenCorpus, tokenizer_sample};
 use super::export::{self, CheckpointMeta, DemoFolder};
-use super::model::{TrainModel, build_vars, cross_entropy, init_weights, is_norm};
+use super::model::{TrainModel, build_vars, init_weights, is_norm};
 use super::{DemoError, Result};
+use crate::model::autograd::cross_entropy;
 
 /// Everything a training run is told.
 #[derive(Debug, Clone, Serialize, Deserialize)]

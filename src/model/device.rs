@@ -1,8 +1,9 @@
-//! Device choice: CPU by default; CUDA or Metal when built with the `cuda` / `metal` features.
+//! Device choice: CPU by default; CUDA or Metal when built with the `cuda` / `metal` features;
+//! the dtype names the command line accepts.
 
 use candle_core::{DType, Device};
 
-use super::{ModelError, Result};
+use super::error::{ModelError, Result};
 
 /// Which device to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,5 +79,17 @@ pub fn describe(device: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// The dtype names accepted on the command line.
+pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(format!(
+            "unknown dtype '{other}' (expected f32, bf16 or f16)"
+        )),
     }
 }

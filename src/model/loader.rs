@@ -12,10 +12,12 @@ use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
 use super::device::{DeviceChoice, default_dtype};
+use super::error::{ModelError, Result};
 use super::families::{self, BuildCtx};
 use super::hub::{self, DownloadProgress, ModelFiles};
+use super::info::Family;
+use super::moe_model::MoeModel;
 use super::weights::MmapWeights;
-use super::{Family, ModelError, MoeModel, Result};
 
 /// What to load and how.
 #[derive(Debug, Clone, Default)]
@@ -121,11 +123,8 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
     })?;
     model.set_param_counts(total_params);
     if let Some(dir) = &opts.adapter {
-        let adapter = crate::train::adapter::Adapter::load(dir)
-            .map_err(|e| ModelError::msg(e.to_string()))?;
-        adapter
-            .merge_into(dir, model.as_mut(), opts.routing_only)
-            .map_err(|e| ModelError::msg(e.to_string()))?;
+        let adapter = super::adapter::Adapter::load(dir)?;
+        adapter.merge_into(dir, model.as_mut(), opts.routing_only)?;
     }
     Ok(LoadedModel {
         model,

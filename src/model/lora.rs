@@ -1,10 +1,9 @@
-//! LoRA deltas on the engine's linear layers, and naming every linear layer by its HF module
-//! name so adapters (PEFT keys, `target_modules`) can find them.
+//! LoRA deltas on the engine's linear layers.
 //!
 //! A [`LoraDelta`] turns `y = x·Wᵀ` into `y = x·Wᵀ + (α/r)·(drop(x)·Aᵀ)·Bᵀ` with `A` `[r, in]`
 //! and `B` `[out, r]` as PEFT stores them. While training, `A` and `B` are Candle variables and
 //! gradients flow through the rest of the (frozen) model to them; for inference an adapter is
-//! merged into the weight instead ([`merge_into`]), so an adapted model runs at the base
+//! merged into the weight instead ([`Linear::merge_lora`](crate::model::layers::Linear::merge_lora)), so an adapted model runs at the base
 //! model's speed.
 //!
 //! Dropout masks are drawn on the host by hashing (seed, module, round, element):
@@ -16,8 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Tensor};
 
-use super::Result;
-use super::layers::Linear;
+use super::error::Result;
 
 /// Shared dropout state: which micro-batch the model is on. The trainer bumps it once per
 /// forward pass; `None` in the delta means no dropout (inference, or `p = 0`).
@@ -87,30 +85,10 @@ impl LoraDelta {
     }
 }
 
-/// Folds `delta` into `linear`'s weight (`W + (α/r)·B·A`, computed in f32, stored in the
-/// weight's dtype) and removes any unmerged delta.
-pub fn merge_into(linear: &mut Linear, delta: &LoraDelta) -> Result<()> {
-    let dtype = linear.weight.dtype();
-    let merged = (linear.weight.to_dtype(DType::F32)? + delta.delta_weight()?)?;
-    linear.weight = merged.to_dtype(dtype)?;
-    linear.lora = None;
-    Ok(())
-}
-
-/// Pushes `prefix.name` for every linear layer a module owns.
-pub(crate) fn push_named<'a>(
-    out: &mut Vec<(String, &'a mut Linear)>,
-    prefix: &str,
-    named: impl IntoIterator<Item = (&'a str, &'a mut Linear)>,
-) {
-    for (name, linear) in named {
-        out.push((format!("{prefix}.{name}"), linear));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::layers::Linear;
     use candle_core::Device;
 
     fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
@@ -138,7 +116,7 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(unmerged, vec![2.5, -0.5]);
-        merge_into(&mut lin, &delta).unwrap();
+        lin.merge_lora(&delta).unwrap();
         assert!(lin.lora.is_none());
         let merged: Vec<f32> = lin
             .forward(&x)

@@ -9,11 +9,13 @@
 //! family.
 //!
 //! The weights are produced as a tensor gathered from the score tensor, so gradients flow into
-//! the router when a model is trained; the choice of experts is made on the host.
+//! the router when a model is trained; the choice of experts is made on the host. [`route`] is
+//! [`routing_scores`], then [`choose_experts`], then [`expert_weights`]; the demo's training
+//! model calls those steps itself, with scores whose gradient it computes more cheaply.
 
 use candle_core::{D, DType, Tensor};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// How router logits become routing scores over all experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -255,42 +257,13 @@ pub fn route(
         logits = Tensor::from_slice(&logits_host, (num_tokens, num_experts), &device)?;
     }
 
-    let scores = match cfg.score_fn {
-        ScoreFn::Softmax => super::layers::softmax_last_dim(&logits)?,
-        ScoreFn::Sigmoid => candle_nn::ops::sigmoid(&logits)?,
-    };
+    let scores = routing_scores(&logits, cfg)?;
     let scores_host: Vec<f32> = scores.flatten_all()?.to_vec1()?;
 
     let k = cfg.top_k;
-    let mut indices_host = Vec::with_capacity(num_tokens * k);
-    let mut choice_scores = vec![0f32; num_experts];
-    for row in scores_host.chunks_exact(num_experts.max(1)) {
-        choice_scores.copy_from_slice(row);
-        if let Some(bias) = &cfg.correction_bias {
-            for (s, b) in choice_scores.iter_mut().zip(bias) {
-                *s += b;
-            }
-        }
-        if let TopkMethod::GroupLimited {
-            n_group,
-            topk_group,
-            group_score,
-        } = cfg.method
-        {
-            mask_groups(&mut choice_scores, n_group, topk_group, group_score);
-        }
-        indices_host.extend(top_k_indices(&choice_scores, k));
-    }
-
+    let indices_host = choose_experts(&scores_host, cfg);
     let indices = Tensor::from_slice(&indices_host, (num_tokens, k), &device)?;
-    let mut weights = scores.gather(&indices, D::Minus1)?;
-    if cfg.norm_topk_prob {
-        let denom = (weights.sum_keepdim(D::Minus1)? + 1e-20)?;
-        weights = weights.broadcast_div(&denom)?;
-    }
-    if cfg.routed_scaling_factor != 1.0 {
-        weights = (weights * cfg.routed_scaling_factor)?;
-    }
+    let weights = expert_weights(&scores, &indices, cfg)?;
     let weights_host: Vec<f32> = weights.flatten_all()?.to_vec1()?;
 
     ctx.hook.on_route_tensors(layer, &logits, &scores, &indices);
@@ -310,6 +283,61 @@ pub fn route(
         indices_host,
         weights_host,
     })
+}
+
+/// Routing scores over all experts (`[tokens, experts]`, f32) from router logits: softmax or
+/// sigmoid as the config says.
+pub fn routing_scores(logits: &Tensor, cfg: &RouterConfig) -> Result<Tensor, ModelError> {
+    Ok(match cfg.score_fn {
+        ScoreFn::Softmax => super::layers::softmax_last_dim(logits)?,
+        ScoreFn::Sigmoid => candle_nn::ops::sigmoid(logits)?,
+    })
+}
+
+/// Each token's experts, row-major `[tokens * top_k]`, from its row of host `scores`
+/// (`[tokens * experts]`): the correction bias added for choosing, groups masked for
+/// group-limited routing, then top-k.
+pub fn choose_experts(scores: &[f32], cfg: &RouterConfig) -> Vec<u32> {
+    let (num_experts, k) = (cfg.num_experts, cfg.top_k);
+    let mut indices = Vec::with_capacity(scores.len() / num_experts.max(1) * k);
+    let mut choice_scores = vec![0f32; num_experts];
+    for row in scores.chunks_exact(num_experts.max(1)) {
+        choice_scores.copy_from_slice(row);
+        if let Some(bias) = &cfg.correction_bias {
+            for (s, b) in choice_scores.iter_mut().zip(bias) {
+                *s += b;
+            }
+        }
+        if let TopkMethod::GroupLimited {
+            n_group,
+            topk_group,
+            group_score,
+        } = cfg.method
+        {
+            mask_groups(&mut choice_scores, n_group, topk_group, group_score);
+        }
+        indices.extend(top_k_indices(&choice_scores, k));
+    }
+    indices
+}
+
+/// The weights the chosen experts' outputs are multiplied by (`[tokens, top_k]`): their scores
+/// gathered from `scores` (so gradients flow back into the router), renormalised and scaled as
+/// the config says.
+pub fn expert_weights(
+    scores: &Tensor,
+    indices: &Tensor,
+    cfg: &RouterConfig,
+) -> Result<Tensor, ModelError> {
+    let mut weights = scores.gather(indices, D::Minus1)?;
+    if cfg.norm_topk_prob {
+        let denom = (weights.sum_keepdim(D::Minus1)? + 1e-20)?;
+        weights = weights.broadcast_div(&denom)?;
+    }
+    if cfg.routed_scaling_factor != 1.0 {
+        weights = (weights * cfg.routed_scaling_factor)?;
+    }
+    Ok(weights)
 }
 
 /// Applies one layer's steering to row-major logits `[tokens * num_experts]`.

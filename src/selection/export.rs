@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::accounting::AdapterScope;
 use super::{Selection, SelectionError};
 use crate::model::ModuleLayout;
+use crate::model::adapter::config::{AdapterSettings, peft_config};
 
 /// LoRA hyper-parameters and scope written into `adapter_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,37 +93,23 @@ pub fn target_modules(
     modules
 }
 
-/// A JSON number: an integer when `x` is whole (PEFT writes `lora_alpha` as an int).
-fn number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        json!(x as i64)
-    } else {
-        json!(x)
-    }
-}
-
 /// The PEFT `adapter_config.json` of a LoRA adapter on the selection.
 pub fn peft_adapter_config(
     selection: &Selection,
     layout: &ModuleLayout,
     options: &PeftOptions,
 ) -> Value {
-    json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": options.base_model,
-        "r": options.rank,
-        "lora_alpha": number(options.alpha),
-        "lora_dropout": options.dropout,
-        "bias": "none",
-        "target_modules": target_modules(selection, layout, &options.scope),
-        "fan_in_fan_out": false,
-        "inference_mode": true,
-        "init_lora_weights": true,
-        "modules_to_save": null,
-        "use_rslora": false,
-        "use_dora": false,
-    })
+    let settings = AdapterSettings {
+        rank: options.rank,
+        alpha: options.alpha,
+        dropout: options.dropout,
+        use_rslora: false,
+        base_model: options.base_model.clone(),
+    };
+    peft_config(
+        &settings,
+        &target_modules(selection, layout, &options.scope),
+    )
 }
 
 /// Writes `adapter_config.json` into `dir` (created if missing), atomically; returns its path.

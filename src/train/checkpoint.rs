@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::adapter::{LoraPair, safetensors_bytes, tensor_from_view};
 use super::{Result, TrainError, Trainer, read_metrics};
+use crate::model::adapter::LoraPair;
+use crate::model::adapter::peft::{safetensors_bytes, tensor_from_view};
 use crate::selection::Selection;
 
 const FORMAT: &str = "moescope-train-checkpoint";
@@ -121,7 +122,7 @@ pub(super) fn restore(t: &mut Trainer) -> Result<()> {
         let view = st
             .tensor(key)
             .map_err(|_| bad(format!("tensor '{key}' is missing")))?;
-        tensor_from_view(&view)
+        Ok(tensor_from_view(&view)?)
     };
     let mut frozen = BTreeMap::new();
     let mut trainable = BTreeMap::new();

@@ -15,7 +15,6 @@
 //! - `training.json`: the run's summary; `selection.json`: the experts trained (for DAS's
 //!   two-stage recipe, the ones stage 2 picked).
 
-pub mod adapter;
 mod checkpoint;
 pub mod data;
 pub mod optim;
@@ -33,13 +32,13 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::data::{DataError, DataOptions, PromptSet};
+use crate::model::adapter::{Adapter, AdapterSettings, LoraPair};
 use crate::model::lora::{LoraDelta, LoraDropout, mix_seed};
 use crate::model::router::NoHook;
 use crate::model::{Batch, LoadOptions, ModelError, ModelInfo, MoeModel, Output, RouteCtx};
 use crate::selection::accounting::AdapterScope;
 use crate::selection::export::target_modules;
 use crate::selection::{Selection, SelectionError, SelectionModel, SelectionRule};
-use adapter::{Adapter, AdapterSettings, LoraPair};
 use data::BatchPlan;
 use optim::{AdamW, AdamWSettings, clip_grad_norm};
 
@@ -727,7 +726,7 @@ impl Trainer {
         // On the CPU, one fused pass (and one back) instead of log-softmax's composite ops.
         if picked.device().is_cpu() && picked.dtype() == candle_core::DType::F32 {
             let targets = Tensor::from_vec(targets, n, &self.device)?;
-            let nll = crate::demo::ops::cross_entropy_rows(&picked, &targets)?.sum_all()?;
+            let nll = crate::model::autograd::cross_entropy_rows(&picked, &targets)?.sum_all()?;
             return Ok((nll, n));
         }
         let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;

@@ -22,7 +22,7 @@ pub struct Config {
     pub num_attention_heads: usize,
     pub num_key_value_heads: Option<usize>,
     pub head_dim: Option<usize>,
-    #[serde(default = "super::default_max_pos")]
+    #[serde(default = "super::common::default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,

@@ -2,6 +2,8 @@
 //! HF's), builds its layers from checkpoint key names, and routes through
 //! [`crate::model::router::route`].
 
+pub mod build;
+pub mod common;
 pub mod deepseek_v2;
 pub mod mixtral;
 pub mod olmoe;
@@ -9,164 +11,8 @@ pub mod qwen2_moe;
 pub mod qwen3_moe;
 pub mod standard;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-
-use super::{Family, ModelError, ModelInfo, ModuleLayout, MoeModel, Result};
-
-/// What every family builder needs besides its config and weights.
-#[derive(Debug, Clone)]
-pub struct BuildCtx {
-    /// Hub id or folder, as the user gave it.
-    pub id: String,
-    pub dtype: DType,
-    pub device: Device,
-    /// Skip what routing capture never uses (LM head, last MoE layer's experts).
-    pub routing_only: bool,
-}
-
-/// Builds the model of `family` from its `config.json` text and weights.
-pub fn build(
-    family: Family,
-    config_json: &str,
-    vb: VarBuilder,
-    ctx: &BuildCtx,
-) -> Result<Box<dyn MoeModel>> {
-    match family {
-        Family::Olmoe => olmoe::load(config_json, vb, ctx),
-        Family::Qwen2Moe => qwen2_moe::load(config_json, vb, ctx),
-        Family::Qwen3Moe => qwen3_moe::load(config_json, vb, ctx),
-        Family::Mixtral => mixtral::load(config_json, vb, ctx),
-        Family::DeepseekV2 => deepseek_v2::load(config_json, vb, ctx),
-    }
-}
-
-/// Parses a family's config, naming the family in the error.
-pub fn parse_config<T: serde::de::DeserializeOwned>(family: Family, json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| {
-        ModelError::msg(format!(
-            "config.json is not a valid {} config: {e}",
-            family.architecture()
-        ))
-    })
-}
-
-/// Fields every family's [`ModelInfo`] has; `total_params` is filled in by the loader from the
-/// checkpoint itself, `active_params` from it and the layout.
-pub struct InfoParts {
-    pub family: Family,
-    pub num_layers: usize,
-    pub moe_layers: Vec<usize>,
-    pub num_experts: usize,
-    pub top_k: usize,
-    pub num_shared_experts: usize,
-    pub hidden_size: usize,
-    pub vocab_size: usize,
-    pub max_position_embeddings: usize,
-    pub layout: ModuleLayout,
-}
-
-impl InfoParts {
-    pub fn into_info(self, ctx: &BuildCtx) -> ModelInfo {
-        ModelInfo {
-            id: ctx.id.clone(),
-            architecture: self.family.architecture().to_string(),
-            family: self.family,
-            num_layers: self.num_layers,
-            moe_layers: self.moe_layers,
-            num_experts: self.num_experts,
-            top_k: self.top_k,
-            num_shared_experts: self.num_shared_experts,
-            hidden_size: self.hidden_size,
-            vocab_size: self.vocab_size,
-            max_position_embeddings: self.max_position_embeddings,
-            total_params: 0,
-            active_params: 0,
-            dtype: format!("{:?}", ctx.dtype).to_lowercase(),
-            device: super::device::describe(&ctx.device),
-            score_fn: super::router::ScoreFn::Softmax,
-            layout: self.layout,
-        }
-    }
-}
-
-/// Parameters of all experts in one MoE layer that a token does not use (for active counts).
-pub fn inactive_params(info: &ModelInfo) -> u64 {
-    let per_expert: u64 = info
-        .layout
-        .expert_projections
-        .iter()
-        .map(|p| (p.in_features * p.out_features) as u64)
-        .sum();
-    info.moe_layers.len() as u64 * (info.num_experts - info.top_k) as u64 * per_expert
-}
-
-fn default_rope_theta() -> f64 {
-    10000.0
-}
-
-fn default_rms_eps() -> f64 {
-    1e-6
-}
-
-fn default_max_pos() -> usize {
-    4096
-}
-
-/// The standard q/k/v/o attention projections, for the layout.
-pub fn standard_attention_projections(
-    hidden: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-) -> Vec<super::Projection> {
-    use super::Projection;
-    vec![
-        Projection::new("q_proj", hidden, heads * head_dim),
-        Projection::new("k_proj", hidden, kv_heads * head_dim),
-        Projection::new("v_proj", hidden, kv_heads * head_dim),
-        Projection::new("o_proj", heads * head_dim, hidden),
-    ]
-}
-
-/// SwiGLU projections with the given names for gate, up, down.
-pub fn swiglu_projections(hidden: usize, inter: usize, names: [&str; 3]) -> Vec<super::Projection> {
-    use super::Projection;
-    vec![
-        Projection::new(names[0], hidden, inter),
-        Projection::new(names[1], hidden, inter),
-        Projection::new(names[2], inter, hidden),
-    ]
-}
-
-/// The device and dtype tensors are built on (for rotary tables and masks).
-pub fn rotary_dtype(ctx: &BuildCtx) -> (DType, &Device) {
-    (ctx.dtype, &ctx.device)
-}
-
-/// The token embedding, final norm and LM head (`model.embed_tokens`, `model.norm`, `lm_head`);
-/// the head falls back to the embedding when the checkpoint ties them.
-pub fn load_embed_norm_head(
-    vb: &VarBuilder,
-    vocab: usize,
-    hidden: usize,
-    eps: f64,
-    tie_word_embeddings: bool,
-    routing_only: bool,
-) -> Result<(
-    candle_core::Tensor,
-    super::layers::RmsNorm,
-    Option<super::layers::Linear>,
-)> {
-    use super::layers::{Linear, RmsNorm};
-    let embed = vb.pp("model.embed_tokens").get((vocab, hidden), "weight")?;
-    let norm = RmsNorm::load(&vb.pp("model.norm"), hidden, eps)?;
-    let lm_head = if routing_only {
-        None
-    } else if !tie_word_embeddings || vb.contains_tensor("lm_head.weight") {
-        Some(Linear::load(&vb.pp("lm_head"), hidden, vocab, false)?)
-    } else {
-        Some(Linear::new(embed.clone(), None))
-    };
-    Ok((embed, norm, lm_head))
-}
+pub use build::build;
+pub use common::{
+    BuildCtx, InfoParts, load_embed_norm_head, parse_config, rotary_dtype,
+    standard_attention_projections, swiglu_projections,
+};

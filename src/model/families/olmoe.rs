@@ -23,11 +23,11 @@ pub struct Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: Option<usize>,
-    #[serde(default = "super::default_max_pos")]
+    #[serde(default = "super::common::default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "super::default_rope_theta")]
+    #[serde(default = "super::common::default_rope_theta")]
     pub rope_theta: f64,
     #[serde(default)]
     pub attention_bias: bool,

@@ -26,11 +26,11 @@ pub struct Config {
     pub num_attention_heads: usize,
     pub num_key_value_heads: Option<usize>,
     pub head_dim: Option<usize>,
-    #[serde(default = "super::default_max_pos")]
+    #[serde(default = "super::common::default_max_pos")]
     pub max_position_embeddings: usize,
-    #[serde(default = "super::default_rms_eps")]
+    #[serde(default = "super::common::default_rms_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "super::default_rope_theta")]
+    #[serde(default = "super::common::default_rope_theta")]
     pub rope_theta: f64,
     #[serde(default)]
     pub attention_bias: bool,

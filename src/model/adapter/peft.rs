@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Result, TrainError};
-use crate::model::MoeModel;
-use crate::model::lora::{LoraDelta, merge_into};
+use super::config::{AdapterSettings, peft_config};
+use crate::model::error::{ModelError, Result};
+use crate::model::info::ModelInfo;
+use crate::model::lora::LoraDelta;
+use crate::model::moe_model::MoeModel;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -30,28 +32,6 @@ pub struct LoraPair {
     pub b: Tensor,
 }
 
-/// The hyper-parameters an adapter records.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdapterSettings {
-    pub rank: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub use_rslora: bool,
-    /// `base_model_name_or_path`.
-    pub base_model: String,
-}
-
-impl AdapterSettings {
-    /// The factor the update `B·A` is multiplied by.
-    pub fn scale(&self) -> f64 {
-        if self.use_rslora {
-            self.alpha / (self.rank as f64).sqrt()
-        } else {
-            self.alpha / self.rank as f64
-        }
-    }
-}
-
 /// A LoRA adapter: settings and one pair per module, by full module name.
 #[derive(Debug, Clone)]
 pub struct Adapter {
@@ -59,39 +39,8 @@ pub struct Adapter {
     pub modules: BTreeMap<String, LoraPair>,
 }
 
-fn number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        json!(x as i64)
-    } else {
-        json!(x)
-    }
-}
-
-/// PEFT's `adapter_config.json` for a LoRA adapter on exactly `target_modules`.
-pub fn peft_config(settings: &AdapterSettings, target_modules: &[String]) -> Value {
-    let mut modules = target_modules.to_vec();
-    modules.sort();
-    modules.dedup();
-    json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": settings.base_model,
-        "r": settings.rank,
-        "lora_alpha": number(settings.alpha),
-        "lora_dropout": settings.dropout,
-        "bias": "none",
-        "target_modules": modules,
-        "fan_in_fan_out": false,
-        "inference_mode": true,
-        "init_lora_weights": true,
-        "modules_to_save": null,
-        "use_rslora": settings.use_rslora,
-        "use_dora": false,
-    })
-}
-
-fn bad(path: &Path, what: impl std::fmt::Display) -> TrainError {
-    TrainError::Adapter(format!("{}: {what}", path.display()))
+fn bad(path: &Path, what: impl std::fmt::Display) -> ModelError {
+    ModelError::msg(format!("{}: {what}", path.display()))
 }
 
 impl Adapter {
@@ -201,7 +150,7 @@ impl Adapter {
         std::fs::create_dir_all(dir).map_err(|e| bad(dir, format!("cannot create: {e}")))?;
         let targets: Vec<String> = self.modules.keys().cloned().collect();
         let cfg = serde_json::to_vec_pretty(&peft_config(&self.settings, &targets))
-            .map_err(|e| TrainError::Adapter(e.to_string()))?;
+            .map_err(|e| ModelError::msg(e.to_string()))?;
         let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(self.modules.len() * 2);
         for (m, p) in &self.modules {
             tensors.push((format!("{KEY_PREFIX}{m}.lora_A.weight"), p.a.clone()));
@@ -276,7 +225,7 @@ impl Adapter {
                     scale,
                     dropout: None,
                 };
-                merge_into(linear, &delta)?;
+                linear.merge_lora(&delta)?;
             }
         }
         Ok(())
@@ -284,7 +233,7 @@ impl Adapter {
 }
 
 /// Is `module` one of the routed or shared experts' projections in the model's layout?
-fn is_layout_expert_module(info: &crate::model::ModelInfo, module: &str) -> bool {
+fn is_layout_expert_module(info: &ModelInfo, module: &str) -> bool {
     let layout = &info.layout;
     info.moe_layers.iter().any(|&l| {
         (0..info.num_experts).any(|e| {
@@ -361,7 +310,7 @@ pub(crate) fn tensor_from_view(view: &safetensors::tensor::TensorView<'_>) -> Re
         Dtype::F16 => DType::F16,
         Dtype::BF16 => DType::BF16,
         other => {
-            return Err(TrainError::Adapter(format!(
+            return Err(ModelError::msg(format!(
                 "dtype {other:?} is not supported (f32, f16 or bf16)"
             )));
         }
@@ -384,7 +333,7 @@ pub(crate) fn safetensors_bytes(
         .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<Vec<(String, Tensor)>>>()?;
     safetensors::tensor::serialize(owned, metadata)
-        .map_err(|e| TrainError::Adapter(format!("cannot serialise tensors: {e}")))
+        .map_err(|e| ModelError::msg(format!("cannot serialise tensors: {e}")))
 }
 
 /// The adapter folder's files, for messages.

@@ -1,0 +1,25 @@
+//! [`build`]: the one entry point that builds any supported family.
+
+use candle_nn::VarBuilder;
+
+use super::common::BuildCtx;
+use super::{deepseek_v2, mixtral, olmoe, qwen2_moe, qwen3_moe};
+use crate::model::error::Result;
+use crate::model::info::Family;
+use crate::model::moe_model::MoeModel;
+
+/// Builds the model of `family` from its `config.json` text and weights.
+pub fn build(
+    family: Family,
+    config_json: &str,
+    vb: VarBuilder,
+    ctx: &BuildCtx,
+) -> Result<Box<dyn MoeModel>> {
+    match family {
+        Family::Olmoe => olmoe::load(config_json, vb, ctx),
+        Family::Qwen2Moe => qwen2_moe::load(config_json, vb, ctx),
+        Family::Qwen3Moe => qwen3_moe::load(config_json, vb, ctx),
+        Family::Mixtral => mixtral::load(config_json, vb, ctx),
+        Family::DeepseekV2 => deepseek_v2::load(config_json, vb, ctx),
+    }
+}

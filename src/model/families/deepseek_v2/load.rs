@@ -1,0 +1,204 @@
+//! Building a DeepSeek-V2 model from its config and weights: dense and MoE layers, the
+//! group-limited router, shared experts, the module layout.
+
+use std::sync::Arc;
+
+use candle_nn::VarBuilder;
+
+use super::config::{Config, bad, rope_parameters, softmax_mscale, topk_method, validate};
+use super::mla::{MlaAttention, attention_projections};
+use crate::model::error::Result;
+use crate::model::families::{
+    BuildCtx, InfoParts, load_embed_norm_head, parse_config, swiglu_projections,
+};
+use crate::model::info::{Family, ModuleLayout};
+use crate::model::layers::{
+    DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, RmsNorm, Rotary, SharedExpert,
+    SwiGlu,
+};
+use crate::model::moe_model::MoeModel;
+use crate::model::router::{RouterConfig, ScoreFn};
+
+/// A SwiGLU MLP `mlp.{gate,up,down}_proj` with optional biases (`mlp_bias`).
+fn load_mlp(vb: &VarBuilder, hidden: usize, inter: usize, bias: bool) -> Result<SwiGlu> {
+    Ok(SwiGlu {
+        gate: Linear::load(&vb.pp("gate_proj"), hidden, inter, bias)?,
+        up: Linear::load(&vb.pp("up_proj"), hidden, inter, bias)?,
+        down: Linear::load(&vb.pp("down_proj"), inter, hidden, bias)?,
+        names: ["gate_proj", "up_proj", "down_proj"],
+    })
+}
+
+/// Choices where the reference implementations of DeepSeek-V2 disagree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Multiply the attention softmax scale by `get_mscale(factor, mscale_all_dim)²` when
+    /// `rope_scaling` sets `mscale_all_dim`, as DeepSeek's original `modeling_deepseek.py` (and
+    /// transformers after 4.57) does; [`load`] turns it on. transformers 4.57.6 does not.
+    pub yarn_mscale_softmax: bool,
+}
+
+/// Builds the model as transformers 4.57.6 computes it.
+///
+/// The YaRN softmax-scale correction is applied: the released checkpoints were trained with it
+/// (DeepSeek's own code, and transformers after 4.57); transformers 4.57.6 leaves it out, which
+/// [`load_with`] with `yarn_mscale_softmax: false` reproduces.
+pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    load_with(
+        json,
+        vb,
+        ctx,
+        Options {
+            yarn_mscale_softmax: true,
+        },
+    )
+}
+
+/// Builds the model with explicit [`Options`].
+pub fn load_with(
+    json: &str,
+    vb: VarBuilder,
+    ctx: &BuildCtx,
+    opts: Options,
+) -> Result<Box<dyn MoeModel>> {
+    let cfg: Config = parse_config(Family::DeepseekV2, json)?;
+    validate(&cfg)?;
+    let h = cfg.hidden_size;
+    let top_k = cfg
+        .num_experts_per_tok
+        .ok_or_else(|| bad("num_experts_per_tok is required"))?;
+    if top_k == 0 || top_k > cfg.n_routed_experts {
+        return Err(bad(format!(
+            "num_experts_per_tok = {top_k} must be between 1 and n_routed_experts = {}",
+            cfg.n_routed_experts
+        )));
+    }
+    let router_cfg = RouterConfig {
+        num_experts: cfg.n_routed_experts,
+        top_k,
+        score_fn: ScoreFn::Softmax,
+        method: topk_method(&cfg)?,
+        // transformers 4.57 scales the chosen softmax scores and never renormalises them.
+        norm_topk_prob: false,
+        routed_scaling_factor: cfg.routed_scaling_factor,
+        correction_bias: None,
+    };
+    let (inv_freq, attention_factor) = rope_parameters(&cfg)?;
+    let rotary = Arc::new(Rotary::from_inv_freq(
+        &inv_freq,
+        attention_factor,
+        cfg.max_position_embeddings,
+        true,
+        ctx.dtype,
+        &ctx.device,
+    )?);
+    let softmax_factor = if opts.yarn_mscale_softmax {
+        softmax_mscale(&cfg)?
+    } else {
+        1.0
+    };
+    let shared_inter = cfg.n_shared_experts.map(|n| cfg.moe_intermediate_size * n);
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut moe_layers = Vec::new();
+    for li in 0..cfg.num_hidden_layers {
+        let lvb = vb.pp(format!("model.layers.{li}"));
+        let mut attn = MlaAttention::load(&lvb.pp("self_attn"), &cfg, rotary.clone())?;
+        attn.scale *= softmax_factor;
+        let mvb = lvb.pp("mlp");
+        let ff = if li >= cfg.first_k_dense_replace {
+            moe_layers.push(li);
+            // Routing capture stops at the last MoE layer's router: its experts are never run.
+            let skip_experts = ctx.routing_only && li + 1 == cfg.num_hidden_layers;
+            let n_loaded = if skip_experts {
+                0
+            } else {
+                cfg.n_routed_experts
+            };
+            let experts = (0..n_loaded)
+                .map(|e| {
+                    load_mlp(
+                        &mvb.pp(format!("experts.{e}")),
+                        h,
+                        cfg.moe_intermediate_size,
+                        cfg.mlp_bias,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let shared = match shared_inter.filter(|_| !skip_experts) {
+                Some(inter) => Some(SharedExpert {
+                    mlp: load_mlp(&mvb.pp("shared_experts"), h, inter, cfg.mlp_bias)?,
+                    gate: None,
+                }),
+                None => None,
+            };
+            FeedForward::Moe(MoeBlock {
+                layer: li,
+                // HF's DeepseekV2Moe gate runs in fp32 whatever the model dtype.
+                router: {
+                    let r = Linear::load(&mvb.pp("gate"), h, cfg.n_routed_experts, false)?;
+                    Linear::new(r.weight.to_dtype(candle_core::DType::F32)?, None)
+                },
+                router_cfg: router_cfg.clone(),
+                experts,
+                shared,
+                router_fp32: true,
+            })
+        } else {
+            FeedForward::Dense(load_mlp(&mvb, h, cfg.intermediate_size, cfg.mlp_bias)?)
+        };
+        layers.push(DecoderLayer {
+            input_norm: RmsNorm::load(&lvb.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+            attn: Box::new(attn),
+            post_attention_norm: RmsNorm::load(
+                &lvb.pp("post_attention_layernorm"),
+                h,
+                cfg.rms_norm_eps,
+            )?,
+            ff,
+        });
+    }
+    let (embed, norm, lm_head) = load_embed_norm_head(
+        &vb,
+        cfg.vocab_size,
+        h,
+        cfg.rms_norm_eps,
+        cfg.tie_word_embeddings,
+        ctx.routing_only,
+    )?;
+    let names = ["gate_proj", "up_proj", "down_proj"];
+    let layout = ModuleLayout {
+        expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
+        expert_projections: swiglu_projections(h, cfg.moe_intermediate_size, names),
+        shared_expert_prefix: shared_inter
+            .map(|_| "model.layers.{layer}.mlp.shared_experts".into()),
+        shared_expert_projections: shared_inter
+            .map(|inter| swiglu_projections(h, inter, names))
+            .unwrap_or_default(),
+        attention_prefix: "model.layers.{layer}.self_attn".into(),
+        attention_projections: attention_projections(&cfg),
+        router: "model.layers.{layer}.mlp.gate".into(),
+        router_in: h,
+    };
+    let info = InfoParts {
+        family: Family::DeepseekV2,
+        num_layers: cfg.num_hidden_layers,
+        moe_layers,
+        num_experts: cfg.n_routed_experts,
+        top_k,
+        num_shared_experts: cfg.n_shared_experts.unwrap_or(0),
+        hidden_size: h,
+        vocab_size: cfg.vocab_size,
+        max_position_embeddings: cfg.max_position_embeddings,
+        layout,
+    }
+    .into_info(ctx);
+    Ok(Box::new(DecoderStack {
+        info,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        sliding_window: None,
+        use_kv_cache: false,
+    }))
+}

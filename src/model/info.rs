@@ -1,0 +1,146 @@
+//! What a model is, without its weights: the [`Family`], the [`ModuleLayout`] of its linear
+//! layers (for LoRA accounting and adapter export), and the [`ModelInfo`] that `moescope info`
+//! shows and profiles record.
+
+use serde::{Deserialize, Serialize};
+
+use super::router::ScoreFn;
+
+/// The supported model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Olmoe,
+    Qwen2Moe,
+    Qwen3Moe,
+    Mixtral,
+    DeepseekV2,
+}
+
+impl Family {
+    pub const ALL: [Family; 5] = [
+        Family::Olmoe,
+        Family::Qwen2Moe,
+        Family::Qwen3Moe,
+        Family::Mixtral,
+        Family::DeepseekV2,
+    ];
+
+    /// The HF `architectures[0]` name of the family's causal LM.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Olmoe => "OlmoeForCausalLM",
+            Family::Qwen2Moe => "Qwen2MoeForCausalLM",
+            Family::Qwen3Moe => "Qwen3MoeForCausalLM",
+            Family::Mixtral => "MixtralForCausalLM",
+            Family::DeepseekV2 => "DeepseekV2ForCausalLM",
+        }
+    }
+
+    /// The HF `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Olmoe => "olmoe",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::Qwen3Moe => "qwen3_moe",
+            Family::Mixtral => "mixtral",
+            Family::DeepseekV2 => "deepseek_v2",
+        }
+    }
+
+    pub fn from_architecture(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.architecture() == name)
+    }
+
+    pub fn from_model_type(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == name)
+    }
+}
+
+/// One linear projection's name and shape, for parameter accounting and adapter export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    /// Module name relative to its parent, e.g. `gate_proj` or `w1` or `self_attn.q_proj`.
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Projection {
+    pub fn new(name: &str, in_features: usize, out_features: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            in_features,
+            out_features,
+        }
+    }
+}
+
+/// Where a family keeps its modules, with the real projection shapes: enough to count LoRA
+/// parameters and write PEFT `target_modules` without loading weights.
+///
+/// Templates use `{layer}` and `{expert}` placeholders, e.g.
+/// `model.layers.{layer}.mlp.experts.{expert}` for OLMoE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleLayout {
+    pub expert_prefix: String,
+    pub expert_projections: Vec<Projection>,
+    /// Prefix of the (first) shared expert, if any, e.g. `model.layers.{layer}.mlp.shared_expert`.
+    pub shared_expert_prefix: Option<String>,
+    /// All shared experts' projections (DeepSeek's `n_shared_experts` fused into one MLP).
+    pub shared_expert_projections: Vec<Projection>,
+    /// `model.layers.{layer}.self_attn`.
+    pub attention_prefix: String,
+    pub attention_projections: Vec<Projection>,
+    /// Full name of the router linear, e.g. `model.layers.{layer}.mlp.gate`.
+    pub router: String,
+    pub router_in: usize,
+}
+
+impl ModuleLayout {
+    pub fn expert_module(&self, layer: usize, expert: usize, proj: &str) -> String {
+        format!(
+            "{}.{proj}",
+            self.expert_prefix
+                .replace("{layer}", &layer.to_string())
+                .replace("{expert}", &expert.to_string())
+        )
+    }
+}
+
+/// What `moescope info` shows and the profile file records about a model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Hub id or folder the model came from.
+    pub id: String,
+    pub architecture: String,
+    pub family: Family,
+    pub num_layers: usize,
+    /// Decoder layer indices that have a routed MoE block, ascending.
+    pub moe_layers: Vec<usize>,
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub num_shared_experts: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub total_params: u64,
+    pub active_params: u64,
+    pub dtype: String,
+    pub device: String,
+    pub score_fn: ScoreFn,
+    pub layout: ModuleLayout,
+}
+
+impl ModelInfo {
+    /// Parameters of all experts in one MoE layer that a token does not use (for active counts).
+    pub fn inactive_params(&self) -> u64 {
+        let per_expert: u64 = self
+            .layout
+            .expert_projections
+            .iter()
+            .map(|p| (p.in_features * p.out_features) as u64)
+            .sum();
+        self.moe_layers.len() as u64 * (self.num_experts - self.top_k) as u64 * per_expert
+    }
+}

@@ -1,0 +1,302 @@
+//! SwiGLU experts: each expert on just the tokens routed to it, the experts side by side on the
+//! thread pool, forward (inference and training) and backward (`∂L/∂x` and `∂L/∂w` for the
+//! routing weights; none for the experts' frozen weights).
+
+use candle_core::Tensor;
+
+use super::gemm::{F32Data, Mat, matmul, par_each, with_scratch};
+use crate::model::error::Result;
+
+/// An expert's three weights, `[inter, hidden]`, `[inter, hidden]`, `[hidden, inter]`.
+pub(crate) struct ExpertData<'a> {
+    gate: F32Data<'a>,
+    up: F32Data<'a>,
+    down: F32Data<'a>,
+    inter: usize,
+}
+
+impl<'a> ExpertData<'a> {
+    /// The data of a plain expert's gate, up and down weights, `None` unless they are f32 on the
+    /// CPU, contiguous, untracked and of matching shapes.
+    pub(crate) fn of([g, u, d]: [&'a Tensor; 3], hidden: usize) -> Option<Self> {
+        let inter = g.dims().first().copied()?;
+        let shapes_ok = g.dims() == [inter, hidden]
+            && u.dims() == [inter, hidden]
+            && d.dims() == [hidden, inter];
+        shapes_ok.then_some(())?;
+        Some(Self {
+            gate: F32Data::of(g)?,
+            up: F32Data::of(u)?,
+            down: F32Data::of(d)?,
+            inter,
+        })
+    }
+}
+
+/// [`dispatch_experts`](crate::model::layers::dispatch_experts) with the experts side by side on
+/// the thread pool; `slots[e]` lists the positions in the row-major `[tokens, k]` choice of the
+/// tokens routed to `e`, `experts[e]` its gate, up and down weights when it is a plain SwiGLU.
+pub(crate) fn dispatch_experts(
+    x: &Tensor,
+    k: usize,
+    slots: &[Vec<u32>],
+    weights: &Tensor,
+    experts: &[Option<[&Tensor; 3]>],
+) -> Result<Option<Tensor>> {
+    let Ok((tokens, hidden)) = x.dims2() else {
+        return Ok(None);
+    };
+    if tokens == 0 || hidden == 0 {
+        return Ok(None);
+    }
+    let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(weights)) else {
+        return Ok(None);
+    };
+    if weights.elem_count() != tokens * k {
+        return Ok(None);
+    }
+    let Some(data) = expert_data(experts, slots, hidden) else {
+        return Ok(None);
+    };
+    let out = experts_forward(xd.slice(), wd.slice(), hidden, k, slots, &data);
+    drop((xd, wd, data));
+    Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
+}
+
+/// The weights of the experts that have tokens in `slots` (`None` for the others), or
+/// `None` if one of those is not a plain f32 SwiGLU on the CPU (`experts[e]`: its gate, up and
+/// down weights when it has no bias and no LoRA update).
+pub(crate) fn expert_data<'a>(
+    experts: &[Option<[&'a Tensor; 3]>],
+    slots: &[Vec<u32>],
+    hidden: usize,
+) -> Option<Vec<Option<ExpertData<'a>>>> {
+    experts
+        .iter()
+        .zip(slots)
+        .map(|(e, s)| match s.is_empty() {
+            true => Some(None),
+            false => e.and_then(|w| ExpertData::of(w, hidden)).map(Some),
+        })
+        .collect()
+}
+
+/// Rows of a `[slots, hidden]` buffer that hold each expert's slots one expert after the
+/// other: `row_of_slot[pos]` for every position in `slots` (`u32::MAX` for positions in
+/// none), the total row count, and each expert's first row.
+fn slot_rows(slots: &[Vec<u32>], positions: usize) -> (Vec<u32>, usize, Vec<usize>) {
+    let mut row_of_slot = vec![u32::MAX; positions];
+    let mut first = Vec::with_capacity(slots.len());
+    let mut row = 0usize;
+    for s in slots {
+        first.push(row);
+        for (i, &pos) in s.iter().enumerate() {
+            row_of_slot[pos as usize] = (row + i) as u32;
+        }
+        row += s.len();
+    }
+    (row_of_slot, row, first)
+}
+
+/// Each token's sum over the rows of `ys` of its slots, in increasing expert order (as
+/// `index_add` adds the expert-ordered rows), starting from zero.
+fn sum_rows_per_token(ys: &[f32], row_of_slot: &[u32], hidden: usize, k: usize) -> Vec<f32> {
+    let tokens = row_of_slot.len() / k.max(1);
+    let mut out = vec![0f32; tokens * hidden];
+    let token_rows: Vec<_> = out.chunks_mut(hidden).enumerate().collect();
+    par_each(token_rows, |(t, dst)| {
+        let mut rows: Vec<u32> = row_of_slot[t * k..(t + 1) * k].to_vec();
+        // Rows are numbered in expert order, so sorting rows sorts by expert.
+        rows.sort_unstable();
+        for r in rows.into_iter().take_while(|&r| r != u32::MAX) {
+            let src = &ys[r as usize * hidden..(r as usize + 1) * hidden];
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        }
+    });
+    out
+}
+
+/// `Σ_e w·expert_e(x)` per token over the experts in `slots` (`xs` `[tokens, hidden]`,
+/// `ws` `[tokens, k]`, both row-major); positions in no expert's list add nothing.
+pub(crate) fn experts_forward(
+    xs: &[f32],
+    ws: &[f32],
+    hidden: usize,
+    k: usize,
+    slots: &[Vec<u32>],
+    data: &[Option<ExpertData<'_>>],
+) -> Vec<f32> {
+    // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
+    let (row_of_slot, rows, _) = slot_rows(slots, ws.len());
+    let mut ys = vec![0f32; rows * hidden];
+    let mut jobs = Vec::new();
+    let mut rest = ys.as_mut_slice();
+    for (d, s) in data.iter().zip(slots) {
+        let (block, tail) = rest.split_at_mut(s.len() * hidden);
+        rest = tail;
+        if let Some(d) = d {
+            jobs.push((d, s.as_slice(), block));
+        }
+    }
+    // The busiest experts first, so that the pool's threads finish together.
+    jobs.sort_by_key(|(_, s, _)| std::cmp::Reverse(s.len()));
+    par_each(jobs, |(d, s, block)| {
+        let (n, inter) = (s.len(), d.inter);
+        with_scratch(n * (hidden + 2 * inter), |scratch| {
+            // Column-major (one column per token) operands, which the kernels read
+            // without repacking.
+            let (xe, rest) = scratch.split_at_mut(n * hidden);
+            let (g, u) = rest.split_at_mut(n * inter);
+            for (i, &pos) in s.iter().enumerate() {
+                let t = pos as usize / k;
+                let src = &xs[t * hidden..(t + 1) * hidden];
+                xe[i..]
+                    .iter_mut()
+                    .step_by(n)
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = v);
+            }
+            let xm = Mat::cols(xe, n);
+            let col_major = (1, n);
+            let (gw, uw) = (Mat::t(d.gate.slice(), hidden), Mat::t(d.up.slice(), hidden));
+            matmul(g, col_major, xm, gw, (n, inter, hidden));
+            matmul(u, col_major, xm, uw, (n, inter, hidden));
+            for (g, &u) in g.iter_mut().zip(u.iter()) {
+                // candle's silu, then the product, as in `SwiGlu::forward`.
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            // The output column-major too (in `xe`'s space), then weighted into `block`'s
+            // rows: a row-major destination would make the kernels repack the weight.
+            let y = xe;
+            let dw = Mat::t(d.down.slice(), inter);
+            matmul(y, col_major, Mat::cols(g, n), dw, (n, hidden, inter));
+            for (i, (dst, &pos)) in block.chunks_exact_mut(hidden).zip(s).enumerate() {
+                let w = ws[pos as usize];
+                let src = y[i..].iter().step_by(n);
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
+            }
+        });
+    });
+    sum_rows_per_token(&ys, &row_of_slot, hidden, k)
+}
+
+/// The backward pass of [`experts_forward`] for the output gradient `gs` `[tokens,
+/// hidden]`: `(∂L/∂x [tokens, hidden], ∂L/∂w [tokens, k])`, with zeros for positions in no
+/// expert's list. The experts' weights get no gradient; their activations are recomputed.
+pub(crate) fn experts_backward(
+    xs: &[f32],
+    ws: &[f32],
+    gs: &[f32],
+    hidden: usize,
+    k: usize,
+    slots: &[Vec<u32>],
+    data: &[Option<ExpertData<'_>>],
+) -> (Vec<f32>, Vec<f32>) {
+    let (row_of_slot, rows, first) = slot_rows(slots, ws.len());
+    // Per slot row: its ∂L/∂x contribution, and its ∂L/∂w.
+    let mut dxs = vec![0f32; rows * hidden];
+    let mut dws = vec![0f32; rows];
+    let mut jobs = Vec::new();
+    let (mut rest, mut rest_w) = (dxs.as_mut_slice(), dws.as_mut_slice());
+    for (d, s) in data.iter().zip(slots) {
+        let (block, tail) = rest.split_at_mut(s.len() * hidden);
+        let (block_w, tail_w) = rest_w.split_at_mut(s.len());
+        (rest, rest_w) = (tail, tail_w);
+        if let Some(d) = d {
+            jobs.push((d, s.as_slice(), block, block_w));
+        }
+    }
+    jobs.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.len()));
+    par_each(jobs, |(d, s, block, block_w)| {
+        let (n, inter) = (s.len(), d.inter);
+        let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
+        with_scratch(n * (2 * hidden + 3 * inter), |scratch| {
+            // All row-major, one row per slot.
+            let (xe, rest) = scratch.split_at_mut(n * hidden);
+            let (y, rest) = rest.split_at_mut(n * hidden);
+            let (g, rest) = rest.split_at_mut(n * inter);
+            let (u, h) = rest.split_at_mut(n * inter);
+            for (dst, &pos) in xe.chunks_exact_mut(hidden).zip(s) {
+                let t = pos as usize / k;
+                dst.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
+            }
+            let row_major = |cols: usize| (cols, 1);
+            let xm = Mat::rows(xe, hidden);
+            matmul(
+                g,
+                row_major(inter),
+                xm,
+                Mat::t(gate, hidden),
+                (n, inter, hidden),
+            );
+            matmul(
+                u,
+                row_major(inter),
+                xm,
+                Mat::t(up, hidden),
+                (n, inter, hidden),
+            );
+            for ((h, &g), &u) in h.iter_mut().zip(g.iter()).zip(u.iter()) {
+                *h = g / (1.0 + (-g).exp()) * u;
+            }
+            let hm = Mat::rows(h, inter);
+            matmul(
+                y,
+                row_major(hidden),
+                hm,
+                Mat::t(down, inter),
+                (n, hidden, inter),
+            );
+            // ∂L/∂w = ⟨expert(x), g⟩; ∂L/∂(expert output) = w·g, in place of the output.
+            for ((yr, dw), &pos) in y.chunks_exact_mut(hidden).zip(block_w).zip(s) {
+                let t = pos as usize / k;
+                let gr = &gs[t * hidden..(t + 1) * hidden];
+                *dw = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                let w = ws[pos as usize];
+                yr.iter_mut().zip(gr).for_each(|(d, &g)| *d = w * g);
+            }
+            // ∂L/∂h = dy·W_down.
+            let dy = Mat::rows(y, hidden);
+            matmul(
+                h,
+                row_major(inter),
+                dy,
+                Mat::rows(down, inter),
+                (n, inter, hidden),
+            );
+            // h = silu(g)·u: ∂L/∂g = dh·u·silu'(g), ∂L/∂u = dh·silu(g), with
+            // silu'(g) = σ(g) + silu(g)·(1 - σ(g)).
+            for ((dh, g), u) in h.iter().zip(g.iter_mut()).zip(u.iter_mut()) {
+                let sig = 1.0 / (1.0 + (-*g).exp());
+                let silu = *g / (1.0 + (-*g).exp());
+                let (dg, du) = (dh * *u * (sig + silu * (1.0 - sig)), dh * silu);
+                (*g, *u) = (dg, du);
+            }
+            // ∂L/∂x = dg·W_gate + du·W_up.
+            let (dg, du) = (Mat::rows(g, inter), Mat::rows(u, inter));
+            matmul(
+                block,
+                row_major(hidden),
+                dg,
+                Mat::rows(gate, hidden),
+                (n, hidden, inter),
+            );
+            matmul(
+                xe,
+                row_major(hidden),
+                du,
+                Mat::rows(up, hidden),
+                (n, hidden, inter),
+            );
+            block.iter_mut().zip(xe.iter()).for_each(|(a, &b)| *a += b);
+        });
+    });
+    let dx = sum_rows_per_token(&dxs, &row_of_slot, hidden, k);
+    let mut dw = vec![0f32; ws.len()];
+    for (e, s) in slots.iter().enumerate() {
+        for (i, &pos) in s.iter().enumerate() {
+            dw[pos as usize] = dws[first[e] + i];
+        }
+    }
+    (dx, dw)
+}

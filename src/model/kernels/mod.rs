@@ -1,0 +1,23 @@
+//! Direct f32 CPU kernels: the inference hot path (f32 tensors on the CPU that track no
+//! gradient), and the forward and backward kernels of the training ops for frozen parts
+//! ([`crate::model::autograd`]). All the crate's `unsafe` code lives here.
+//!
+//! Each inference function returns `Ok(None)` when its inputs don't qualify, and the caller then
+//! takes the plain tensor-op path, which stays the reference (and the path for other devices,
+//! dtypes and trainable weights). The kernels compute the same operations in the same order as
+//! that path, with the `gemm` crate's kernels that candle's CPU matmul uses, but with each small
+//! matmul running on one thread inside a task of the thread pool instead of split across all
+//! threads.
+//!
+//! - [`gemm`]: tensor data locks, thread-pool tasks, scratch space, matrix products, `x·Wᵀ`;
+//! - [`norm`]: RMSNorm rows forward and backward;
+//! - [`attention`]: scaled dot-product attention, and a frozen attention block's passes;
+//! - [`experts`]: SwiGLU experts on their routed tokens, forward and backward.
+
+pub mod attention;
+pub mod experts;
+pub mod gemm;
+pub mod norm;
+
+#[cfg(test)]
+mod tests;
