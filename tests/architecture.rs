@@ -539,7 +539,7 @@ fn the_gui_reaches_the_model_only_through_the_worker() {
         "candle_nn",
         "Tensor",
         "MoeModel",
-        "load_model",
+        "crate::model::load_model",
         "crate::model::loader",
     ];
     for dir in ["gui", "render"] {

@@ -1,14 +1,6 @@
-//! Router steering at inference time: the steering spec file, generation with a KV cache,
-//! the routing change a spec causes, and multiple-choice evaluation with and without it
-//! (DESIGN.md "Training and steering defaults": DSMoE logit bias, SteerMoE force on / off).
-//!
-//! - this module: [`SteeringSpec`] (`moescope-steering` v1, JSON), built by hand, from a
-//!   [`Selection`] or from a domain's DAS ranking; validated against a model's [`ModelInfo`];
-//!   resolved into the engine's [`Steering`] (the routing layer applies it, so every family
-//!   supports it);
-//! - [`generate`]: sampling (temperature, top-p, seed) and streaming generation;
-//! - [`diff`]: the per-layer routing change between an unsteered and a steered pass;
-//! - [`eval`]: multiple-choice scoring by option-letter log-probability, bootstrap CIs.
+//! The steering spec (`moescope-steering` v1, JSON): built by hand, from a [`Selection`] or
+//! from a domain's DAS ranking; validated against a model's [`ModelInfo`]; resolved into the
+//! engine's [`Steering`] (the routing layer applies it, so every family supports it).
 //!
 //! File format:
 //!
@@ -25,15 +17,12 @@
 //! multiplied by `strength`), a `force` (`"on"`: above the token's largest logit, `"off"`: below
 //! its smallest), or both (bias first). A strength of 0 turns the whole spec off.
 
-pub mod diff;
-pub mod eval;
-pub mod generate;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::{Result, SteerError};
 use crate::analysis::das::{GeneralSet, domain_advantage, top_das_experts};
 use crate::model::ModelInfo;
 use crate::model::router::{ExpertForce, LayerSteering, Steering};
@@ -42,39 +31,6 @@ use crate::selection::{Selection, SelectionModel};
 
 pub const STEERING_FORMAT: &str = "moescope-steering";
 pub const STEERING_VERSION: u32 = 1;
-
-/// Errors reading, building or validating steering specs, and running steered jobs.
-#[derive(Debug, thiserror::Error)]
-pub enum SteerError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: not valid JSON for a moescope steering spec: {source}")]
-    Json {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("{path}: {msg}")]
-    Format { path: String, msg: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("cancelled")]
-    Cancelled,
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-    #[error(transparent)]
-    Analysis(#[from] crate::analysis::AnalysisError),
-    #[error(transparent)]
-    Selection(#[from] crate::selection::SelectionError),
-}
-
-pub type Result<T> = std::result::Result<T, SteerError>;
 
 /// Which tokens the steering applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
