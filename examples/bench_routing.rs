@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
+use moescope::inference::profiling::profile_model;
 use moescope::model::device::DeviceChoice;
 use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
-use moescope::profiling::profile_model;
 use moescope::profile::ProfileRecorder;
 use rand::{Rng, SeedableRng};
 

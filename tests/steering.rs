@@ -9,14 +9,14 @@ use common::{fixture, load, moescope};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use moescope::model::router::{ExpertForce, NoHook};
-use moescope::model::{Batch, LoadedModel, Output, RouteCtx, loader};
-use moescope::steering::diff::{LayerRouting, routing_change, sequence_routing};
-use moescope::steering::eval::{
+use moescope::inference::eval::{
     EvalOptions, McItem, best, encode_item, letter, load_items, run_eval, score_batch,
     score_encoded,
 };
-use moescope::steering::generate::{GenerateOptions, argmax, generate};
+use moescope::inference::generate::{GenerateOptions, argmax, generate};
+use moescope::model::router::{ExpertForce, NoHook};
+use moescope::model::{Batch, LoadedModel, Output, RouteCtx, loader};
+use moescope::steering::diff::{LayerRouting, routing_change, sequence_routing};
 use moescope::steering::{ActiveSteering, ExpertSteer, SteerAction, SteeringSpec};
 
 const FAMILIES: [&str; 5] = [

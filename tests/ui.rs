@@ -13,8 +13,8 @@ use egui_kittest::kittest::Queryable;
 use moescope::data::{Prompt, PromptSet};
 use moescope::gui::state::{JobKind, RunningJob};
 use moescope::gui::{MoeScopeApp, Tab, UiState};
+use moescope::inference::profiling::{ProfileOptions, run_profile};
 use moescope::model::{LoadOptions, load_model};
-use moescope::profiling::{ProfileOptions, run_profile};
 use moescope::profile::RoutingProfile;
 use moescope::worker::Event;
 

@@ -11,7 +11,8 @@ use crate::analysis::hot::{DEFAULT_BUDGET, HotSignal, check_k, experts_for_budge
 use crate::profile::traces::read_traces;
 use anyhow::{Context, Result};
 
-use super::report::{load_profile, table};
+use super::inputs::load_profile;
+use super::output::table;
 use super::select::SignalArg;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -179,7 +180,7 @@ fn print_comparison(c: &ProfileComparison, out: &mut dyn Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::report::tests::{fixture_profile, fixture_traces, write_traces};
+    use crate::cli::test_fixtures::{fixture_profile, fixture_traces, write_traces};
     use std::path::Path;
 
     fn args(before: &Path, after: &Path) -> CompareArgs {

@@ -4,17 +4,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
 use crate::data::{DataOptions, load_prompts};
+use crate::inference::profiling::{ProfileError, ProfileOptions, run_profile};
+use crate::inference::trace::trace_tokens;
 use crate::model::device::DeviceChoice;
-use crate::model::router::RecordingHook;
-use crate::model::{
-    Batch, LoadOptions, LoadedModel, Output, RouteCtx, load_model, loader, parse_dtype,
-};
-use crate::profiling::{ProfileError, ProfileOptions, run_profile};
+use crate::model::{LoadOptions, LoadedModel, load_model, loader, parse_dtype};
 
 /// Which model to load and how.
 #[derive(Debug, Clone, Args)]
@@ -174,32 +172,15 @@ pub fn trace(args: TraceArgs) -> Result<()> {
         (None, None) => bail!("pass --text or --ids"),
     };
     let info = loaded.model.info().clone();
-    if ids.is_empty() {
-        bail!("no tokens to trace");
-    }
-    if let Some(bad) = ids.iter().find(|&&id| id as usize >= info.vocab_size) {
-        bail!(
-            "token id {bad} is outside the vocabulary of {} tokens",
-            info.vocab_size
-        );
-    }
-    let batch = Batch::from_sequences(std::slice::from_ref(&ids), &loaded.device)?;
-    let mut hook = RecordingHook::default();
-    let logits = {
-        let mut ctx = RouteCtx::new(&mut hook);
-        loaded.model.forward(&batch, Output::LastLogits, &mut ctx)?
-    }
-    .context("the model returned no logits")?;
-    let last: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-    let tokens: Vec<String> = ids
-        .iter()
-        .map(|&id| loaded.tokenizer.decode(&[id], false).unwrap_or_default())
-        .collect();
+    let traced = trace_tokens(loaded.model.as_mut(), ids, true)?;
+    let last: &[f32] = traced.last_logits.as_deref().unwrap_or_default();
+    let tokens = traced.token_texts(&loaded.tokenizer);
+    let ids = &traced.ids;
     let rows = |v: &[f32], w: usize| -> Vec<Vec<f32>> {
         v.chunks(w.max(1)).map(<[f32]>::to_vec).collect()
     };
     if args.json {
-        let layers: Vec<_> = hook
+        let layers: Vec<_> = traced
             .layers
             .iter()
             .map(|l| {
@@ -231,7 +212,7 @@ pub fn trace(args: TraceArgs) -> Result<()> {
         info.top_k,
         info.num_experts
     );
-    for l in &hook.layers {
+    for l in &traced.layers {
         println!("\nlayer {}", l.layer);
         for (t, tok) in tokens.iter().enumerate() {
             let chosen: Vec<String> = (0..l.top_k)
@@ -251,7 +232,7 @@ pub fn trace(args: TraceArgs) -> Result<()> {
             );
         }
     }
-    let best = crate::model::router::top_k_indices(&last, 5);
+    let best = crate::model::router::top_k_indices(last, 5);
     let next: Vec<String> = best
         .iter()
         .map(|&i| {

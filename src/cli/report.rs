@@ -6,12 +6,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::analysis::compare::check_same_model;
+use super::inputs::{load_profile, load_traces};
+use super::output::{percent, table};
 use crate::analysis::das::{GeneralSet, domain_advantage};
 use crate::analysis::report::{ProfileReport, ReportOptions, build_report};
 use crate::analysis::traces::{co_activation, domain_specialisation_by_subject};
 use crate::io::write_atomic;
-use crate::profile::traces::read_traces;
 use crate::profile::{RoutingProfile, SequenceTrace};
 use anyhow::{Context, Result};
 
@@ -54,28 +54,6 @@ pub fn run(args: ReportArgs) -> Result<()> {
     run_to(args, &mut out)
 }
 
-/// Loads a profile; the error names the file.
-pub(crate) fn load_profile(path: &Path) -> Result<RoutingProfile> {
-    Ok(RoutingProfile::load(path)?)
-}
-
-/// Loads a traces file and checks it belongs to the profile's model.
-pub(crate) fn load_traces(
-    path: &Path,
-    profile: &RoutingProfile,
-    profile_path: &Path,
-) -> Result<Vec<SequenceTrace>> {
-    let (header, traces) = read_traces(path)?;
-    check_same_model(&profile.model, &header.model).with_context(|| {
-        format!(
-            "{} and {} are not of the same model",
-            path.display(),
-            profile_path.display()
-        )
-    })?;
-    Ok(traces)
-}
-
 /// Runs the report, writing human-readable or JSON output to `out`.
 pub fn run_to(args: ReportArgs, out: &mut dyn Write) -> Result<()> {
     let profile = load_profile(&args.profile)?;
@@ -103,61 +81,6 @@ pub fn run_to(args: ReportArgs, out: &mut dyn Write) -> Result<()> {
         }
     } else {
         print_tables(&report, out)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn percent(x: f64) -> String {
-    format!("{:.1} %", 100.0 * x)
-}
-
-/// 85_012_345 → "85.0M".
-pub(crate) fn short_count(n: u64) -> String {
-    let x = n as f64;
-    if x >= 1e9 {
-        format!("{:.2}B", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.1}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        n.to_string()
-    }
-}
-
-/// Bytes in decimal units, like MoE-Sieve's table ("340 MB", "1.25 GB").
-pub(crate) fn short_bytes(n: u64) -> String {
-    let x = n as f64;
-    if x >= 1e9 {
-        format!("{:.2} GB", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.1} MB", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1} kB", x / 1e3)
-    } else {
-        format!("{n} B")
-    }
-}
-
-/// Prints rows as left-aligned columns separated by two spaces.
-pub(crate) fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> std::io::Result<()> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, &w)| format!("{cell:<w$}"))
-            .collect();
-        writeln!(out, "  {}", line.join("  ").trim_end())?;
     }
     Ok(())
 }
@@ -694,97 +617,11 @@ fn write_csv(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::model::{ModuleLayout, Projection};
-    use crate::profile::traces::TraceWriter;
-    use crate::profile::{ProfileModel, SubjectProfile, TraceLayer};
+    use crate::cli::test_fixtures::{fixture_profile, fixture_traces, write_traces};
 
-    /// A two-layer, four-expert OLMoE-layout profile with two subjects.
-    pub(crate) fn fixture_profile() -> RoutingProfile {
-        let layout = ModuleLayout {
-            expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
-            expert_projections: vec![
-                Projection::new("gate_proj", 16, 8),
-                Projection::new("up_proj", 16, 8),
-                Projection::new("down_proj", 8, 16),
-            ],
-            shared_expert_prefix: None,
-            shared_expert_projections: vec![],
-            attention_prefix: "model.layers.{layer}.self_attn".into(),
-            attention_projections: ["q_proj", "k_proj", "v_proj", "o_proj"]
-                .iter()
-                .map(|n| Projection::new(n, 16, 16))
-                .collect(),
-            router: "model.layers.{layer}.mlp.gate".into(),
-            router_in: 16,
-        };
-        let model: ProfileModel = serde_json::from_value(serde_json::json!({
-            "id": "tiny-olmoe", "architecture": "OlmoeForCausalLM", "moe_layers": [0, 1],
-            "num_experts": 4, "top_k": 2, "score_fn": "softmax"
-        }))
-        .unwrap();
-        let model = ProfileModel {
-            layout: Some(layout),
-            ..model
-        };
-        let mut a = SubjectProfile::empty("math", 2, 4);
-        a.sequences = 2;
-        a.tokens = 3;
-        a.count = vec![vec![3, 2, 1, 0], vec![3, 3, 0, 0]];
-        a.mass = vec![vec![1.5, 1.0, 0.5, 0.0], vec![1.5, 1.5, 0.0, 0.0]];
-        a.score = vec![vec![1.2, 0.9, 0.6, 0.3], vec![1.5, 1.2, 0.2, 0.1]];
-        let mut b = SubjectProfile::empty("law", 2, 4);
-        b.sequences = 1;
-        b.tokens = 2;
-        b.count = vec![vec![1, 1, 1, 1], vec![0, 0, 2, 2]];
-        b.mass = vec![vec![0.5, 0.5, 0.5, 0.5], vec![0.0, 0.0, 1.0, 1.0]];
-        b.score = vec![vec![0.5, 0.5, 0.5, 0.5], vec![0.2, 0.2, 0.8, 0.8]];
-        RoutingProfile::new(model, vec![a, b])
-    }
-
-    /// Traces matching [`fixture_profile`]'s counts.
-    pub(crate) fn fixture_traces() -> Vec<SequenceTrace> {
-        let t = |subject: &str, ids: &[u32], l0: Vec<Vec<u32>>, l1: Vec<Vec<u32>>| SequenceTrace {
-            subject: subject.into(),
-            token_ids: ids.to_vec(),
-            tokens: ids.iter().map(|i| format!("tok{i}")).collect(),
-            layers: [l0, l1]
-                .into_iter()
-                .enumerate()
-                .map(|(layer, indices)| TraceLayer {
-                    layer,
-                    weights: indices.iter().map(|s| vec![0.5; s.len()]).collect(),
-                    indices,
-                })
-                .collect(),
-        };
-        vec![
-            t(
-                "math",
-                &[7, 8],
-                vec![vec![0, 1], vec![0, 2]],
-                vec![vec![0, 1], vec![0, 1]],
-            ),
-            t("math", &[7], vec![vec![0, 1]], vec![vec![0, 1]]),
-            t(
-                "law",
-                &[9, 7],
-                vec![vec![2, 3], vec![1, 0]],
-                vec![vec![2, 3], vec![2, 3]],
-            ),
-        ]
-    }
-
-    pub(crate) fn write_traces(path: &Path, model: &ProfileModel, traces: &[SequenceTrace]) {
-        let mut w = TraceWriter::create(path, model).unwrap();
-        for t in traces {
-            w.write(t).unwrap();
-        }
-        w.finish().unwrap();
-    }
-
-    pub(crate) fn args(profile: &Path) -> ReportArgs {
+    fn args(profile: &Path) -> ReportArgs {
         ReportArgs {
             profile: profile.to_path_buf(),
             json: false,

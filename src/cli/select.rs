@@ -17,7 +17,8 @@ use crate::selection::{
 };
 use anyhow::{Context, Result, bail};
 
-use super::report::{load_profile, percent, short_bytes, short_count, table};
+use super::inputs::load_profile;
+use super::output::{percent, short_bytes, short_count, table};
 
 /// The selection rules on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -405,7 +406,7 @@ pub(crate) fn print_accounting(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::report::tests::fixture_profile;
+    use crate::cli::test_fixtures::fixture_profile;
     use std::path::Path;
 
     fn args(profile: &Path, rule: RuleName, out: &Path) -> SelectArgs {

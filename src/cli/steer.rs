@@ -13,13 +13,13 @@ use serde_json::json;
 
 use super::engine::ModelArgs;
 use crate::analysis::das::GeneralSet;
+use crate::inference::eval::{Estimate, EvalOptions, EvalReport, load_items, run_eval};
+use crate::inference::generate::{GenerateOptions, TextStream, generate, stop_ids};
 use crate::model::router::ExpertForce;
 use crate::model::{LoadedModel, ModelInfo, loader};
 use crate::profile::RoutingProfile;
 use crate::selection::{Selection, parse_cells};
-use crate::steering::diff::{routing_change, sequence_routing};
-use crate::steering::eval::{Estimate, EvalOptions, EvalReport, load_items, run_eval};
-use crate::steering::generate::{GenerateOptions, TextStream, decode, generate, stop_ids};
+use crate::steering::compare::{CompareError, steer_and_compare};
 use crate::steering::{ActiveSteering, ApplyTo, SteerAction, SteerError, SteeringSpec};
 
 /// A Ctrl-C flag (the handler is installed once per process).
@@ -207,33 +207,24 @@ pub fn steer_cmd(args: SteerArgs) -> Result<()> {
     let opts = args.sampling.options(&loaded);
     opts.validate()?;
     let cancel = cancel_flag();
-    let run = |model: &mut LoadedModel, s: Option<&ActiveSteering>| match generate(
-        model.model.as_mut(),
+    let result = match steer_and_compare(
+        loaded.model.as_mut(),
+        &loaded.tokenizer,
         &ids,
-        s,
+        &active,
         &opts,
-        None,
         &cancel,
         &mut |_| {},
     ) {
-        Err(SteerError::Cancelled) => Err(anyhow::anyhow!("cancelled")),
-        r => Ok(r?),
+        Ok(r) => r,
+        Err(CompareError::Cancelled) => bail!("cancelled"),
+        Err(CompareError::Generation { source, .. } | CompareError::Routing(source)) => {
+            return Err(source.into());
+        }
     };
-    let plain = run(&mut loaded, None)?;
-    let steered = run(&mut loaded, Some(&active))?;
-    // Routing change on the same tokens: the prompt plus the unsteered continuation.
-    let mut seq = ids.clone();
-    seq.extend_from_slice(&plain);
-    let before = sequence_routing(loaded.model.as_mut(), &seq, ids.len(), None)?;
-    let after = sequence_routing(loaded.model.as_mut(), &seq, ids.len(), Some(&active))?;
-    let changes = routing_change(&before, &after, &active.steered_experts())?;
-    let plain_text = decode(&loaded.tokenizer, &plain);
-    let steered_text = decode(&loaded.tokenizer, &steered);
-    let first_diff = plain
-        .iter()
-        .zip(&steered)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let (plain, steered) = (&result.unsteered_ids, &result.steered_ids);
+    let (plain_text, steered_text) = (&result.unsteered_text, &result.steered_text);
+    let changes = &result.routing.changes;
     if args.json {
         let out = json!({
             "model": info.id,
@@ -241,7 +232,7 @@ pub fn steer_cmd(args: SteerArgs) -> Result<()> {
             "steering": spec,
             "unsteered": {"ids": plain, "text": plain_text},
             "steered": {"ids": steered, "text": steered_text},
-            "first_different_token": if plain == steered { None } else { Some(first_diff) },
+            "first_different_token": result.first_difference(),
             "routing_change": changes,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -259,22 +250,21 @@ pub fn steer_cmd(args: SteerArgs) -> Result<()> {
             .unwrap_or_default()
     );
     println!("\nprompt:    {}", args.prompt);
-    println!("unsteered: {}", one_line(&plain_text));
-    println!("steered:   {}", one_line(&steered_text));
-    if plain == steered {
-        println!("(identical continuations)");
-    } else {
-        println!("(continuations differ from generated token {first_diff})");
+    println!("unsteered: {}", one_line(plain_text));
+    println!("steered:   {}", one_line(steered_text));
+    match result.first_difference() {
+        None => println!("(identical continuations)"),
+        Some(first_diff) => println!("(continuations differ from generated token {first_diff})"),
     }
     println!(
         "\nrouting change on the prompt + unsteered continuation ({} tokens):",
-        seq.len()
+        result.compared_tokens()
     );
     println!(
         "  {:>5}  {:>8}  {:>11}  {:>10}  {:>8}  {:>8}  steered experts",
         "layer", "changed", "mass before", "mass after", "onto", "off"
     );
-    for c in &changes {
+    for c in changes {
         println!(
             "  {:>5}  {:>7.1}%  {:>11.4}  {:>10.4}  {:>8.4}  {:>8.4}  {:?}",
             c.layer,

@@ -5,8 +5,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::error::{DataError, Location};
-use super::table::{Cell, RawRow, io_error, strip_bom};
+use super::error::{DataError, Location, io_error};
+use super::row::{Cell, RawRow, strip_bom};
 
 pub(crate) struct CsvTable {
     pub(crate) path: PathBuf,

@@ -2,7 +2,7 @@
 //! applies, the line or row.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where in a file a problem is: `Line` for line-oriented formats (JSON Lines, CSV — the line
 /// the record starts on, header included —, prompt `.txt` files), `Row` for Parquet and JSON
@@ -219,5 +219,19 @@ fn describe_extension(ext: &str) -> String {
         "(no extension)".to_string()
     } else {
         format!("`.{ext}`")
+    }
+}
+
+/// Maps an I/O error on `path` to `NotFound` or `Io`.
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DataError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        DataError::NotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::error::{DataError, Location};
-use super::table::{Cell, RawRow, io_error, strip_bom};
+use super::error::{DataError, Location, io_error};
+use super::row::{Cell, RawRow, strip_bom};
 
 /// A JSON object with its keys in file order (`serde_json::Map` sorts them unless the
 /// `preserve_order` feature is on, and columns should appear as the file has them).

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use super::error::{DataError, Location};
-use super::table::{Cell, RawRow};
+use super::row::{Cell, RawRow};
 use super::{DataOptions, Prompt};
 
 const SUBJECT_DEFAULTS: [&str; 4] = ["subject", "category", "domain", "topic"];
@@ -239,11 +239,7 @@ fn option_list(
         Cell::Text(s) => parse_list_literal(s).ok_or_else(wrong)?,
         Cell::Null | Cell::Other(_) => return Err(wrong()),
     };
-    let options: Vec<String> = items
-        .into_iter()
-        .flatten()
-        .filter(|o| o.trim() != PLACEHOLDER_OPTION)
-        .collect();
+    let options = without_placeholders(items);
     if options.len() > 26 {
         return Err(DataError::TooManyOptions {
             path: path.to_path_buf(),
@@ -253,6 +249,30 @@ fn option_list(
         });
     }
     Ok(options)
+}
+
+/// The options of a multiple-choice item, placeholders (`N/A`, null) dropped.
+fn without_placeholders(items: Vec<Option<String>>) -> Vec<String> {
+    items
+        .into_iter()
+        .flatten()
+        .filter(|o| o.trim() != PLACEHOLDER_OPTION)
+        .collect()
+}
+
+/// The options of a multiple-choice item written as text (a JSON array, or a Python / NumPy
+/// list literal), placeholders (`N/A`, null) dropped exactly as prompt building drops them;
+/// `None` when the text is not a list.
+pub fn multiple_choice_options(text: &str) -> Option<Vec<String>> {
+    parse_list_literal(text).map(without_placeholders)
+}
+
+/// The number of options in a prompt [`format_multiple_choice`] wrote: consecutive `\nA. `,
+/// `\nB. `, … lines.
+pub fn count_lettered_options(prompt: &str) -> usize {
+    (b'A'..=b'Z')
+        .take_while(|&letter| prompt.contains(&format!("\n{}. ", letter as char)))
+        .count()
 }
 
 /// Parses a list written as text: a JSON array (strings, numbers, nulls), or a Python list

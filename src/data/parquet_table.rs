@@ -13,8 +13,8 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use parquet::schema::types::Type;
 
-use super::error::{DataError, Location};
-use super::table::{Cell, RawRow, io_error};
+use super::error::{DataError, Location, io_error};
+use super::row::{Cell, RawRow};
 
 pub(crate) struct ParquetTable {
     pub(crate) path: PathBuf,

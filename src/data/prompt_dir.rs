@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::{DataError, Location};
-use super::table::{Cell, RawRow, io_error, strip_bom};
+use super::error::{DataError, Location, io_error};
+use super::row::{Cell, RawRow, strip_bom};
 use super::{Prompt, PromptSet};
 
 /// Turns one line of a prompt file into prompt text: `\n` → newline, `\\` → backslash, any

@@ -1,74 +1,12 @@
-//! A format-neutral view of a dataset file: column names, then rows of [`Cell`]s for the
+//! A format-neutral view of a dataset file: column names, then rows of cells for the
 //! columns a caller asks for. Each format module (JSON, CSV, Parquet, prompt text) opens into a
 //! [`Source`]; `load_prompts`, `dataset_columns` and `preview` only talk to this module.
 
 use std::path::{Path, PathBuf};
 
-use super::error::{DataError, Location};
+use super::error::{DataError, io_error};
+use super::row::RawRow;
 use super::{csv_table, jsonl, parquet_table, prompt_dir};
-
-/// One value of a dataset cell, as much structure as prompt building needs.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Cell {
-    /// Absent (missing JSON key, Parquet null).
-    Null,
-    /// A string.
-    Text(String),
-    /// A list (JSON array, Parquet LIST).
-    List(Vec<Cell>),
-    /// Any other scalar or structure, rendered as text (numbers, booleans, objects, dates).
-    Other(String),
-}
-
-impl Cell {
-    /// How the cell reads in a preview table: strings as they are, lists as a JSON array.
-    pub(crate) fn render(&self) -> String {
-        match self {
-            Cell::Null => String::new(),
-            Cell::Text(s) | Cell::Other(s) => s.clone(),
-            Cell::List(items) => {
-                let values: Vec<serde_json::Value> = items.iter().map(Cell::to_json).collect();
-                serde_json::Value::Array(values).to_string()
-            }
-        }
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        match self {
-            Cell::Null => serde_json::Value::Null,
-            Cell::Text(s) | Cell::Other(s) => serde_json::Value::String(s.clone()),
-            Cell::List(items) => {
-                serde_json::Value::Array(items.iter().map(Cell::to_json).collect())
-            }
-        }
-    }
-
-    /// A short description for "holds X, expected Y" errors.
-    pub(crate) fn kind(&self) -> String {
-        match self {
-            Cell::Null => "nothing (null)".to_string(),
-            Cell::Text(_) => "text".to_string(),
-            Cell::List(items) => format!("a list of {} items", items.len()),
-            Cell::Other(s) => format!("the non-text value {}", shorten(s, 40)),
-        }
-    }
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let head: String = s.chars().take(max).collect();
-        format!("{head}…")
-    }
-}
-
-/// One data row: where it is in the file and the requested cells, in request order.
-#[derive(Debug, Clone)]
-pub(crate) struct RawRow {
-    pub location: Location,
-    pub cells: Vec<Cell>,
-}
 
 /// The supported layouts, picked from the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,20 +45,6 @@ impl Format {
                 path: path.to_path_buf(),
                 extension: ext,
             }),
-        }
-    }
-}
-
-/// Maps an I/O error on `path` to `NotFound` or `Io`.
-pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DataError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        DataError::NotFound {
-            path: path.to_path_buf(),
-        }
-    } else {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source: e,
         }
     }
 }
@@ -182,9 +106,4 @@ impl Source {
             Source::Prompts(t) => &t.path,
         }
     }
-}
-
-/// Strips a leading UTF-8 byte-order mark.
-pub(crate) fn strip_bom(bytes: &[u8]) -> &[u8] {
-    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -22,10 +21,10 @@ use crate::analysis::balance::{LayerLoad, LoadSummary, layer_loads, load_summary
 use crate::analysis::divergence::{subject_divergences, top_layer_overlap};
 use crate::analysis::hot::{HotSignal, experts_for_budget, hot_set_jaccard_matrix};
 use crate::data::PromptSet;
-use crate::model::router::NoHook;
-use crate::model::{Batch, MoeModel, Output, RouteCtx};
+use crate::inference::nll::sequence_nll;
+use crate::inference::profiling::{ProfileOptions, run_profile};
+use crate::model::MoeModel;
 use crate::profile::RoutingProfile;
-use crate::profiling::{ProfileOptions, run_profile};
 
 /// One domain's held-out perplexities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,49 +74,6 @@ impl Unigram {
     }
 }
 
-/// Sum of the model's negative log-likelihood of `seqs` (each token after the first) and the
-/// number of tokens scored.
-pub fn model_nll(
-    model: &mut dyn MoeModel,
-    seqs: &[Vec<u32>],
-    batch_size: usize,
-) -> Result<(f64, usize)> {
-    let device = model.device().clone();
-    let (mut nll, mut n) = (0.0f64, 0usize);
-    let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len() >= 2).collect();
-    order.sort_by_key(|&i| seqs[i].len());
-    for chunk in order.chunks(batch_size.max(1)) {
-        let batch_seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        let batch = Batch::from_sequences(&batch_seqs, &device)?;
-        let mut hook = NoHook;
-        let logits = model
-            .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))?
-            .ok_or_else(|| DemoError::msg("the model returned no logits"))?;
-        let (b, t, _) = logits.dims3()?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let logz = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        // Targets: the next token at each position (0 where there is none; masked below).
-        let mut targets = vec![0u32; b * t];
-        for (bi, s) in batch_seqs.iter().enumerate() {
-            for p in 0..s.len() - 1 {
-                targets[bi * t + p] = s[p + 1];
-            }
-        }
-        let tg = Tensor::from_vec(targets, (b, t, 1), &device)?;
-        let lp: Vec<Vec<f32>> = (shifted.gather(&tg, D::Minus1)? - logz)?
-            .squeeze(2)?
-            .to_vec2()?;
-        for (bi, s) in batch_seqs.iter().enumerate() {
-            for &l in &lp[bi][..s.len() - 1] {
-                nll -= f64::from(l);
-                n += 1;
-            }
-        }
-    }
-    Ok((nll, n))
-}
-
 /// Perplexity per domain of `prompts` (subjects = domains) under the model and the baselines.
 pub fn perplexity(
     model: &mut dyn MoeModel,
@@ -138,7 +94,7 @@ pub fn perplexity(
         for s in &mut seqs {
             s.truncate(max_len);
         }
-        let (nll, n) = model_nll(model, &seqs, 16)?;
+        let (nll, n) = sequence_nll(model, &seqs, 16)?;
         if n == 0 {
             return Err(DemoError::msg(format!(
                 "domain {subject}: no prompt has two tokens"

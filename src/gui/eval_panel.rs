@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::steering::ApplyTo;
-use crate::steering::eval::{Estimate, SubjectResult};
+use crate::inference::eval::{Estimate, SubjectResult};
 
 use super::dialogs::{DialogPurpose, Dialogs};
 use super::state::{AppState, JobKind};

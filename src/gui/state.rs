@@ -16,8 +16,8 @@ use crate::profile::RoutingProfile;
 use crate::render::{ColorScale, HeatmapView};
 use crate::selection::{Selection, SelectionModel, SelectionRule};
 use crate::steering::SteeringSpec;
-use crate::steering::eval::EvalReport;
-use crate::steering::generate::GenerateOptions;
+use crate::inference::eval::EvalReport;
+use crate::inference::generate::GenerateOptions;
 use crate::train::{StepMetrics, TrainEvent, TrainOptions, TrainSummary};
 use crate::worker::{Command, Event, JobId, Side, SteerResult, TokenTrace, TopTokenTable, Worker};
 

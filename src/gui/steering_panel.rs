@@ -17,7 +17,7 @@ use crate::render::{
     ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, HeatmapView, Matrix,
 };
 use crate::selection::SelectionModel;
-use crate::steering::generate::GenerateOptions;
+use crate::inference::generate::GenerateOptions;
 use crate::steering::{ApplyTo, ExpertSteer, SteerAction, SteeringSpec};
 use crate::worker::{Side, SteerResult};
 

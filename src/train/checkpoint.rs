@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Result, TrainError, Trainer, read_metrics};
+use super::error::{Result, TrainError};
+use super::metrics::read_metrics;
+use super::trainer::Trainer;
 use crate::model::adapter::LoraPair;
 use crate::model::adapter::peft::{safetensors_bytes, tensor_from_view};
 use crate::selection::Selection;
@@ -34,7 +36,19 @@ struct State {
     identity: serde_json::Value,
 }
 
-pub(super) fn save(t: &Trainer) -> Result<()> {
+impl Trainer {
+    /// Writes `checkpoint.safetensors` atomically.
+    pub fn checkpoint(&self) -> Result<()> {
+        save(self)
+    }
+
+    /// Restores the LoRA pairs, the optimiser state and the step from the checkpoint.
+    pub(super) fn restore(&mut self) -> Result<()> {
+        restore(self)
+    }
+}
+
+fn save(t: &Trainer) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for m in &t.modules {
         tensors.push((format!("lora/{}/A", m.name), m.a.as_tensor().detach()));
@@ -73,7 +87,7 @@ pub(super) fn save(t: &Trainer) -> Result<()> {
     })
 }
 
-pub(super) fn restore(t: &mut Trainer) -> Result<()> {
+fn restore(t: &mut Trainer) -> Result<()> {
     let path = t.opts.checkpoint_path();
     let bad = |m: String| TrainError::Invalid(format!("{}: {m}", path.display()));
     let bytes = std::fs::read(&path).map_err(|e| bad(format!("cannot read: {e}")))?;

@@ -18,8 +18,8 @@ use tokenizers::Tokenizer;
 
 use super::{Result, TrainError};
 use crate::data::{DataOptions, PromptSet, dataset_columns, load_prompts};
+use crate::inference::eval::{ANSWER_CUE, letter, load_items};
 use crate::model::lora::mix_seed;
-use crate::steering::eval::{ANSWER_CUE, letter, load_items};
 
 /// Subject-labelled training texts, in file order.
 pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {

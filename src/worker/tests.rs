@@ -3,12 +3,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::*;
-use crate::data::{DataOptions, load_prompts};
+use crate::data::{DataOptions, PromptSet, load_prompts};
+use crate::inference::generate::GenerateOptions;
 use crate::model::router::ExpertForce;
-use crate::steering::SteerAction;
+use crate::steering::{SteerAction, SteeringSpec};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -21,10 +21,12 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::{ActiveSteering, Result, SteerError};
-use crate::data::{DataOptions, load_prompts, preview};
+use crate::data::{
+    DataOptions, count_lettered_options, load_prompts, multiple_choice_options, preview,
+};
 use crate::model::router::{NoHook, Steering};
 use crate::model::{Batch, MoeModel, Output, RouteCtx, loader};
+use crate::steering::{ActiveSteering, Result, SteerError};
 
 /// One multiple-choice question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +89,8 @@ pub fn load_items(path: &Path, subjects: &[String], limit: Option<usize>) -> Res
                  dataset"
                 .into())
             })?;
-        let num_options = count_options(&options).unwrap_or_else(|| count_lettered(&p.text));
+        let num_options = multiple_choice_options(&options)
+            .map_or_else(|| count_lettered_options(&p.text), |o| o.len());
         if num_options < 2 {
             return Err(bad(format!("row {}: fewer than two options", i + 1)));
         }
@@ -123,27 +126,6 @@ pub fn load_items(path: &Path, subjects: &[String], limit: Option<usize>) -> Res
         }));
     }
     Ok(items)
-}
-
-/// Options in a JSON array, `N/A` placeholders and nulls dropped (as the prompt builder does).
-fn count_options(text: &str) -> Option<usize> {
-    let v: Vec<serde_json::Value> = serde_json::from_str(text.trim()).ok()?;
-    Some(
-        v.iter()
-            .filter(|o| match o {
-                serde_json::Value::Null => false,
-                serde_json::Value::String(s) => s.trim() != "N/A",
-                _ => true,
-            })
-            .count(),
-    )
-}
-
-/// Options counted from the formatted prompt: consecutive `\nA. `, `\nB. `, … lines.
-fn count_lettered(prompt: &str) -> usize {
-    (0..26)
-        .take_while(|&i| prompt.contains(&format!("\n{}. ", letter(i))))
-        .count()
 }
 
 /// `"C"` → 2, `"2"` → 2, `"(C)"` → 2.
@@ -569,8 +551,11 @@ mod tests {
         assert_eq!(parse_answer(" 3 "), Some(3));
         assert_eq!(parse_answer("(B)"), Some(1));
         assert_eq!(parse_answer("maybe"), None);
-        assert_eq!(count_options(r#"["a", "N/A", null, "b"]"#), Some(2));
-        assert_eq!(count_lettered("Q?\nA. x\nB. y\nC. z"), 3);
+        assert_eq!(
+            multiple_choice_options(r#"["a", "N/A", null, "b"]"#).map(|o| o.len()),
+            Some(2)
+        );
+        assert_eq!(count_lettered_options("Q?\nA. x\nB. y\nC. z"), 3);
         assert_eq!(best(&[-1.0, -0.5, -0.5]), 1);
     }
 

@@ -7,9 +7,9 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;
 
-use super::{ActiveSteering, Result, SteerError};
 use crate::model::router::{NoHook, RoutingHook};
 use crate::model::{Batch, MoeModel, Output, RouteCtx};
+use crate::steering::{ActiveSteering, Result, SteerError};
 
 /// How to pick tokens and when to stop.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,79 @@
+//! A prompt set in memory: subject-labelled prompts in file order, and the options a dataset
+//! is read with.
+
+use serde::{Deserialize, Serialize};
+
+/// One prompt and the subject it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prompt {
+    pub subject: String,
+    pub text: String,
+}
+
+/// Prompts in file order, with where they came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptSet {
+    pub prompts: Vec<Prompt>,
+    /// The file or folder the prompts were read from, as the user gave it.
+    pub source: String,
+}
+
+impl PromptSet {
+    /// Number of prompts.
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    /// True when there are no prompts.
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+
+    /// Subject names in first-seen order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.counts().into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// Prompts per subject, subjects in first-seen order.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for p in &self.prompts {
+            match counts.iter_mut().find(|(s, _)| *s == p.subject) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((p.subject.clone(), 1)),
+            }
+        }
+        counts
+    }
+
+    /// The prompts of one subject, in order.
+    pub fn prompts_for<'a>(&'a self, subject: &'a str) -> impl Iterator<Item = &'a Prompt> + 'a {
+        self.prompts.iter().filter(move |p| p.subject == subject)
+    }
+
+    /// Keeps the first `n` prompts of each subject, preserving the overall order.
+    pub fn limit_per_subject(&mut self, n: usize) {
+        let mut kept: Vec<(String, usize)> = Vec::new();
+        self.prompts
+            .retain(|p| match kept.iter_mut().find(|(s, _)| *s == p.subject) {
+                Some((_, k)) if *k >= n => false,
+                Some((_, k)) => {
+                    *k += 1;
+                    true
+                }
+                None => {
+                    kept.push((p.subject.clone(), 1));
+                    n > 0
+                }
+            });
+    }
+}
+
+/// How to read a dataset: column overrides (the CLI's `--subject-column`, `--text-column`)
+/// and a per-subject cap (`--max-per-subject`, must be at least 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataOptions {
+    pub subject_column: Option<String>,
+    pub text_column: Option<String>,
+    pub max_per_subject: Option<usize>,
+}

@@ -1,0 +1,77 @@
+//! The profile job: a prompt set through the loaded model, with throttled progress and each
+//! expert's top tokens.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::outbox::PROGRESS_INTERVAL;
+use super::protocol::{Event, JobId, TOP_TOKENS_PER_EXPERT};
+use super::state::WorkerState;
+use crate::analysis::traces::TokenCounter;
+use crate::data::PromptSet;
+use crate::inference::profiling::{ProfileError, ProfileOptions, run_profile_observed};
+
+impl WorkerState {
+    pub(super) fn profile(
+        &mut self,
+        job: JobId,
+        prompts: &PromptSet,
+        batch_size: usize,
+        max_tokens: Option<usize>,
+    ) {
+        let Some(loaded) = self.model.as_mut() else {
+            return self.fail(
+                Some(job),
+                "no model loaded: load a model before profiling".into(),
+            );
+        };
+        let opts = ProfileOptions {
+            batch_size: batch_size.max(1),
+            max_tokens,
+            traces: None,
+        };
+        let total = prompts.len() as u64;
+        self.outbox.progress(job, 0, total, "profiling".into());
+        let mut tokens = {
+            let info = loaded.model.info();
+            TokenCounter::new(info.moe_layers.len(), info.num_experts)
+        };
+        let mut last = Instant::now();
+        let outbox = &self.outbox;
+        let result = run_profile_observed(
+            loaded.model.as_mut(),
+            &loaded.tokenizer,
+            prompts,
+            &opts,
+            &self.cancel,
+            &mut |p| {
+                let finished = p.sequences_done == p.sequences_total;
+                if finished || last.elapsed() >= PROGRESS_INTERVAL {
+                    last = Instant::now();
+                    outbox.progress(
+                        job,
+                        p.sequences_done as u64,
+                        p.sequences_total as u64,
+                        format!(
+                            "{} / {} prompts, {} tokens",
+                            p.sequences_done, p.sequences_total, p.tokens_done
+                        ),
+                    );
+                }
+            },
+            Some(&mut |traces| traces.iter().for_each(|t| tokens.add(t))),
+        );
+        match result {
+            Ok(profile) => self.outbox.send(Event::ProfileReady {
+                job,
+                profile: Arc::new(profile),
+                top_tokens: Arc::new(tokens.all_top_tokens(TOP_TOKENS_PER_EXPERT)),
+            }),
+            Err(ProfileError::Cancelled) => self.outbox.send(Event::Cancelled { job }),
+            Err(e) => self.fail(
+                Some(job),
+                format!("profiling {} failed: {e:#}", prompts.source),
+            ),
+        }
+    }
+}
