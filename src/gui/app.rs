@@ -1,12 +1,12 @@
 //! The app shell: side panel (model, data), central tabs (heatmap, subjects, load, DAS,
 //! tokens, selection, steering, eval, training), status bar (jobs, messages). `logic` drains
 //! the worker and the file dialogs and steps the screenshot script; `ui` draws; `save` persists
-//! [`UiState`].
+//! [`UiState`]. [`run`] opens the window.
 
 use std::path::PathBuf;
 
+use crate::gui::args::GuiArgs;
 use crate::gui::dialogs::{DialogPurpose, Dialogs};
-use crate::gui::launch::GuiArgs;
 use crate::gui::panels::{
     BalancePanel, DasPanel, DataPanel, EvalPanel, HeatmapPanel, ModelPanel, SelectionPanel,
     SteeredColumn, SteeringPanel, SubjectsPanel, TokensPanel, TrainingPanel,
@@ -15,6 +15,24 @@ use crate::gui::screenshot::ScreenshotHook;
 use crate::gui::state::{AppState, Level, Tab, UiState};
 use crate::render::HeatmapRenderer;
 use crate::worker::Worker;
+
+/// Opens the explorer window and runs until it is closed.
+pub fn run(args: GuiArgs) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("MoEScope")
+            .with_app_id("moescope")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([640.0, 400.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "MoEScope",
+        options,
+        Box::new(move |cc| Ok(Box::new(MoeScopeApp::new(cc, args)))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the MoEScope window: {e}"))
+}
 
 /// eframe storage key of [`UiState`].
 pub const STORAGE_KEY: &str = "moescope_ui_state";

@@ -1,8 +1,8 @@
 //! The explorer GUI (eframe + wgpu).
 //!
-//! - [`launch`]: the `moescope gui` options and opening the window;
-//! - [`app`]: the shell (side panel, tabs, status bar), calling [`screenshot`] when
-//!   `scripts/screenshots.sh` drives it;
+//! - [`args`]: the `moescope gui` options;
+//! - [`app`]: opening the window, and the shell (side panel, tabs, status bar), calling
+//!   [`screenshot`] when `scripts/screenshots.sh` drives it;
 //! - [`state`]: the data (persisted [`UiState`], per-run [`AppState`]); [`jobs`] starts worker
 //!   jobs, [`events`] applies worker events, [`file_io`] reads and writes prompt and profile
 //!   files, [`selection_edit`] edits the expert selection;
@@ -13,17 +13,17 @@
 //! [`crate::worker::Event`]s in `App::logic`. Heatmaps are drawn by [`crate::render`].
 
 pub mod app;
+pub mod args;
 pub mod dialogs;
 pub mod events;
 pub mod file_io;
 pub mod jobs;
-pub mod launch;
 pub mod panels;
 pub mod screenshot;
 pub mod selection_edit;
 pub mod state;
 pub mod widgets;
 
-pub use app::MoeScopeApp;
-pub use launch::{GuiArgs, run};
+pub use app::{MoeScopeApp, run};
+pub use args::GuiArgs;
 pub use state::{AppState, HeatmapMetric, Tab, UiState};
