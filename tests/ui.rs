@@ -14,8 +14,8 @@ use moescope::data::{Prompt, PromptSet};
 use moescope::gui::state::{JobKind, RunningJob};
 use moescope::gui::{MoeScopeApp, Tab, UiState};
 use moescope::model::{LoadOptions, load_model};
-use moescope::profiling::{ProfileOptions, run_profile};
 use moescope::profile::RoutingProfile;
+use moescope::profiling::{ProfileOptions, run_profile};
 use moescope::worker::Event;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/olmoe");
