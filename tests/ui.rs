@@ -16,6 +16,7 @@ use moescope::gui::{MoeScopeApp, Tab, UiState};
 use moescope::inference::profiling::{ProfileOptions, run_profile};
 use moescope::model::{LoadOptions, load_model};
 use moescope::profile::RoutingProfile;
+use moescope::inference::profiling::{ProfileOptions, run_profile};
 use moescope::worker::Event;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/olmoe");
@@ -325,7 +326,7 @@ fn heatmap_snapshot_with_the_wgpu_shader() {
     let image = h.render().expect("render");
     // Cell centres drawn by the shader match the CPU colour map (unselected cells).
     let profile = profile();
-    let m = moescope::gui::heatmap_panel::metric_matrix(
+    let m = moescope::gui::panels::heatmap::metric_matrix(
         &profile,
         moescope::gui::HeatmapMetric::CountShare,
         None,
@@ -562,10 +563,10 @@ fn the_eval_tab_runs_and_shows_per_subject_accuracy() {
         app.eval.data_field = data.display().to_string();
         app.steering
             .rows
-            .push(moescope::gui::steering_panel::SteerRow {
+            .push(moescope::gui::panels::steering::SteerRow {
                 layer: 0,
                 expert: 3,
-                mode: moescope::gui::steering_panel::SteerMode::ForceOff,
+                mode: moescope::gui::panels::steering::SteerMode::ForceOff,
                 bias: 0.0,
             });
     }

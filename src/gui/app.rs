@@ -1,25 +1,38 @@
 //! The app shell: side panel (model, data), central tabs (heatmap, subjects, load, DAS,
-//! tokens, selection, steering, eval), status bar (jobs, messages). `logic` drains the worker and the file
-//! dialogs; `ui` draws; `save` persists [`UiState`].
+//! tokens, selection, steering, eval, training), status bar (jobs, messages). `logic` drains
+//! the worker and the file dialogs and steps the screenshot script; `ui` draws; `save` persists
+//! [`UiState`]. [`run`] opens the window.
 
 use std::path::PathBuf;
 
-use super::GuiArgs;
-use super::das_panel::DasPanel;
-use super::data_panel::DataPanel;
-use super::dialogs::{DialogPurpose, Dialogs};
-use super::eval_panel::EvalPanel;
-use super::heatmap_panel::HeatmapPanel;
-use super::load_panel::LoadPanel;
-use super::model_panel::ModelPanel;
-use super::selection_panel::SelectionPanel;
-use super::state::{AppState, HeatmapMetric, JobKind, Level, Tab, UiState};
-use super::steering_panel::SteeringPanel;
-use super::subjects_panel::SubjectsPanel;
-use super::tokens_panel::TokensPanel;
-use super::training_panel::TrainingPanel;
+use crate::gui::args::GuiArgs;
+use crate::gui::dialogs::{DialogPurpose, Dialogs};
+use crate::gui::panels::{
+    BalancePanel, DasPanel, DataPanel, EvalPanel, HeatmapPanel, ModelPanel, SelectionPanel,
+    SteeredColumn, SteeringPanel, SubjectsPanel, TokensPanel, TrainingPanel,
+};
+use crate::gui::screenshot::ScreenshotHook;
+use crate::gui::state::{AppState, Level, Tab, UiState};
 use crate::render::HeatmapRenderer;
 use crate::worker::Worker;
+
+/// Opens the explorer window and runs until it is closed.
+pub fn run(args: GuiArgs) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("MoEScope")
+            .with_app_id("moescope")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([640.0, 400.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "MoEScope",
+        options,
+        Box::new(move |cc| Ok(Box::new(MoeScopeApp::new(cc, args)))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the MoEScope window: {e}"))
+}
 
 /// eframe storage key of [`UiState`].
 pub const STORAGE_KEY: &str = "moescope_ui_state";
@@ -34,7 +47,7 @@ pub struct MoeScopeApp {
     pub model_panel: ModelPanel,
     pub data_panel: DataPanel,
     pub subjects: SubjectsPanel,
-    pub load: LoadPanel,
+    pub balance: BalancePanel,
     pub das: DasPanel,
     pub tokens: TokensPanel,
     pub selection: SelectionPanel,
@@ -42,28 +55,6 @@ pub struct MoeScopeApp {
     pub eval: EvalPanel,
     pub training: TrainingPanel,
     screenshot: Option<ScreenshotHook>,
-}
-
-/// `scripts/screenshots.sh` support: `MOESCOPE_SCREENSHOT=<view>` opens that tab, makes a
-/// selection (and a token trace) once the profile is ready, then touches the file named by
-/// `MOESCOPE_SCREENSHOT_READY`.
-struct ScreenshotHook {
-    view: String,
-    ready_file: Option<PathBuf>,
-    stage: u32,
-}
-
-impl ScreenshotHook {
-    fn from_env() -> Option<Self> {
-        let view = std::env::var("MOESCOPE_SCREENSHOT")
-            .ok()?
-            .to_ascii_lowercase();
-        Some(Self {
-            view,
-            ready_file: std::env::var_os("MOESCOPE_SCREENSHOT_READY").map(PathBuf::from),
-            stage: 0,
-        })
-    }
 }
 
 impl MoeScopeApp {
@@ -78,14 +69,7 @@ impl MoeScopeApp {
         let mut app = Self::bare(cc, ui);
         app.screenshot = ScreenshotHook::from_env();
         if let Some(hook) = &app.screenshot {
-            app.state.ui.show_side_panel = true;
-            app.state.ui.heatmap_view.reset();
-            if let Some(tab) = Tab::ALL
-                .into_iter()
-                .find(|t| t.name().to_ascii_lowercase() == hook.view)
-            {
-                app.state.ui.tab = tab;
-            }
+            hook.prepare(&mut app.state.ui);
         }
         app.start(args);
         app
@@ -116,7 +100,7 @@ impl MoeScopeApp {
             model_panel: ModelPanel::default(),
             data_panel: DataPanel::default(),
             subjects: SubjectsPanel::default(),
-            load: LoadPanel::default(),
+            balance: BalancePanel::default(),
             das: DasPanel::default(),
             tokens: TokensPanel::default(),
             selection: SelectionPanel::default(),
@@ -211,69 +195,14 @@ impl MoeScopeApp {
         let Some(hook) = self.screenshot.as_mut() else {
             return;
         };
-        // Keep stepping, but leave the CPU to the worker while a job runs.
-        ctx.request_repaint_after(std::time::Duration::from_millis(50));
-        if self.state.profile.is_none() {
-            return;
-        }
-        match hook.stage {
-            0 => {
-                // Show one subject against the pooled routing, with its hot experts selected.
-                if let Some(profile) = self.state.profile.clone() {
-                    let subject = ["law", "code_python"]
-                        .into_iter()
-                        .find(|s| profile.subject(s).is_some())
-                        .or_else(|| profile.subjects.first().map(|s| s.name.as_str()))
-                        .map(str::to_string);
-                    if hook.view == "heatmap" {
-                        self.state.ui.metric = HeatmapMetric::SubjectMinusPooled;
-                        self.state.ui.heatmap_subject = subject.clone();
-                    }
-                    self.selection.data = subject;
-                }
-                self.selection.apply(&mut self.state);
-                if hook.view == "tokens"
-                    && let Some(p) = self.state.prompts.as_ref().and_then(|p| p.prompts.first())
-                {
-                    self.tokens.prompt = p.text.chars().take(160).collect();
-                    let text = self.tokens.prompt.clone();
-                    self.state.trace(&text);
-                }
-                if hook.view == "steering" {
-                    screenshot_steering(&mut self.steering, &mut self.state);
-                }
-                if hook.view == "training" {
-                    screenshot_training(&mut self.training, &mut self.state);
-                }
-                hook.stage = 1;
-            }
-            1 => {
-                if hook.view == "steering" && self.state.job(JobKind::Generate).is_some() {
-                    return;
-                }
-                if hook.view == "training" && self.state.job(JobKind::Train).is_some() {
-                    return;
-                }
-                if hook.view == "tokens" {
-                    let Some(trace) = &self.state.trace else {
-                        return;
-                    };
-                    self.tokens.selected_token = Some(trace.tokens.len().min(4).saturating_sub(1));
-                    self.tokens.colour_row = Some(trace.layers.len() / 2);
-                }
-                hook.stage = 2;
-            }
-            30 => {
-                if let Some(f) = &hook.ready_file
-                    && let Err(e) = std::fs::write(f, b"ready")
-                {
-                    self.state.error(format!("{}: {e}", f.display()));
-                }
-                hook.stage += 1;
-            }
-            n if n < 30 => hook.stage += 1,
-            _ => {}
-        }
+        hook.step(
+            ctx,
+            &mut self.state,
+            &mut self.selection,
+            &mut self.tokens,
+            &mut self.steering,
+            &mut self.training,
+        );
     }
 
     fn status_ui(&mut self, ui: &mut egui::Ui) {
@@ -347,16 +276,21 @@ impl eframe::App for MoeScopeApp {
         egui::CentralPanel::default_margins().show(ui, |ui| match self.state.ui.tab {
             Tab::Heatmap => self.heatmap.ui(ui, &mut self.state, self.gpu),
             Tab::Subjects => self.subjects.ui(ui, &mut self.state, self.gpu),
-            Tab::Load => self.load.ui(ui, &mut self.state),
+            Tab::Load => self.balance.ui(ui, &mut self.state),
             Tab::Das => self.das.ui(ui, &mut self.state),
             Tab::Tokens => self.tokens.ui(ui, &mut self.state),
             Tab::Selection => self.selection.ui(ui, &mut self.state),
             Tab::Steering => self
                 .steering
                 .ui(ui, &mut self.state, &mut self.dialogs, self.gpu),
-            Tab::Eval => self
-                .eval
-                .ui(ui, &mut self.state, &mut self.dialogs, &self.steering),
+            Tab::Eval => {
+                let steering = SteeredColumn {
+                    spec: self.steering.spec(&self.state),
+                    summary: self.steering.summary(),
+                };
+                self.eval
+                    .ui(ui, &mut self.state, &mut self.dialogs, &steering)
+            }
             Tab::Training => self.training.ui(ui, &mut self.state, &mut self.dialogs),
         });
     }
@@ -366,41 +300,4 @@ impl eframe::App for MoeScopeApp {
             storage.set_string(STORAGE_KEY, s);
         }
     }
-}
-
-/// The training screenshot: LoRA on the law hot-25 % selection, trained on the demo's law
-/// prompts for 60 steps (into a temporary folder).
-fn screenshot_training(t: &mut TrainingPanel, state: &mut AppState) {
-    let out = std::env::temp_dir().join(format!("moescope-screenshot-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    t.out_field = out.display().to_string();
-    t.domain = state
-        .prompts
-        .as_ref()
-        .and_then(|p| p.subjects().into_iter().find(|s| s == "law"));
-    t.max_steps = 60;
-    t.batch_size = 8;
-    t.max_tokens = 128;
-    if let Ok(opts) = t.options(state) {
-        state.start_training(opts);
-    }
-}
-
-/// The steering screenshot: a neutral prompt steered toward the code_python DAS top-16 experts
-/// (bias 2), which turns the demo's continuation toward code.
-fn screenshot_steering(s: &mut SteeringPanel, state: &mut AppState) {
-    let Some(profile) = state.profile.clone() else {
-        return;
-    };
-    s.das_domain = ["code_python"]
-        .into_iter()
-        .find(|d| profile.subject(d).is_some())
-        .or_else(|| profile.subjects.last().map(|d| d.name.as_str()))
-        .map(str::to_string);
-    s.das_top_n = 16;
-    s.new_bias = 2.0;
-    s.max_new_tokens = 40;
-    s.prompt = "We can write the answer as".into();
-    s.from_das(state);
-    s.generate(state);
 }

@@ -1,60 +1,29 @@
-//! The explorer GUI (eframe + wgpu): one module per panel (`*_panel`), the app shell in
-//! [`app`], the shared state and worker-event handling in [`state`].
+//! The explorer GUI (eframe + wgpu).
+//!
+//! - [`args`]: the `moescope gui` options;
+//! - [`app`]: opening the window, and the shell (side panel, tabs, status bar), calling
+//!   [`screenshot`] when `scripts/screenshots.sh` drives it;
+//! - [`state`]: the data (persisted [`UiState`], per-run [`AppState`]); [`jobs`] starts worker
+//!   jobs, [`events`] applies worker events, [`file_io`] reads and writes prompt and profile
+//!   files, [`selection_edit`] edits the expert selection;
+//! - [`panels`]: one file per panel; [`widgets`]: pieces the panels share; [`dialogs`]: native
+//!   file dialogs.
 //!
 //! The GUI never touches the model: it sends [`crate::worker::Command`]s and drains
 //! [`crate::worker::Event`]s in `App::logic`. Heatmaps are drawn by [`crate::render`].
 
 pub mod app;
-pub mod das_panel;
-pub mod data_panel;
+pub mod args;
 pub mod dialogs;
-pub mod eval_panel;
-pub mod heatmap_panel;
-pub mod load_panel;
-pub mod model_panel;
-pub mod selection_panel;
+pub mod events;
+pub mod file_io;
+pub mod jobs;
+pub mod panels;
+pub mod screenshot;
+pub mod selection_edit;
 pub mod state;
-pub mod steering_panel;
-pub mod subjects_panel;
-pub mod tokens_panel;
-pub mod training_panel;
+pub mod widgets;
 
-use std::path::PathBuf;
-
-pub use app::MoeScopeApp;
+pub use app::{MoeScopeApp, run};
+pub use args::GuiArgs;
 pub use state::{AppState, HeatmapMetric, Tab, UiState};
-
-/// `moescope gui` options (all optional: with none, the embedded demo opens).
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct GuiArgs {
-    /// Model folder or HF hub id to load (default: the embedded demo).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Prompt dataset (JSONL / CSV / Parquet, or a prompt folder) to profile.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// A saved profile to open.
-    #[arg(long)]
-    pub profile: Option<PathBuf>,
-    /// A PEFT LoRA adapter folder merged into the model's weights.
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
-}
-
-/// Opens the explorer window and runs until it is closed.
-pub fn run(args: GuiArgs) -> anyhow::Result<()> {
-    let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("MoEScope")
-            .with_app_id("moescope")
-            .with_inner_size([1280.0, 800.0])
-            .with_min_inner_size([640.0, 400.0]),
-        ..Default::default()
-    };
-    eframe::run_native(
-        "MoEScope",
-        options,
-        Box::new(move |cc| Ok(Box::new(MoeScopeApp::new(cc, args)))),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot open the MoEScope window: {e}"))
-}

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::dialogs::{DialogPurpose, Dialogs};
-use super::state::{AppState, JobKind};
+use crate::gui::dialogs::{DialogPurpose, Dialogs};
+use crate::gui::state::{AppState, JobKind};
 
 #[derive(Default)]
 pub struct DataPanel {

@@ -1,23 +1,22 @@
-//! Load panel: per-layer CV, cold share, coverage@k and normalised entropy, and the global CV
-//! against the mean layer CV.
+//! Expert load-balance panel (the "Load" tab): per-layer CV, cold share, coverage@k and
+//! normalised entropy, and the global CV against the mean layer CV.
 
 use egui_plot::{HLine, Legend, Line, Plot, PlotPoints};
 
 use crate::analysis::balance::{LayerLoad, LoadSummary, layer_loads, load_summary};
+use crate::gui::state::AppState;
 
-use super::state::AppState;
+/// What the cached balance statistics were computed for: profile generation, subject, k.
+type BalanceKey = (u64, Option<String>, usize);
 
-/// What the cached load statistics were computed for: profile generation, subject, k.
-type LoadKey = (u64, Option<String>, usize);
-
-pub struct LoadPanel {
+pub struct BalancePanel {
     /// `None` = pooled.
     subject: Option<String>,
     k: usize,
-    cache: Option<(LoadKey, (Vec<LayerLoad>, LoadSummary))>,
+    cache: Option<(BalanceKey, (Vec<LayerLoad>, LoadSummary))>,
 }
 
-impl Default for LoadPanel {
+impl Default for BalancePanel {
     fn default() -> Self {
         Self {
             subject: None,
@@ -27,7 +26,7 @@ impl Default for LoadPanel {
     }
 }
 
-impl LoadPanel {
+impl BalancePanel {
     pub fn ui(&mut self, ui: &mut egui::Ui, state: &mut AppState) {
         let Some(profile) = state.profile.clone() else {
             ui.label("No profile yet.");

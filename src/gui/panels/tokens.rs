@@ -3,7 +3,7 @@
 
 use egui::Color32;
 
-use super::state::{AppState, JobKind};
+use crate::gui::state::{AppState, JobKind};
 
 #[derive(Default)]
 pub struct TokensPanel {

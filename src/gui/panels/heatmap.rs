@@ -3,11 +3,10 @@
 
 use crate::analysis::das::{GeneralSet, domain_advantage};
 use crate::analysis::divergence::activation_distribution;
+use crate::gui::state::{AppState, HeatmapMetric};
 use crate::profile::{RoutingProfile, SubjectProfile};
-use crate::render::heatmap::legend_ui;
+use crate::render::legend_ui;
 use crate::render::{ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, Matrix};
-
-use super::state::{AppState, HeatmapMetric};
 
 /// The heatmap panel with its cached matrix.
 #[derive(Default)]

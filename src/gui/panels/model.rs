@@ -1,7 +1,8 @@
 //! Model panel: hub id or folder (picker), recent models, load progress, the `info` summary.
 
-use super::dialogs::{DialogPurpose, Dialogs};
-use super::state::{AppState, JobKind};
+use crate::gui::dialogs::{DialogPurpose, Dialogs};
+use crate::gui::state::{AppState, JobKind};
+use crate::gui::widgets::text::human;
 
 #[derive(Default)]
 pub struct ModelPanel {
@@ -106,19 +107,5 @@ impl ModelPanel {
                 ui.weak("no model loaded");
             }
         }
-    }
-}
-
-/// 1234567 → "1.23M".
-pub fn human(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1e9 {
-        format!("{:.2}B", n / 1e9)
-    } else if n >= 1e6 {
-        format!("{:.2}M", n / 1e6)
-    } else if n >= 1e3 {
-        format!("{:.1}K", n / 1e3)
-    } else {
-        format!("{n}")
     }
 }

@@ -5,16 +5,15 @@
 use std::path::PathBuf;
 
 use crate::analysis::HotSignal;
+use crate::gui::state::AppState;
+use crate::gui::widgets::text::human;
+use crate::profile::RoutingProfile;
 use crate::selection::accounting::require_layout;
 use crate::selection::export::{write_esft_config, write_peft_config};
 use crate::selection::{
     Accounting, AccountingOptions, EsftOptions, PeftOptions, Selection, SelectionRule, account,
     select,
 };
-
-use super::model_panel::human;
-use super::state::AppState;
-use crate::profile::RoutingProfile;
 
 /// The rules offered, in the combo box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

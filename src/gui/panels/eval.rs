@@ -5,12 +5,18 @@
 
 use std::path::PathBuf;
 
-use crate::steering::ApplyTo;
+use crate::gui::dialogs::{DialogPurpose, Dialogs};
+use crate::gui::state::{AppState, JobKind};
 use crate::inference::eval::{Estimate, SubjectResult};
+use crate::steering::{ApplyTo, SteeringSpec};
 
-use super::dialogs::{DialogPurpose, Dialogs};
-use super::state::{AppState, JobKind};
-use super::steering_panel::SteeringPanel;
+/// What the steered column is scored with: the Steering tab's spec and its one-line
+/// description, handed over by the caller.
+#[derive(Debug, Clone)]
+pub struct SteeredColumn {
+    pub spec: SteeringSpec,
+    pub summary: String,
+}
 
 pub struct EvalPanel {
     /// The dataset file.
@@ -40,9 +46,8 @@ fn ci(e: &Estimate) -> String {
 
 impl EvalPanel {
     /// Starts the eval job with the Steering tab's spec.
-    pub fn run(&mut self, state: &mut AppState, steering: &SteeringPanel) {
+    pub fn run(&mut self, state: &mut AppState, spec: SteeringSpec) {
         let path = PathBuf::from(self.data_field.trim());
-        let spec = steering.spec(state);
         let limit = (self.limit > 0).then_some(self.limit);
         state.run_eval(&path, spec, limit);
     }
@@ -52,7 +57,7 @@ impl EvalPanel {
         ui: &mut egui::Ui,
         state: &mut AppState,
         dialogs: &mut Dialogs,
-        steering: &SteeringPanel,
+        steering: &SteeredColumn,
     ) {
         ui.heading("Multiple-choice evaluation");
         ui.label(
@@ -90,15 +95,16 @@ impl EvalPanel {
             }
         });
         ui.horizontal_wrapped(|ui| {
-            ui.label(format!("Steered column: {}.", steering.summary()));
+            ui.label(format!("Steered column: {}.", steering.summary));
             ui.weak("Edit it on the Steering tab.");
         });
-        if steering.rows.is_empty() || steering.strength == 0.0 {
+        let spec = &steering.spec;
+        if spec.experts.is_empty() || spec.strength == 0.0 {
             ui.colored_label(
                 ui.visuals().warn_fg_color,
                 "The steering table is empty or its strength is 0: steered equals unsteered.",
             );
-        } else if steering.apply_to == ApplyTo::Generated {
+        } else if spec.apply_to == ApplyTo::Generated {
             ui.colored_label(
                 ui.visuals().warn_fg_color,
                 "The table steers generated tokens only; scoring reads prompt tokens, so \
@@ -114,7 +120,7 @@ impl EvalPanel {
                 )
                 .clicked()
             {
-                self.run(state, steering);
+                self.run(state, steering.spec.clone());
             }
             if ui
                 .add_enabled(running.is_some(), egui::Button::new("Cancel eval"))

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::data::DataOptions;
+use crate::gui::dialogs::{DialogPurpose, Dialogs};
+use crate::gui::state::{AppState, JobKind};
 use crate::train::{ExpertChoice, LoraOptions, StepMetrics, TrainOptions};
-
-use super::dialogs::{DialogPurpose, Dialogs};
-use super::state::{AppState, JobKind};
 
 /// Which experts the run adapts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

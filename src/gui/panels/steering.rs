@@ -1,28 +1,22 @@
 //! Steering panel: a prompt, a steering table (from the selection, from a domain's DAS top-N,
 //! or by hand; bias / force on / force off per expert), a global strength, which tokens it
 //! applies to, save / load of the spec file; Generate runs the unsteered and the steered
-//! continuation on the worker, streams both side by side, then shows the routing difference as
-//! a layers × experts heatmap (change in the share of tokens choosing each expert, steered
-//! cells outlined) with each layer's share of tokens whose chosen set changed.
+//! continuation on the worker, streams both side by side, then shows the routing difference
+//! ([`RoutingDiffView`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use egui::vec2;
 
 use crate::analysis::das::GeneralSet;
+use crate::gui::dialogs::{DialogPurpose, Dialogs};
+use crate::gui::state::{AppState, JobKind};
+use crate::gui::widgets::routing_diff::RoutingDiffView;
+use crate::gui::widgets::text::displayable;
 use crate::model::router::ExpertForce;
-use crate::render::heatmap::legend_ui;
-use crate::render::{
-    ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, HeatmapView, Matrix,
-};
+use crate::render::HeatmapLayout;
 use crate::selection::SelectionModel;
 use crate::inference::generate::GenerateOptions;
 use crate::steering::{ApplyTo, ExpertSteer, SteerAction, SteeringSpec};
-use crate::worker::{Side, SteerResult};
-
-use super::dialogs::{DialogPurpose, Dialogs};
-use super::state::{AppState, JobKind};
+use crate::worker::Side;
 
 /// What a row of the steering table does to its expert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,45 +92,6 @@ impl SteerRow {
     }
 }
 
-/// The routing-difference heatmap of one finished job.
-struct DiffView {
-    result: Arc<SteerResult>,
-    matrix: Matrix,
-    style: HeatmapStyle,
-    row_labels: Vec<String>,
-    /// Steered cells, drawn with the selection outline.
-    mask: Vec<bool>,
-}
-
-impl DiffView {
-    fn new(result: Arc<SteerResult>) -> Self {
-        let d = &result.routing;
-        let matrix = Matrix::from_rows(&d.delta());
-        let style = HeatmapStyle::fit(&matrix.values, ColorMap::Diverging, ColorScale::Linear);
-        let row_labels = d
-            .layers
-            .iter()
-            .zip(&d.changes)
-            .map(|(l, c)| format!("L{l} {:.0}%", 100.0 * c.changed_share))
-            .collect();
-        let mut mask = vec![false; matrix.rows * matrix.cols];
-        for &(l, e) in &result.steered_cells {
-            if let Some(row) = d.layers.iter().position(|&x| x == l)
-                && e < matrix.cols
-            {
-                mask[row * matrix.cols + e] = true;
-            }
-        }
-        Self {
-            result,
-            matrix,
-            style,
-            row_labels,
-            mask,
-        }
-    }
-}
-
 pub struct SteeringPanel {
     pub prompt: String,
     pub rows: Vec<SteerRow>,
@@ -158,8 +113,7 @@ pub struct SteeringPanel {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
-    view: HeatmapView,
-    diff: Option<DiffView>,
+    diff: RoutingDiffView,
     /// Where the difference heatmap's cells were drawn last frame (tests).
     pub last_layout: Option<HeatmapLayout>,
 }
@@ -183,8 +137,7 @@ impl Default for SteeringPanel {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
-            view: HeatmapView::default(),
-            diff: None,
+            diff: RoutingDiffView::default(),
             last_layout: None,
         }
     }
@@ -749,81 +702,9 @@ impl SteeringPanel {
             )),
         };
         ui.separator();
-        if self
-            .diff
-            .as_ref()
-            .is_none_or(|d| !Arc::ptr_eq(&d.result, &result))
-        {
-            self.diff = Some(DiffView::new(result.clone()));
-            self.view.reset();
+        if let Some(layout) = self.diff.ui(ui, &result, gpu) {
+            self.last_layout = Some(layout);
         }
-        let Some(diff) = &self.diff else {
-            return;
-        };
-        let d = &result.routing;
-        ui.strong("Routing difference");
-        ui.label(format!(
-            "Share of the {} tokens (prompt + unsteered continuation) choosing each expert, \
-             steered minus unsteered; steered experts outlined; row labels: share of tokens \
-             whose chosen set changed.",
-            d.tokens
-        ));
-        legend_ui(ui, &diff.style, 240.0, &|v| format!("{:+.0} pp", 100.0 * v));
-        let rows = diff.matrix.rows.max(1) as f32;
-        let height = (rows * 22.0 + 24.0).clamp(120.0, 360.0);
-        let resp = Heatmap::new("steer_diff_heatmap", &diff.matrix)
-            .style(diff.style)
-            .selected(&diff.mask)
-            .row_labels(&diff.row_labels)
-            .label("Routing difference heatmap")
-            .gpu(gpu)
-            .max_cell(28.0)
-            .size(vec2(ui.available_width(), height))
-            .show(ui, &mut self.view);
-        self.last_layout = Some(resp.layout);
-        if let Some((row, col)) = resp.hovered {
-            let layer = d.layers.get(row).copied().unwrap_or(row);
-            let before = d.before.get(row).and_then(|r| r.get(col)).copied();
-            let after = d.after.get(row).and_then(|r| r.get(col)).copied();
-            let steered = result.steered_cells.contains(&(layer, col));
-            resp.response.clone().on_hover_ui_at_pointer(|ui| {
-                ui.label(format!("layer {layer}, expert {col}"));
-                if let (Some(b), Some(a)) = (before, after) {
-                    ui.label(format!(
-                        "tokens choosing it: {:.1}% unsteered, {:.1}% steered ({:+.1} pp)",
-                        100.0 * b,
-                        100.0 * a,
-                        100.0 * (a - b)
-                    ));
-                }
-                if steered {
-                    ui.label("steered");
-                }
-            });
-        }
-        ui.separator();
-        egui::Grid::new("steer_layer_changes")
-            .striped(true)
-            .num_columns(5)
-            .show(ui, |ui| {
-                ui.strong("layer");
-                ui.strong("changed sets");
-                ui.strong("steered mass");
-                ui.strong("onto");
-                ui.strong("off");
-                ui.end_row();
-                for c in &d.changes {
-                    ui.label(c.layer.to_string());
-                    ui.label(format!("{:.1}%", 100.0 * c.changed_share));
-                    ui.label(format!(
-                        "{:.3} to {:.3}",
-                        c.steered_mass_before, c.steered_mass_after
-                    ));
-                    ui.label(format!("{:.3}", c.mass_onto));
-                    ui.label(format!("{:.3}", c.mass_off));
-                    ui.end_row();
-                }
-            });
     }
 }
 
@@ -833,26 +714,6 @@ fn apply_name(a: ApplyTo) -> &'static str {
         ApplyTo::Prompt => "prompt",
         ApplyTo::Generated => "generated",
     }
-}
-
-/// `text` with every character the body font cannot draw written as `\u{..}` (a model may
-/// produce any Unicode, or a lone replacement character from a split UTF-8 sequence).
-pub fn displayable(ui: &egui::Ui, text: &str) -> String {
-    let font = egui::TextStyle::Body.resolve(ui.style());
-    ui.ctx().fonts_mut(|f| {
-        if f.has_glyphs(&font, text) {
-            return text.to_string();
-        }
-        let mut out = String::with_capacity(text.len());
-        for c in text.chars() {
-            if c.is_control() || f.has_glyph(&font, c) {
-                out.push(c);
-            } else {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
-        }
-        out
-    })
 }
 
 #[cfg(test)]

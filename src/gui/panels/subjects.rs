@@ -10,9 +10,8 @@ use crate::analysis::divergence::{
     SubjectDivergence, TopLayerOverlap, subject_divergences, top_layer_overlap,
 };
 use crate::analysis::jaccard;
+use crate::gui::state::AppState;
 use crate::render::{ColorMap, ColorScale, Heatmap, HeatmapStyle, HeatmapView, Matrix};
-
-use super::state::AppState;
 
 const TOP_K: usize = 3;
 
@@ -158,7 +157,7 @@ impl SubjectsPanel {
                     scale: ColorScale::Linear,
                     range: (0.0, 1.0),
                 };
-                crate::render::heatmap::legend_ui(ui, &style, 200.0, &|v| format!("{v:.2}"));
+                crate::render::legend_ui(ui, &style, 200.0, &|v| format!("{v:.2}"));
                 // Square, within the space left (the names above the columns included).
                 let side = ui
                     .available_width()

@@ -6,9 +6,8 @@ use std::collections::BTreeSet;
 use crate::analysis::das::{
     CumulativeDas, ExpertDas, GeneralSet, cumulative_das, domain_advantage, top_das_experts,
 };
+use crate::gui::state::AppState;
 use crate::selection::{SelectionRule, select};
-
-use super::state::AppState;
 
 /// The ranked experts and C-DAS of one (domain, general) choice, or why there are none.
 type DasResult = Result<(Vec<ExpertDas>, CumulativeDas), String>;
