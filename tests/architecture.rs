@@ -77,7 +77,9 @@ fn strip(text: &str) -> String {
                     i += 1;
                 }
             }
-        } else if c == b'r' && matches!(b.get(i + 1), Some(b'"') | Some(b'#')) && !ident_before(b, i)
+        } else if c == b'r'
+            && matches!(b.get(i + 1), Some(b'"') | Some(b'#'))
+            && !ident_before(b, i)
         {
             // raw string r"..." or r#"..."#
             let mut j = i + 1;
@@ -113,7 +115,10 @@ fn strip(text: &str) -> String {
         } else if c == b'\'' {
             // a char literal ('a', '\n', '\u{..}') or a lifetime ('a)
             let close = if b.get(i + 1) == Some(&b'\\') {
-                b[i + 2..].iter().position(|&x| x == b'\'').map(|p| i + 2 + p)
+                b[i + 2..]
+                    .iter()
+                    .position(|&x| x == b'\'')
+                    .map(|p| i + 2 + p)
             } else if b.get(i + 2) == Some(&b'\'') {
                 Some(i + 2)
             } else {
@@ -150,7 +155,10 @@ fn use_statements(code: &str) -> Vec<(bool, String)> {
         let is_pub = before.ends_with("pub") || before.ends_with(')') && before.contains("pub(");
         let after = &rest[pos + 3..];
         let Some(end) = after.find(';') else { break };
-        let tree: String = after[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+        let tree: String = after[..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         out.push((is_pub, tree));
         rest = &after[end + 1..];
     }
@@ -491,7 +499,10 @@ fn the_checker_sees_a_cycle_and_a_facade() {
     };
     write("lib.rs", "pub mod a;\npub mod b;\n");
     write("a/mod.rs", "pub mod x;\npub use x::Thing;\n");
-    write("a/x.rs", "pub struct Thing;\npub fn f() { crate::b::g(); }\n");
+    write(
+        "a/x.rs",
+        "pub struct Thing;\npub fn f() { crate::b::g(); }\n",
+    );
     write(
         "b.rs",
         "// crate::a::comment_only\nuse crate::a::Thing;\npub fn g() -> Option<Thing> { None }\n",
@@ -500,7 +511,11 @@ fn the_checker_sees_a_cycle_and_a_facade() {
     let deps = tree.dependencies();
     let a_x = vec!["a".to_string(), "x".to_string()];
     let b = vec!["b".to_string()];
-    assert_eq!(deps[&b], BTreeSet::from([a_x.clone()]), "through the facade");
+    assert_eq!(
+        deps[&b],
+        BTreeSet::from([a_x.clone()]),
+        "through the facade"
+    );
     assert_eq!(deps[&vec!["a".to_string()]], BTreeSet::new(), "a facade");
     assert_eq!(cycles(&deps), vec![vec![a_x, b]]);
 }

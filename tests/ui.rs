@@ -16,7 +16,6 @@ use moescope::gui::{MoeScopeApp, Tab, UiState};
 use moescope::inference::profiling::{ProfileOptions, run_profile};
 use moescope::model::{LoadOptions, load_model};
 use moescope::profile::RoutingProfile;
-use moescope::inference::profiling::{ProfileOptions, run_profile};
 use moescope::worker::Event;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/olmoe");

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::gui::state::{AppState, EvalOutput, JobKind, RunningJob, SteerOutput, TrainingOutput};
-use crate::steering::SteeringSpec;
 use crate::inference::generate::GenerateOptions;
+use crate::steering::SteeringSpec;
 use crate::train::TrainOptions;
 use crate::worker::{Command, JobId};
 

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PromptSet;
+use crate::inference::eval::EvalReport;
 use crate::model::ModelInfo;
 use crate::profile::RoutingProfile;
 use crate::render::{ColorScale, HeatmapView};
 use crate::selection::SelectionRule;
-use crate::inference::eval::EvalReport;
 use crate::train::{StepMetrics, TrainSummary};
 use crate::worker::{JobId, Side, SteerResult, TokenTrace, TopTokenTable, Worker};
 

@@ -12,7 +12,6 @@ use std::time::Instant;
 use candle_core::{D, Device, Tensor, Var};
 use tokenizers::Tokenizer;
 
-use crate::model::adapter::{Adapter, AdapterSettings, LoraPair};
 use super::data::{self, BatchPlan};
 use super::error::{Result, TrainError};
 use super::lora_vars::{AdaptedModule, NO_DROPOUT, kaiming_a, name_seed};
@@ -21,6 +20,7 @@ use super::optim::{AdamW, AdamWSettings, clip_grad_norm};
 use super::options::{ExpertChoice, TrainOptions};
 use crate::data::{DataOptions, PromptSet};
 use crate::inference::nll::sequence_nll;
+use crate::model::adapter::{Adapter, AdapterSettings, LoraPair};
 use crate::model::lora::{LoraDelta, LoraDropout};
 use crate::model::router::NoHook;
 use crate::model::{Batch, ModelInfo, MoeModel, Output, RouteCtx};

@@ -11,10 +11,10 @@ use crate::gui::dialogs::{DialogPurpose, Dialogs};
 use crate::gui::state::{AppState, JobKind};
 use crate::gui::widgets::routing_diff::RoutingDiffView;
 use crate::gui::widgets::text::displayable;
+use crate::inference::generate::GenerateOptions;
 use crate::model::router::ExpertForce;
 use crate::render::HeatmapLayout;
 use crate::selection::SelectionModel;
-use crate::inference::generate::GenerateOptions;
 use crate::steering::{ApplyTo, ExpertSteer, SteerAction, SteeringSpec};
 use crate::worker::Side;
 
