@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use crate::steering::ApplyTo;
 use crate::inference::eval::{Estimate, SubjectResult};
+use crate::steering::ApplyTo;
 
 use super::dialogs::{DialogPurpose, Dialogs};
 use super::state::{AppState, JobKind};

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataOptions, PromptSet};
+use crate::inference::eval::EvalReport;
+use crate::inference::generate::GenerateOptions;
 use crate::model::ModelInfo;
 use crate::profile::RoutingProfile;
 use crate::render::{ColorScale, HeatmapView};
 use crate::selection::{Selection, SelectionModel, SelectionRule};
 use crate::steering::SteeringSpec;
-use crate::inference::eval::EvalReport;
-use crate::inference::generate::GenerateOptions;
 use crate::train::{StepMetrics, TrainEvent, TrainOptions, TrainSummary};
 use crate::worker::{Command, Event, JobId, Side, SteerResult, TokenTrace, TopTokenTable, Worker};
 

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use egui::vec2;
 
 use crate::analysis::das::GeneralSet;
+use crate::inference::generate::GenerateOptions;
 use crate::model::router::ExpertForce;
 use crate::render::heatmap::legend_ui;
 use crate::render::{
     ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, HeatmapView, Matrix,
 };
 use crate::selection::SelectionModel;
-use crate::inference::generate::GenerateOptions;
 use crate::steering::{ApplyTo, ExpertSteer, SteerAction, SteeringSpec};
 use crate::worker::{Side, SteerResult};
 
