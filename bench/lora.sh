@@ -13,15 +13,20 @@
 # 3. Prints a Markdown table (parameters, adapter bytes, wall time and its ratio, loss,
 #    held-out perplexity on DOMAIN and on the other domains) for BENCHMARKS.md.
 #
-# Work files go to target/bench-lora/.
+# Work files go to target/bench-lora/ (BENCH_WORK to change). MOESCOPE_BIN runs a given binary
+# instead of building this checkout's (to measure two builds back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOMAIN=${1:-law}
 STEPS=${2:-200}
 CORPUS=${DEMO_CORPUS:-../shared/demo-corpus}
-WORK=target/bench-lora
-cargo build --release
-BIN="${CARGO_TARGET_DIR:-target}/release/moescope"
+WORK=${BENCH_WORK:-target/bench-lora}
+if [ -n "${MOESCOPE_BIN:-}" ]; then
+  BIN=$MOESCOPE_BIN
+else
+  cargo build --release
+  BIN="${CARGO_TARGET_DIR:-target}/release/moescope"
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK"
 grep -v '^[[:space:]]*$' "$CORPUS/train/$DOMAIN.txt" > "$WORK/$DOMAIN.txt"

@@ -2,7 +2,10 @@
 # Routing-capture benchmark: MoEScope vs HF transformers on the same random OLMoE-layout model,
 # run back to back. Prints both JSON lines and the ratios; BENCHMARKS.md records a run.
 #
-#   bash bench/run.sh [PYTHON]     # PYTHON: an interpreter with torch + transformers==4.57.6
+#   bash bench/run.sh [PYTHON]     # PYTHON: an interpreter with torch + transformers
+#
+# BENCH_ROUTING_BIN runs a given build of the bench_routing example instead of building this
+# checkout's (to measure two builds back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
@@ -10,9 +13,14 @@ MODEL=${BENCH_MODEL_DIR:-/tmp/moescope-bench-olmoe}
 if [ ! -f "$MODEL/model.safetensors" ]; then
   "$PY" bench/peer_hf.py --make "$MODEL"
 fi
-cargo build --release --example bench_routing
+if [ -n "${BENCH_ROUTING_BIN:-}" ]; then
+  BIN=$BENCH_ROUTING_BIN
+else
+  cargo build --release --example bench_routing
+  BIN="${CARGO_TARGET_DIR:-target}"/release/examples/bench_routing
+fi
 export OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2
-ours=$("${CARGO_TARGET_DIR:-target}"/release/examples/bench_routing "$MODEL" 4 128 10 2)
+ours=$("$BIN" "$MODEL" 4 128 10 2)
 peer=$("$PY" bench/peer_hf.py --model "$MODEL" --batch 4 --seq 128 --iters 10 --warmup 2)
 echo "moescope: $ours"
 echo "peer:     $peer"
