@@ -371,7 +371,7 @@ fn summarise_specialisation(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::analysis::traces::tests::trace;
     use crate::profile::{ProfileModel, SubjectProfile};
