@@ -16,8 +16,6 @@ pub enum TrainError {
     #[error(transparent)]
     Selection(#[from] SelectionError),
     #[error("{0}")]
-    Adapter(String),
-    #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
     Io(String),
