@@ -3,7 +3,9 @@
 //! through it with a profile recorder attached, and prints one JSON line with tokens/s and the
 //! process's peak RSS.
 //!
-//! `cargo run --release --example bench_routing -- MODEL_DIR [batch] [seq] [iters] [warmup]`
+//! `cargo run --release --example bench_routing -- MODEL_DIR [batch] [seq] [iters] [warmup]
+//! [dtype]` (dtype: the checkpoint's own, memory-mapped, by default; `f32` / `bf16` / `f16`
+//! for a converted copy in memory).
 
 use std::time::Instant;
 
@@ -30,8 +32,13 @@ fn main() -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_else(|| "/tmp/bench-olmoe".into());
     let (batch, seq, iters, warmup) = (arg(1, 4), arg(2, 128), arg(3, 10), arg(4, 2));
+    let dtype = match args.get(5) {
+        Some(d) => Some(moescope::model::parse_dtype(d).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let opts = LoadOptions {
         model: model_dir,
+        dtype,
         device: DeviceChoice::Cpu,
         routing_only: true,
         ..Default::default()
@@ -71,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "impl": "moescope (candle, routing only)",
+            "weights": loaded.plan.describe(),
             "tokens_per_sec": (batch * seq * iters) as f64 / secs,
             "peak_rss_mib": peak_rss_mib(),
             "iters": iters,

@@ -9,9 +9,12 @@ use clap::Args;
 use serde_json::json;
 
 use crate::data::{DataOptions, load_prompts};
-use crate::inference::profiling::{ProfileError, ProfileOptions, run_profile};
+use crate::inference::profiling::{
+    ProfileError, ProfileOptions, ProfileProgress, Schedule, run_profile,
+};
 use crate::inference::trace::trace_tokens;
 use crate::model::device::DeviceChoice;
+use crate::model::memory::human_bytes;
 use crate::model::{LoadOptions, LoadedModel, load_model, loader, parse_dtype};
 
 /// Which model to load and how.
@@ -24,7 +27,8 @@ pub struct ModelArgs {
     /// Hub revision: branch, tag or commit.
     #[arg(long)]
     pub revision: Option<String>,
-    /// Weight dtype: f32 (CPU default), bf16 or f16.
+    /// Weight dtype: f32, bf16 or f16. By default the checkpoint's own, read in place from the
+    /// memory-mapped files on the CPU; another dtype is a converted copy in memory.
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<candle_core::DType>,
     /// Device: auto, cpu, cuda[:N], metal[:N].
@@ -39,18 +43,43 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model; `routing_only` skips what routing capture never uses.
     pub fn load(&self, show_progress: bool, routing_only: bool) -> Result<LoadedModel> {
+        let loaded = self.load_with(self.options(routing_only)?, show_progress)?;
+        let plan = &loaded.plan;
+        // Profiles stream layer by layer; a whole forward pass per token cannot.
+        if !routing_only
+            && plan.mapped
+            && plan.exceeds_memory()
+            && let Some(b) = &plan.budget
+        {
+            eprintln!(
+                "note: the weights ({}) are larger than the {} of memory available ({}); \
+                 this command reads them from disk as it goes and will be slow",
+                human_bytes(plan.weight_bytes),
+                human_bytes(b.available),
+                b.source
+            );
+        }
+        Ok(loaded)
+    }
+
+    /// What [`ModelArgs::load`] loads.
+    fn options(&self, routing_only: bool) -> Result<LoadOptions> {
         let model = match &self.model {
             Some(m) => m.clone(),
             None => crate::demo::demo_dir()?.display().to_string(),
         };
-        let opts = LoadOptions {
+        Ok(LoadOptions {
             model,
             revision: self.revision.clone(),
             dtype: self.dtype,
             device: self.device,
             routing_only,
             adapter: self.adapter.clone(),
-        };
+            in_memory: false,
+        })
+    }
+
+    fn load_with(&self, opts: LoadOptions, show_progress: bool) -> Result<LoadedModel> {
         let mut bar = DownloadBar::default();
         let progress: Option<&mut dyn crate::model::hub::DownloadProgress> =
             if show_progress { Some(&mut bar) } else { None };
@@ -94,11 +123,47 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
+/// Shows what config.json and the safetensors headers say, without reading any weights: the
+/// model is built over the memory-mapped files (no copy, nothing run), whatever `--dtype` and
+/// `--device` say; those only change the plan shown.
 pub fn info(args: InfoArgs) -> Result<()> {
-    let loaded = args.model.load(true, false)?;
+    let mut opts = args.model.options(false)?;
+    let (dtype, device) = (opts.dtype, opts.device);
+    opts.dtype = None;
+    opts.device = DeviceChoice::Cpu;
+    opts.adapter = None;
+    let loaded = args.model.load_with(opts, true)?;
     let i = loaded.model.info();
+    let mapped_plan = &loaded.plan;
+    let weight_bytes = match dtype {
+        Some(d) => {
+            mapped_plan.weight_bytes / mapped_plan.dtype.size_in_bytes() as u64
+                * d.size_in_bytes() as u64
+        }
+        None => mapped_plan.weight_bytes,
+    };
+    let dtype = dtype.unwrap_or(mapped_plan.checkpoint_dtype);
+    let budget = mapped_plan.budget.clone();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(i)?);
+        let mut v = serde_json::to_value(i)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "dtype".into(),
+                json!(crate::model::device::dtype_name(dtype)),
+            );
+            o.insert(
+                "checkpoint_dtype".into(),
+                json!(crate::model::device::dtype_name(
+                    mapped_plan.checkpoint_dtype
+                )),
+            );
+            o.insert("weight_bytes".into(), json!(weight_bytes));
+            o.insert(
+                "memory_available".into(),
+                json!(budget.as_ref().map(|b| b.available)),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let dense: Vec<usize> = (0..i.num_layers)
@@ -130,8 +195,50 @@ pub fn info(args: InfoArgs) -> Result<()> {
         human(i.total_params),
         human(i.active_params)
     );
-    println!("dtype            {}", i.dtype);
-    println!("device           {}", i.device);
+    let device_name = crate::model::device::open(device)
+        .map(|d| crate::model::device::describe(&d))
+        .unwrap_or_else(|e| format!("unavailable ({e})"));
+    println!("device           {device_name}");
+    println!(
+        "checkpoint       {} in {} file{}",
+        crate::model::device::dtype_name(mapped_plan.checkpoint_dtype),
+        loaded.files.weights.len(),
+        if loaded.files.weights.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    let cpu_mapped = dtype == mapped_plan.checkpoint_dtype
+        && matches!(device, DeviceChoice::Cpu | DeviceChoice::Auto)
+        && !cfg!(any(feature = "cuda", feature = "metal"));
+    println!(
+        "weights          {} as {}{}",
+        human_bytes(weight_bytes),
+        crate::model::device::dtype_name(dtype),
+        if cpu_mapped {
+            ", memory-mapped and read in place"
+        } else {
+            ", copied into memory"
+        }
+    );
+    if let Some(b) = &budget {
+        let verdict = if weight_bytes <= b.available {
+            "fits".to_string()
+        } else if cpu_mapped {
+            "does not fit: profiles stream layer by layer".to_string()
+        } else {
+            format!(
+                "does not fit: use --dtype {} to read the weights in place",
+                crate::model::device::dtype_name(mapped_plan.checkpoint_dtype)
+            )
+        };
+        println!(
+            "memory           {} ({}): {verdict}",
+            human_bytes(b.available),
+            b.source
+        );
+    }
     Ok(())
 }
 
@@ -275,6 +382,16 @@ pub struct ProfileArgs {
     /// Also write per-sequence traces (JSON Lines) here.
     #[arg(long)]
     pub traces: Option<PathBuf>,
+    /// Order of the work: `layer` runs every batch through one layer before the next (each
+    /// weight read once, one layer resident at a time: for models larger than memory),
+    /// `batch` each batch through the whole model, `auto` layer-major when the weights are
+    /// memory-mapped. Both give the same profile.
+    #[arg(long, default_value = "auto")]
+    pub schedule: Schedule,
+    /// Where a layer-major run spills hidden states that do not fit in memory (default: the
+    /// system's temporary folder).
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
 }
 
 pub fn profile(args: ProfileArgs) -> Result<()> {
@@ -321,8 +438,12 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         batch_size: args.batch_size,
         max_tokens: args.max_tokens,
         traces: args.traces.clone(),
+        schedule: args.schedule,
+        spill_dir: args.spill_dir.clone(),
+        ..ProfileOptions::default()
     };
     let mut tokens = 0usize;
+    let mut last = ProfileProgress::default();
     let result = run_profile(
         loaded.model.as_mut(),
         &loaded.tokenizer,
@@ -330,14 +451,36 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         &opts,
         &cancel,
         &mut |p| {
-            bar.set_position(p.sequences_done as u64);
+            last = p;
             tokens = p.tokens_done;
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "{} tok, {:.0} tok/s",
-                p.tokens_done,
-                p.tokens_done as f64 / secs
-            ));
+            match p.layers {
+                Some((done, total)) => {
+                    if bar.length() != Some(total as u64) {
+                        bar.set_length(total as u64);
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "layer-major [{bar:30}] layer {pos}/{len} {msg} {elapsed} eta {eta}",
+                            )
+                            .expect("valid template"),
+                        );
+                    }
+                    bar.set_position(done as u64);
+                    let mut msg = format!("{} of weights read", human_bytes(p.weight_bytes_read));
+                    if p.spilled_bytes > 0 {
+                        msg += &format!(", {} spilled", human_bytes(p.spilled_bytes));
+                    }
+                    bar.set_message(msg);
+                }
+                None => {
+                    bar.set_position(p.sequences_done as u64);
+                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "{} tok, {:.0} tok/s",
+                        p.tokens_done,
+                        p.tokens_done as f64 / secs
+                    ));
+                }
+            }
         },
     );
     bar.finish_and_clear();
@@ -348,13 +491,29 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     };
     profile.save(&args.out)?;
     let secs = started.elapsed().as_secs_f64();
+    let how = match last.layers {
+        Some((_, layers)) => format!(
+            "layer-major over {layers} layers, {} of weights read{}",
+            human_bytes(last.weight_bytes_read),
+            if last.spilled_bytes > 0 {
+                format!(
+                    ", {} of hidden states spilled",
+                    human_bytes(last.spilled_bytes)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        None => "batch-major".to_string(),
+    };
     eprintln!(
-        "profiled {} sequences ({} tokens, {} subjects) in {:.1} s ({:.0} tokens/s) -> {}",
+        "profiled {} sequences ({} tokens, {} subjects) in {:.1} s ({:.0} tokens/s; {how}; weights {}) -> {}",
         prompts.len(),
         tokens,
         profile.subjects.len(),
         secs,
         tokens as f64 / secs.max(1e-9),
+        loaded.plan.describe(),
         args.out.display()
     );
     Ok(())

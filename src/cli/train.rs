@@ -116,6 +116,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         device: args.model.device,
         routing_only: false,
         adapter: None,
+        in_memory: true,
     };
     if args.model.adapter.is_some() {
         bail!("--adapter is for applying a finished adapter; train writes a new one into --out");

@@ -20,6 +20,7 @@
 //!   it is `k` when routing is perfectly balanced;
 //! - router z-loss (ST-MoE): `mean_t (logsumexp_e z_te)²`.
 
+use crate::model::weights::WeightSource;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
@@ -43,10 +44,12 @@ pub fn build_vars(cfg: &DemoConfig, varmap: &VarMap, device: &Device) -> Result<
     let ctx = BuildCtx {
         id: "demo (in memory)".into(),
         dtype: DType::F32,
+        weight_dtype: DType::F32,
+        mapped: false,
         device: device.clone(),
         routing_only: false,
     };
-    let mut model = families::build(Family::Olmoe, &json, vb, &ctx)?;
+    let mut model = families::build(Family::Olmoe, &json, vb.into(), &ctx)?;
     let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     model.set_param_counts(total as u64);
     Ok(model)
@@ -145,7 +148,7 @@ impl TrainModel {
     /// Takes the weights from `varmap` (which [`build_vars`] filled); fails if a name is missing.
     pub fn new(varmap: &VarMap, cfg: &DemoConfig, device: &Device) -> Result<Self> {
         let before = varmap.all_vars().len();
-        let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+        let vb: WeightSource = VarBuilder::from_varmap(varmap, DType::F32, device).into();
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for li in 0..cfg.num_hidden_layers {

@@ -7,11 +7,15 @@
 //!   panel);
 //! - [`eval`]: multiple-choice scoring by option-letter log-probability, with and without
 //!   steering, bootstrap CIs;
-//! - [`profiling`]: a prompt set in padded batches (routing only) into a routing profile;
+//! - [`profiling`]: a prompt set in padded batches (routing only) into a routing profile,
+//!   batch-major or layer-major;
+//! - [`hidden_store`]: a layer-major run's hidden states between layers, spilled to disk when
+//!   they don't fit in memory;
 //! - [`nll`]: next-token negative log-likelihood, the measure behind held-out perplexity.
 
 pub mod eval;
 pub mod generate;
+pub mod hidden_store;
 pub mod nll;
 pub mod profiling;
 pub mod trace;

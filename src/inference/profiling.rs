@@ -4,15 +4,26 @@
 //! Sequences are tokenised up front (so bad prompts fail before any compute), sorted by length
 //! to keep padding low, and batched; padded positions are masked in attention and never routed,
 //! so the result equals running each sequence alone.
+//!
+//! Two schedules give the same profile, bit for bit ([`Schedule`]): batch-major runs each
+//! batch through the whole model; layer-major runs every batch through layer 0, then every
+//! batch through layer 1, and so on, keeping the hidden states between layers
+//! ([`super::hidden_store`], spilled to disk when they don't fit). Layer-major reads each
+//! weight once per profile and hands each layer's mapped pages back before the next layer's are
+//! read, so a model larger than memory profiles at disk speed instead of thrashing; experts no
+//! token chose are never read at all.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use candle_core::Device;
 use tokenizers::Tokenizer;
 
+use super::hidden_store::HiddenStore;
 use crate::data::PromptSet;
-use crate::model::router::RouteCtx;
-use crate::model::{Batch, ModelError, ModelInfo, MoeModel, Output, loader};
+use crate::model::moe_model::BatchRoutingHook;
+use crate::model::router::{RouteCtx, RouteEvent, RoutingHook};
+use crate::model::{Batch, LayerwiseModel, ModelError, ModelInfo, MoeModel, Output, loader};
 use crate::profile::traces::TraceWriter;
 use crate::profile::{ProfileModel, ProfileRecorder, RoutingProfile, SequenceTrace};
 
@@ -26,6 +37,15 @@ pub struct ProfileOptions {
     pub max_tokens: Option<usize>,
     /// Write per-sequence traces here (JSON Lines).
     pub traces: Option<PathBuf>,
+    pub schedule: Schedule,
+    /// Bytes of hidden states a layer-major run keeps in memory before spilling them to a
+    /// temporary file; a quarter of the memory left when `None`.
+    pub hidden_memory: Option<u64>,
+    /// Where spill files go; the system's temporary folder when `None`.
+    pub spill_dir: Option<PathBuf>,
+    /// A layer-major run's experts take the tokens of consecutive batches of up to this many
+    /// (padded) tokens at once, so that each expert's weights are read once per group.
+    pub group_tokens: usize,
 }
 
 impl Default for ProfileOptions {
@@ -34,16 +54,54 @@ impl Default for ProfileOptions {
             batch_size: 8,
             max_tokens: None,
             traces: None,
+            schedule: Schedule::Auto,
+            hidden_memory: None,
+            spill_dir: None,
+            group_tokens: 8192,
+        }
+    }
+}
+
+/// The order a profile visits batches and layers in; both give the same profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Schedule {
+    /// Layer-major when the weights are memory-mapped (each weight read once, one layer's
+    /// pages resident at a time), batch-major when they are in memory or on a GPU.
+    #[default]
+    Auto,
+    /// Each batch through the whole model.
+    BatchMajor,
+    /// Every batch through one layer before the next layer.
+    LayerMajor,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "batch" | "batch-major" => Ok(Self::BatchMajor),
+            "layer" | "layer-major" => Ok(Self::LayerMajor),
+            _ => Err(format!(
+                "unknown schedule '{s}' (expected auto, batch or layer)"
+            )),
         }
     }
 }
 
 /// Progress of a profiling run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProfileProgress {
     pub sequences_done: usize,
     pub sequences_total: usize,
     pub tokens_done: usize,
+    /// Layer-major runs: `(layers done, layers to run)`.
+    pub layers: Option<(usize, usize)>,
+    /// Layer-major runs: bytes of weights read so far.
+    pub weight_bytes_read: u64,
+    /// Layer-major runs: bytes of hidden states spilled to disk so far.
+    pub spilled_bytes: u64,
 }
 
 /// Why a profiling run stopped early.
@@ -186,42 +244,220 @@ pub fn run_profile_observed(
 
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].ids.len());
-    let device = model.device().clone();
-    let mut progress = ProfileProgress {
-        sequences_done: 0,
-        sequences_total: seqs.len(),
-        tokens_done: 0,
+    let batches: Vec<&[usize]> = order.chunks(opts.batch_size.max(1)).collect();
+    let layer_major = match opts.schedule {
+        Schedule::BatchMajor => false,
+        Schedule::LayerMajor => true,
+        Schedule::Auto => info.mapped,
     };
-    for chunk in order.chunks(opts.batch_size.max(1)) {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(ProfileError::Cancelled);
-        }
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].ids.clone()).collect();
-        let toks: Vec<Vec<String>> = chunk.iter().map(|&i| seqs[i].tokens.clone()).collect();
-        let subj: Vec<usize> = chunk.iter().map(|&i| seqs[i].subject).collect();
-        recorder.begin_batch(&subj, &ids, &toks);
-        let batch = Batch::from_sequences(&ids, &device)?;
-        {
-            let mut ctx = RouteCtx::new(&mut recorder);
-            model.forward(&batch, Output::RoutingOnly, &mut ctx)?;
-        }
-        if keep_traces {
-            let traces = recorder.take_batch_traces();
-            if let Some(w) = writer.as_mut() {
-                for t in &traces {
-                    w.write(t)?;
-                }
-            }
-            if let Some(f) = on_traces.as_mut() {
-                f(&traces);
+    let device = model.device().clone();
+    let mut run = Run {
+        seqs: &seqs,
+        recorder: &mut recorder,
+        cancel,
+        on_progress,
+        keep_traces,
+        progress: ProfileProgress {
+            sequences_total: seqs.len(),
+            ..ProfileProgress::default()
+        },
+    };
+    let traces = match model.layerwise().filter(|_| layer_major) {
+        Some(lw) => run.layer_major(lw, &device, &batches, opts)?,
+        None => run.batch_major(model, &batches, writer.as_mut(), on_traces.as_mut())?,
+    };
+    for t in traces {
+        if let Some(w) = writer.as_mut() {
+            for t in &t {
+                w.write(t)?;
             }
         }
-        progress.sequences_done += chunk.len();
-        progress.tokens_done += ids.iter().map(Vec::len).sum::<usize>();
-        on_progress(progress);
+        if let Some(f) = on_traces.as_mut() {
+            f(&t);
+        }
     }
     if let Some(w) = writer {
         w.finish()?;
     }
     Ok(recorder.finish())
+}
+
+/// One profiling run's shared state.
+struct Run<'a> {
+    seqs: &'a [Tokenised],
+    recorder: &'a mut ProfileRecorder,
+    cancel: &'a AtomicBool,
+    on_progress: &'a mut dyn FnMut(ProfileProgress),
+    keep_traces: bool,
+    progress: ProfileProgress,
+}
+
+impl Run<'_> {
+    fn ids(&self, batch: &[usize]) -> Vec<Vec<u32>> {
+        batch.iter().map(|&i| self.seqs[i].ids.clone()).collect()
+    }
+
+    /// Announces `batch` to the recorder; returns its number there.
+    fn begin(&mut self, batch: &[usize]) -> usize {
+        let ids = self.ids(batch);
+        let toks: Vec<Vec<String>> = batch.iter().map(|&i| self.seqs[i].tokens.clone()).collect();
+        let subj: Vec<usize> = batch.iter().map(|&i| self.seqs[i].subject).collect();
+        self.recorder.begin_batch(&subj, &ids, &toks)
+    }
+
+    fn check_cancel(&self) -> Result<(), ProfileError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(ProfileError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Each batch through the whole model; traces go out batch by batch.
+    fn batch_major(
+        &mut self,
+        model: &mut dyn MoeModel,
+        batches: &[&[usize]],
+        mut writer: Option<&mut TraceWriter>,
+        mut on_traces: Option<&mut TraceObserver<'_>>,
+    ) -> Result<Vec<Vec<SequenceTrace>>, ProfileError> {
+        let device = model.device().clone();
+        for chunk in batches {
+            self.check_cancel()?;
+            self.begin(chunk);
+            let ids = self.ids(chunk);
+            let batch = Batch::from_sequences(&ids, &device)?;
+            {
+                let mut ctx = RouteCtx::new(&mut *self.recorder);
+                model.forward(&batch, Output::RoutingOnly, &mut ctx)?;
+            }
+            if self.keep_traces {
+                let traces = self.recorder.take_batch_traces();
+                if let Some(w) = writer.as_deref_mut() {
+                    for t in &traces {
+                        w.write(t)?;
+                    }
+                }
+                if let Some(f) = on_traces.as_mut() {
+                    f(&traces);
+                }
+            }
+            self.progress.sequences_done += chunk.len();
+            self.progress.tokens_done += ids.iter().map(Vec::len).sum::<usize>();
+            (self.on_progress)(self.progress);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Every batch through one layer before the next; returns the traces of every batch, in
+    /// batch order.
+    fn layer_major(
+        &mut self,
+        model: &mut dyn LayerwiseModel,
+        device: &Device,
+        batches: &[&[usize]],
+        opts: &ProfileOptions,
+    ) -> Result<Vec<Vec<SequenceTrace>>, ProfileError> {
+        let info = self.recorder_model_layers();
+        let Some(&last_moe) = info.last() else {
+            return Err(ProfileError::Prompt("the model has no MoE layers".into()));
+        };
+        let budget = opts.hidden_memory.unwrap_or_else(|| {
+            crate::model::memory::budget().map_or(u64::MAX, |b| b.available / 4)
+        });
+        let mut store = HiddenStore::new(batches.len(), budget, opts.spill_dir.as_deref())?;
+        let mut inputs = Vec::with_capacity(batches.len());
+        let mut numbers = Vec::with_capacity(batches.len());
+        for (bi, chunk) in batches.iter().enumerate() {
+            self.check_cancel()?;
+            numbers.push(self.begin(chunk));
+            let batch = Batch::from_sequences(&self.ids(chunk), device)?;
+            store.put(bi, model.embed(&batch)?)?;
+            inputs.push(batch);
+        }
+        let layers = last_moe + 1;
+        let groups = group_batches(&inputs, opts.group_tokens);
+        self.progress.layers = Some((0, layers));
+        (self.on_progress)(self.progress);
+        for li in 0..layers {
+            let stop = li == last_moe;
+            for group in &groups {
+                self.check_cancel()?;
+                let xs = group
+                    .clone()
+                    .map(|bi| store.take(bi, device))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let batches: Vec<&Batch> = inputs[group.clone()].iter().collect();
+                let mut hook = GroupRecorder {
+                    recorder: &mut *self.recorder,
+                    numbers: &numbers[group.clone()],
+                };
+                if let Some(ys) = model.run_layer(li, xs, &batches, &mut hook, stop)? {
+                    for (bi, y) in group.clone().zip(ys) {
+                        store.put(bi, y)?;
+                    }
+                }
+            }
+            let chosen = self.recorder.experts_chosen(li);
+            let experts_run = (!stop).then_some(chosen.as_slice());
+            self.progress.weight_bytes_read += model.layer_bytes(li, experts_run);
+            model.release_layer(li);
+            self.progress.layers = Some((li + 1, layers));
+            self.progress.spilled_bytes = store.spilled_bytes();
+            if stop {
+                self.progress.sequences_done = self.seqs.len();
+                self.progress.tokens_done = self.seqs.iter().map(|s| s.ids.len()).sum();
+            }
+            (self.on_progress)(self.progress);
+        }
+        let mut traces = Vec::with_capacity(numbers.len());
+        if self.keep_traces {
+            for &n in &numbers {
+                self.recorder.resume_batch(n);
+                traces.push(self.recorder.take_batch_traces());
+            }
+        }
+        Ok(traces)
+    }
+
+    fn recorder_model_layers(&self) -> Vec<usize> {
+        self.recorder.moe_layers().to_vec()
+    }
+}
+
+/// Consecutive batches whose padded tokens add up to at most `max_tokens` (at least one batch
+/// each): a layer-major run's experts see all of a group's tokens at once.
+fn group_batches(batches: &[Batch], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, b) in batches.iter().enumerate() {
+        let n = b.input_ids.elem_count();
+        if i > start && tokens + n > max_tokens {
+            groups.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += n;
+    }
+    if start < batches.len() {
+        groups.push(start..batches.len());
+    }
+    groups
+}
+
+/// The profile recorder seen by a group of batches: batch `i` of the group is recorder batch
+/// `numbers[i]`.
+struct GroupRecorder<'a> {
+    recorder: &'a mut ProfileRecorder,
+    numbers: &'a [usize],
+}
+
+impl RoutingHook for GroupRecorder<'_> {
+    fn on_route(&mut self, event: &RouteEvent<'_>) {
+        self.recorder.on_route(event);
+    }
+}
+
+impl BatchRoutingHook for GroupRecorder<'_> {
+    fn select_batch(&mut self, batch: usize) {
+        self.recorder.resume_batch(self.numbers[batch]);
+    }
 }

@@ -64,13 +64,9 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// The default dtype for a device: f32 on the CPU, bf16 on a GPU.
-pub fn default_dtype(device: &Device) -> DType {
-    if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    }
+/// The name `--dtype` takes for a dtype (`f32`, `bf16`, `f16`, …).
+pub fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
 }
 
 /// A short name for a device (`cpu`, `cuda:0`, `metal:0`).

@@ -21,6 +21,8 @@ pub struct ModelFiles {
     pub tokenizer: PathBuf,
     /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub weights: Vec<PathBuf>,
+    /// `model.safetensors.index.json`, for sharded checkpoints.
+    pub index: Option<PathBuf>,
 }
 
 /// Reports download progress (bytes) per file.
@@ -136,9 +138,10 @@ pub fn resolve_hub(
     };
     let config = fetch("config.json", true)?.expect("required");
     let tokenizer = fetch("tokenizer.json", true)?.expect("required");
-    let weights = match fetch("model.safetensors.index.json", false)? {
+    let index = fetch("model.safetensors.index.json", false)?;
+    let weights = match &index {
         Some(index) => {
-            let shards = shard_names(&index)?;
+            let shards = shard_names(index)?;
             let mut paths = Vec::with_capacity(shards.len());
             for s in shards {
                 paths.push(fetch(&s, true)?.expect("required"));
@@ -152,6 +155,7 @@ pub fn resolve_hub(
         config,
         tokenizer,
         weights,
+        index,
     })
 }
 
@@ -206,9 +210,10 @@ pub fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
         "the tokenizer; MoEScope reads HF fast-tokenizer files",
     )?;
     let index = dir.join("model.safetensors.index.json");
-    let weights = if index.is_file() {
+    let index = index.is_file().then_some(index);
+    let weights = if let Some(index) = &index {
         let mut paths = Vec::new();
-        for s in shard_names(&index)? {
+        for s in shard_names(index)? {
             let p = dir.join(&s);
             if !p.is_file() {
                 return Err(ModelError::msg(format!(
@@ -230,6 +235,7 @@ pub fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
         config,
         tokenizer,
         weights,
+        index,
     })
 }
 

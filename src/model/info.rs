@@ -126,7 +126,11 @@ pub struct ModelInfo {
     pub max_position_embeddings: usize,
     pub total_params: u64,
     pub active_params: u64,
+    /// The weights' dtype.
     pub dtype: String,
+    /// Weight matrices are read in place from the mapped checkpoint files.
+    #[serde(default)]
+    pub mapped: bool,
     pub device: String,
     pub score_fn: ScoreFn,
     pub layout: ModuleLayout,

@@ -2,22 +2,29 @@
 //!
 //! Steps: resolve the files ([`super::hub`]), pick the family from `config.json`
 //! (`architectures[0]`, else `model_type`), memory-map and check every safetensors file
-//! ([`super::weights`]), and build the family. Every failure names the file
-//! and the problem.
+//! ([`super::weights`]), plan how the weights are held ([`LoadPlan`]), and build the family.
+//! Every failure names the file and the problem.
+//!
+//! Weights stay in the checkpoint's dtype unless `--dtype` asks otherwise. On the CPU they
+//! then stay where they are, as views of the mapped files that the kernels read in place
+//! (activations in f32): loading is near-instant and a model larger than memory is a normal
+//! case. A dtype conversion, training or another device copies them, after checking that the
+//! copy fits in memory.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
-use super::device::{DeviceChoice, default_dtype};
+use super::device::{DeviceChoice, dtype_name};
 use super::error::{ModelError, Result};
 use super::families::{self, BuildCtx};
 use super::hub::{self, DownloadProgress, ModelFiles};
 use super::info::Family;
+use super::memory::{self, human_bytes};
 use super::moe_model::MoeModel;
-use super::weights::MmapWeights;
+use super::weights::{MmapWeights, WeightSource};
 
 /// What to load and how.
 #[derive(Debug, Clone, Default)]
@@ -26,8 +33,11 @@ pub struct LoadOptions {
     pub model: String,
     /// Hub revision (branch, tag or commit); `main` by default.
     pub revision: Option<String>,
-    /// Weight and activation dtype; f32 on the CPU, bf16 on a GPU by default.
+    /// Weight dtype; the checkpoint's own by default.
     pub dtype: Option<DType>,
+    /// Copy the weights into memory even where they could stay mapped (training needs
+    /// tensors it can differentiate through).
+    pub in_memory: bool,
     pub device: DeviceChoice,
     /// Load only what routing capture needs: no LM head, no experts in the last MoE layer.
     /// Such a model answers only [`super::Output::RoutingOnly`].
@@ -42,6 +52,92 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
     pub files: ModelFiles,
     pub device: Device,
+    pub plan: LoadPlan,
+}
+
+/// How a checkpoint's weights are held once loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadPlan {
+    /// The dtype most of the checkpoint is stored in.
+    pub checkpoint_dtype: DType,
+    /// The weights' dtype once loaded.
+    pub dtype: DType,
+    /// The dtype activations are computed in (f32 over mapped weights on the CPU).
+    pub compute_dtype: DType,
+    /// Weight matrices are views of the mapped files, not copies.
+    pub mapped: bool,
+    /// Bytes of all the checkpoint's tensors in `dtype`.
+    pub weight_bytes: u64,
+    /// Memory the process may still use when the plan was made.
+    pub budget: Option<memory::MemoryBudget>,
+}
+
+impl LoadPlan {
+    /// Plans a load of `weights` on `device`.
+    pub fn new(weights: &MmapWeights, device: &Device, opts: &LoadOptions) -> Self {
+        let checkpoint_dtype = weights.checkpoint_dtype();
+        let dtype = opts.dtype.unwrap_or(checkpoint_dtype);
+        let mapped = device.is_cpu() && dtype == checkpoint_dtype && !opts.in_memory;
+        Self {
+            checkpoint_dtype,
+            dtype,
+            compute_dtype: if mapped { DType::F32 } else { dtype },
+            mapped,
+            weight_bytes: weights.total_params() * dtype.size_in_bytes() as u64,
+            budget: memory::budget(),
+        }
+    }
+
+    /// Whether the weights, once loaded, would not fit in the memory left (mapped weights
+    /// then stream from disk; copies cannot be made).
+    pub fn exceeds_memory(&self) -> bool {
+        self.budget
+            .as_ref()
+            .is_some_and(|b| self.weight_bytes > b.available)
+    }
+
+    /// Refuses a copy of the weights that would not fit in memory, in numbers.
+    fn check_fits(&self, id: &str) -> Result<()> {
+        if self.mapped || !self.exceeds_memory() {
+            return Ok(());
+        }
+        let b = self
+            .budget
+            .as_ref()
+            .expect("exceeds_memory implies a budget");
+        let mut fix = if self.dtype != self.checkpoint_dtype {
+            format!(
+                "use --dtype {} (the checkpoint's dtype: its weights are then read in place from the mapped files, and a model larger than memory streams layer by layer)",
+                dtype_name(self.checkpoint_dtype)
+            )
+        } else {
+            "training needs the weights in memory: use a machine with more memory or a smaller model".to_string()
+        };
+        if self.dtype == self.checkpoint_dtype && b.source != "available memory" {
+            fix = format!("raise the {} or {fix}", b.source);
+        }
+        Err(ModelError::msg(format!(
+            "{id}: needs {} as {}, {} available ({}): {fix}",
+            human_bytes(self.weight_bytes),
+            dtype_name(self.dtype),
+            human_bytes(b.available),
+            b.source,
+        )))
+    }
+
+    /// One line for people: `bf16, memory-mapped (13.8 GB)`.
+    pub fn describe(&self) -> String {
+        let how = if self.mapped {
+            "memory-mapped, read in place"
+        } else {
+            "in memory"
+        };
+        format!(
+            "{}, {how} ({})",
+            dtype_name(self.dtype),
+            human_bytes(self.weight_bytes)
+        )
+    }
 }
 
 /// The supported families, for error messages.
@@ -102,15 +198,21 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
             files.tokenizer.display()
         ))
     })?;
-    let weights = MmapWeights::open(&files.weights)?;
+    let weights = Arc::new(MmapWeights::open(&files.weights)?);
+    if let Some(index) = &files.index {
+        weights.check_index(index)?;
+    }
     let total_params = weights.total_params();
 
     let device = super::device::open(opts.device)?;
-    let dtype = opts.dtype.unwrap_or_else(|| default_dtype(&device));
-    let vb = VarBuilder::from_backend(Box::new(weights), dtype, device.clone());
+    let plan = LoadPlan::new(&weights, &device, opts);
+    plan.check_fits(&files.id)?;
+    let vb = WeightSource::new(weights, plan.compute_dtype, &device, plan.mapped);
     let ctx = BuildCtx {
         id: files.id.clone(),
-        dtype,
+        dtype: plan.compute_dtype,
+        weight_dtype: plan.dtype,
+        mapped: plan.mapped,
         device: device.clone(),
         routing_only: opts.routing_only,
     };
@@ -131,6 +233,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
         tokenizer,
         files,
         device,
+        plan,
     })
 }
 

@@ -22,17 +22,19 @@ pub mod kernels;
 pub mod layers;
 pub mod loader;
 pub mod lora;
+pub mod memory;
 pub mod module_names;
 pub mod moe_model;
 pub mod router;
+pub mod weight;
 pub mod weights;
 
 pub use batch::{Batch, Output};
 pub use device::parse_dtype;
 pub use error::{ModelError, Result};
 pub use info::{Family, ModelInfo, ModuleLayout, Projection};
-pub use loader::{LoadOptions, LoadedModel, load_model};
-pub use moe_model::MoeModel;
+pub use loader::{LoadOptions, LoadPlan, LoadedModel, load_model};
+pub use moe_model::{LayerwiseModel, MoeModel};
 pub use router::{RecordingHook, RouteCtx, RoutingHook, Steering};
 
 #[cfg(test)]

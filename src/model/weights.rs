@@ -1,17 +1,22 @@
-//! Memory-mapped safetensors weights as a Candle `VarBuilder` backend.
+//! Memory-mapped safetensors checkpoints ([`MmapWeights`]) and the [`WeightSource`] the
+//! family builders read them through.
 //!
 //! Every file is validated up front (complete, offsets in bounds, float tensors only) and
-//! indexed by tensor name. A tensor is copied out of the map when a layer asks for it, and the
-//! pages it came from are then released (`MADV_DONTNEED`), so loading never holds the checkpoint
-//! twice in memory: peak RSS stays near the size of the weights actually used.
+//! indexed by tensor name; only the headers are read. A builder then either takes a weight
+//! matrix as a zero-copy [`MappedTensor`] view (the CPU default: no copy, pages shared with
+//! the OS cache) or copies a tensor out of the map in the dtype it asks for, releasing the
+//! pages it came from (`MADV_DONTNEED`) so that loading never holds the checkpoint twice.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
 use memmap2::Mmap;
 
+use super::weight::{MappedTensor, Weight, release_pages};
 use super::{ModelError, Result};
 
 struct Entry {
@@ -25,7 +30,7 @@ struct Entry {
 
 /// The tensors of one or more safetensors files, memory-mapped.
 pub struct MmapWeights {
-    maps: Vec<Mmap>,
+    maps: Vec<Arc<Mmap>>,
     paths: Vec<PathBuf>,
     index: HashMap<String, Entry>,
     total_params: u64,
@@ -77,7 +82,7 @@ impl MmapWeights {
                     },
                 );
             }
-            maps.push(mmap);
+            maps.push(Arc::new(mmap));
         }
         Ok(Self {
             maps,
@@ -90,6 +95,87 @@ impl MmapWeights {
     /// Number of parameters in all files.
     pub fn total_params(&self) -> u64 {
         self.total_params
+    }
+
+    /// Checks a `model.safetensors.index.json` against the shards: every tensor its
+    /// `weight_map` names must be in the shard it names.
+    pub fn check_index(&self, index: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(index)
+            .map_err(|e| ModelError::msg(format!("{}: cannot read: {e}", index.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::msg(format!("{}: not valid JSON: {e}", index.display())))?;
+        let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+            return Err(ModelError::msg(format!(
+                "{}: no \"weight_map\" object",
+                index.display()
+            )));
+        };
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        for name in names {
+            let shard = map[name].as_str().unwrap_or_default();
+            let held_by = self.index.get(name.as_str()).map(|e| &self.paths[e.file]);
+            match held_by {
+                Some(p) if file_name(p) == shard => {}
+                Some(p) => {
+                    return Err(ModelError::msg(format!(
+                        "{}: names {shard} for tensor {name}, but {} holds it",
+                        index.display(),
+                        file_name(p)
+                    )));
+                }
+                None => {
+                    return Err(ModelError::msg(format!(
+                        "{}: names tensor {name} in {shard}, but no shard holds it",
+                        index.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of tensor data in all files.
+    pub fn total_bytes(&self) -> u64 {
+        self.index.values().map(|e| (e.end - e.start) as u64).sum()
+    }
+
+    /// The dtype most of the checkpoint's bytes are stored in.
+    pub fn checkpoint_dtype(&self) -> DType {
+        let mut bytes: HashMap<DType, usize> = HashMap::new();
+        for e in self.index.values() {
+            if let Some(d) = candle_dtype(e.dtype) {
+                *bytes.entry(d).or_default() += e.end - e.start;
+            }
+        }
+        bytes
+            .into_iter()
+            .max_by_key(|&(d, n)| (n, d.size_in_bytes()))
+            .map_or(DType::F32, |(d, _)| d)
+    }
+
+    /// Whether the checkpoint holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// A zero-copy view of tensor `name`, if it is stored as f32 / f16 / bf16 and aligned.
+    pub fn mapped(&self, name: &str) -> Option<MappedTensor> {
+        let e = self.index.get(name)?;
+        MappedTensor::new(
+            self.maps[e.file].clone(),
+            e.start,
+            e.end,
+            candle_dtype(e.dtype)?,
+            e.shape.clone(),
+        )
+    }
+
+    /// Shape of tensor `name` and the file that holds it.
+    fn shape_of(&self, name: &str) -> Option<(&[usize], &Path)> {
+        self.index
+            .get(name)
+            .map(|e| (e.shape.as_slice(), self.paths[e.file].as_path()))
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -110,23 +196,120 @@ impl MmapWeights {
     }
 }
 
-/// Drops the whole pages inside `[start, end)` from this process's resident set; they are read
-/// from the file again if touched later.
-fn release_pages(map: &Mmap, start: usize, end: usize) {
-    const PAGE: usize = 4096;
-    let first = start.div_ceil(PAGE) * PAGE;
-    let last = end / PAGE * PAGE;
-    if last > first {
-        // SAFETY: the map is a private read-only file mapping; MADV_DONTNEED only drops clean
-        // pages, which are re-read from the file on the next access. No reference into the range
-        // outlives this call (the tensor was copied out).
-        #[cfg(unix)]
-        unsafe {
-            let _ =
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first);
+/// The safetensors dtypes MoEScope computes with, as Candle dtypes.
+fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as D;
+    match d {
+        D::F32 => Some(DType::F32),
+        D::F16 => Some(DType::F16),
+        D::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// [`MmapWeights`] shared between the [`WeightSource`] and its `VarBuilder` backend.
+struct SharedWeights(Arc<MmapWeights>);
+
+impl candle_nn::var_builder::SimpleBackend for SharedWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.get(s, name, init, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
+    }
+}
+
+/// Where a family builder takes its tensors from: small tensors (norms, biases) come as Candle
+/// tensors in the compute dtype; weight matrices ([`WeightSource::weight`]) as zero-copy views
+/// of the mapped checkpoint when mapping is on, else as tensors too.
+#[derive(Clone)]
+pub struct WeightSource {
+    vb: VarBuilder<'static>,
+    mapped: Option<Arc<MmapWeights>>,
+}
+
+impl From<VarBuilder<'static>> for WeightSource {
+    /// A source of tensors only (tests, and weights that are not in a mapped checkpoint).
+    fn from(vb: VarBuilder<'static>) -> Self {
+        Self { vb, mapped: None }
+    }
+}
+
+impl WeightSource {
+    /// Tensors of `weights` in `dtype` on `device`; with `map`, weight matrices stay views of
+    /// the mapped files (CPU only).
+    pub fn new(weights: Arc<MmapWeights>, dtype: DType, device: &Device, map: bool) -> Self {
+        let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
+            Box::new(SharedWeights(weights.clone()));
+        Self {
+            vb: VarBuilder::from_backend(backend, dtype, device.clone()),
+            mapped: (map && device.is_cpu()).then_some(weights),
         }
     }
-    let _ = (map, first, last);
+
+    /// The source under `prefix` (`vb.pp("model")`).
+    pub fn pp<S: ToString>(&self, prefix: S) -> Self {
+        Self {
+            vb: self.vb.pp(prefix),
+            mapped: self.mapped.clone(),
+        }
+    }
+
+    /// Tensor `name` of `shape`, copied in the compute dtype.
+    pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> candle_core::Result<Tensor> {
+        self.vb.get(shape, name)
+    }
+
+    pub fn contains_tensor(&self, name: &str) -> bool {
+        self.vb.contains_tensor(name)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    /// Weight matrix `name` of `shape`: a mapped view when mapping is on and the tensor is
+    /// stored in a float dtype, else a tensor in the compute dtype.
+    pub fn weight<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Weight> {
+        let shape: Shape = shape.into();
+        if let Some(w) = &self.mapped {
+            let prefix = self.vb.prefix();
+            let full = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if let Some((dims, file)) = w.shape_of(&full) {
+                if dims != shape.dims() {
+                    return Err(ModelError::msg(format!(
+                        "tensor {full} in {} has shape {dims:?}, the config implies {:?}",
+                        file_name(file),
+                        shape.dims()
+                    )));
+                }
+                if let Some(m) = w.mapped(&full) {
+                    return Ok(Weight::Mapped(Box::new(m)));
+                }
+            }
+        }
+        Ok(Weight::Tensor(self.vb.get(shape, name)?))
+    }
 }
 
 impl candle_nn::var_builder::SimpleBackend for MmapWeights {

@@ -8,15 +8,24 @@ use crate::model::router::{RouteEvent, RoutingHook};
 /// Accumulates per-subject count / mass / score matrices from routing events.
 ///
 /// Call [`ProfileRecorder::begin_batch`] before each forward pass with the subject of every
-/// sequence and its tokens; events then arrive with tokens in batch order.
+/// sequence and its tokens; events then arrive with tokens in batch order. A layer-major run
+/// announces every batch first and then switches between them with
+/// [`ProfileRecorder::resume_batch`].
 pub struct ProfileRecorder {
     model: ProfileModel,
     layer_row: std::collections::HashMap<usize, usize>,
     subjects: Vec<SubjectProfile>,
     keep_traces: bool,
-    batch_subjects: Vec<usize>,
-    batch_lens: Vec<usize>,
-    batch_traces: Vec<SequenceTrace>,
+    batches: Vec<BatchRecord>,
+    current: usize,
+}
+
+/// What the recorder knows about one announced batch.
+#[derive(Default)]
+struct BatchRecord {
+    subjects: Vec<usize>,
+    lens: Vec<usize>,
+    traces: Vec<SequenceTrace>,
 }
 
 impl ProfileRecorder {
@@ -35,30 +44,32 @@ impl ProfileRecorder {
                 .collect(),
             model,
             keep_traces,
-            batch_subjects: Vec::new(),
-            batch_lens: Vec::new(),
-            batch_traces: Vec::new(),
+            batches: Vec::new(),
+            current: 0,
         }
     }
 
     /// Announces the next batch: subject index, token ids and decoded tokens of every sequence.
+    /// Returns the batch's number for [`ProfileRecorder::resume_batch`]; events now go to it.
     pub fn begin_batch(
         &mut self,
         subjects: &[usize],
         token_ids: &[Vec<u32>],
         tokens: &[Vec<String>],
-    ) {
-        self.batch_subjects = subjects.to_vec();
-        self.batch_lens = token_ids.iter().map(Vec::len).collect();
+    ) -> usize {
         for (&s, ids) in subjects.iter().zip(token_ids) {
             let p = &mut self.subjects[s];
             p.sequences += 1;
             p.tokens += ids.len() as u64;
         }
-        self.batch_traces.clear();
+        let mut batch = BatchRecord {
+            subjects: subjects.to_vec(),
+            lens: token_ids.iter().map(Vec::len).collect(),
+            traces: Vec::new(),
+        };
         if self.keep_traces {
             for ((&s, ids), toks) in subjects.iter().zip(token_ids).zip(tokens) {
-                self.batch_traces.push(SequenceTrace {
+                batch.traces.push(SequenceTrace {
                     subject: self.subjects[s].name.clone(),
                     token_ids: ids.clone(),
                     tokens: toks.clone(),
@@ -66,11 +77,42 @@ impl ProfileRecorder {
                 });
             }
         }
+        self.batches.push(batch);
+        self.current = self.batches.len() - 1;
+        self.current
     }
 
-    /// Traces of the batch just run (empty unless traces are kept).
+    /// Sends the next events to batch `batch` (a number [`ProfileRecorder::begin_batch`]
+    /// returned).
+    pub fn resume_batch(&mut self, batch: usize) {
+        assert!(batch < self.batches.len(), "batch {batch} was never begun");
+        self.current = batch;
+    }
+
+    /// Traces of the current batch (empty unless traces are kept); the batch keeps no copy.
     pub fn take_batch_traces(&mut self) -> Vec<SequenceTrace> {
-        std::mem::take(&mut self.batch_traces)
+        self.batches
+            .get_mut(self.current)
+            .map(|b| std::mem::take(&mut b.traces))
+            .unwrap_or_default()
+    }
+
+    /// The decoder layers with a routed MoE block, ascending.
+    pub fn moe_layers(&self) -> &[usize] {
+        &self.model.moe_layers
+    }
+
+    /// Which experts of decoder layer `layer` were chosen for at least one token so far.
+    pub fn experts_chosen(&self, layer: usize) -> Vec<bool> {
+        let mut used = vec![false; self.model.num_experts];
+        if let Some(&row) = self.layer_row.get(&layer) {
+            for p in &self.subjects {
+                for (u, &c) in used.iter_mut().zip(&p.count[row]) {
+                    *u |= c > 0;
+                }
+            }
+        }
+        used
     }
 
     pub fn finish(self) -> RoutingProfile {
@@ -84,9 +126,11 @@ impl RoutingHook for ProfileRecorder {
             return;
         };
         let (n, k) = (e.num_experts, e.top_k);
+        let Some(batch) = self.batches.get_mut(self.current) else {
+            return;
+        };
         let mut token = 0usize;
-        for (seq, (&subject, &len)) in self.batch_subjects.iter().zip(&self.batch_lens).enumerate()
-        {
+        for (seq, (&subject, &len)) in batch.subjects.iter().zip(&batch.lens).enumerate() {
             let p = &mut self.subjects[subject];
             let (count, mass, score) = (&mut p.count[row], &mut p.mass[row], &mut p.score[row]);
             for t in token..token + len {
@@ -99,7 +143,7 @@ impl RoutingHook for ProfileRecorder {
                     *acc += f64::from(s);
                 }
             }
-            if let Some(trace) = self.batch_traces.get_mut(seq) {
+            if let Some(trace) = batch.traces.get_mut(seq) {
                 trace.layers.push(TraceLayer {
                     layer: e.layer,
                     indices: (token..token + len)

@@ -411,6 +411,7 @@ mod tests {
             total_params: 0,
             active_params: 0,
             dtype: "f32".into(),
+            mapped: false,
             device: "cpu".into(),
             score_fn: ScoreFn::Softmax,
             layout: ModuleLayout {

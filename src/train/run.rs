@@ -28,6 +28,9 @@ impl Trainer {
         on_event(TrainEvent::Status(format!("loading {}", opts.load.model)));
         let mut load = opts.load.clone();
         load.routing_only = false;
+        // Training differentiates through tensors in memory: f32 unless asked otherwise.
+        load.in_memory = true;
+        load.dtype.get_or_insert(candle_core::DType::F32);
         let loaded = crate::model::load_model(&load, None)?;
         let info = loaded.model.info().clone();
         let device = loaded.device.clone();
@@ -144,7 +147,7 @@ impl Trainer {
         let popts = crate::inference::profiling::ProfileOptions {
             batch_size: self.opts.batch_size,
             max_tokens: Some(self.opts.max_tokens),
-            traces: None,
+            ..Default::default()
         };
         let never = AtomicBool::new(false);
         let profile = crate::inference::profiling::run_profile(

@@ -28,7 +28,7 @@ impl WorkerState {
         let opts = ProfileOptions {
             batch_size: batch_size.max(1),
             max_tokens,
-            traces: None,
+            ..ProfileOptions::default()
         };
         let total = prompts.len() as u64;
         self.outbox.progress(job, 0, total, "profiling".into());
@@ -46,17 +46,10 @@ impl WorkerState {
             &self.cancel,
             &mut |p| {
                 let finished = p.sequences_done == p.sequences_total;
-                if finished || last.elapsed() >= PROGRESS_INTERVAL {
+                if finished || last.elapsed() >= PROGRESS_INTERVAL || p.layers.is_some() {
                     last = Instant::now();
-                    outbox.progress(
-                        job,
-                        p.sequences_done as u64,
-                        p.sequences_total as u64,
-                        format!(
-                            "{} / {} prompts, {} tokens",
-                            p.sequences_done, p.sequences_total, p.tokens_done
-                        ),
-                    );
+                    let (done, total, text) = progress_text(&p);
+                    outbox.progress(job, done, total, text);
                 }
             },
             Some(&mut |traces| traces.iter().for_each(|t| tokens.add(t))),
@@ -73,5 +66,35 @@ impl WorkerState {
                 format!("profiling {} failed: {e:#}", prompts.source),
             ),
         }
+    }
+}
+
+/// A profiling run's progress as (done, total, text): prompts for a batch-major run, layers
+/// (with the bytes of weights read) for a layer-major one.
+fn progress_text(p: &crate::inference::profiling::ProfileProgress) -> (u64, u64, String) {
+    use crate::model::memory::human_bytes;
+    match p.layers {
+        Some((done, total)) => {
+            let mut text = format!(
+                "layer-major: layer {done} of {total}, {} of weights read, {} prompts",
+                human_bytes(p.weight_bytes_read),
+                p.sequences_total
+            );
+            if p.spilled_bytes > 0 {
+                text += &format!(
+                    ", {} of hidden states on disk",
+                    human_bytes(p.spilled_bytes)
+                );
+            }
+            (done as u64, total as u64, text)
+        }
+        None => (
+            p.sequences_done as u64,
+            p.sequences_total as u64,
+            format!(
+                "{} / {} prompts, {} tokens",
+                p.sequences_done, p.sequences_total, p.tokens_done
+            ),
+        ),
     }
 }

@@ -95,6 +95,14 @@ impl ModelPanel {
                             ),
                             ("router", format!("{:?}", info.score_fn)),
                             ("device", format!("{} {}", info.device, info.dtype)),
+                            (
+                                "weights",
+                                if info.mapped {
+                                    "memory-mapped, read in place".to_string()
+                                } else {
+                                    "in memory".to_string()
+                                },
+                            ),
                         ];
                         for (k, v) in rows {
                             ui.weak(k);

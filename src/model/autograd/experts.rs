@@ -6,6 +6,7 @@ use super::storage::f32_slice;
 use crate::model::error::Result;
 use crate::model::kernels::experts::{ExpertData, expert_data, experts_backward, experts_forward};
 use crate::model::kernels::gemm::F32Data;
+use crate::model::weight::Weight;
 
 /// The weighted sum of the outputs of the experts that are plain (no bias, no LoRA update)
 /// f32 SwiGLUs on the CPU, as one [`FrozenExperts`] op, and which experts it covers; `None`
@@ -16,7 +17,7 @@ pub(crate) fn frozen_experts(
     k: usize,
     slots: &[Vec<u32>],
     weights: &Tensor,
-    experts: &[Option<[&Tensor; 3]>],
+    experts: &[Option<[&Weight; 3]>],
 ) -> Result<Option<(Tensor, Vec<bool>)>> {
     let (tokens, hidden) = x.dims2()?;
     let qualifies = x.device().is_cpu()
@@ -31,7 +32,7 @@ pub(crate) fn frozen_experts(
     let frozen: Vec<bool> = experts
         .iter()
         .zip(slots)
-        .map(|(e, s)| !s.is_empty() && e.and_then(|w| ExpertData::of(w, hidden)).is_some())
+        .map(|(e, s)| !s.is_empty() && e.and_then(|w| ExpertData::of_f32(w, hidden)).is_some())
         .collect();
     if !frozen.contains(&true) {
         return Ok(None);
@@ -46,7 +47,7 @@ pub(crate) fn frozen_experts(
         experts: experts
             .iter()
             .zip(&frozen)
-            .map(|(e, &f)| e.filter(|_| f).map(|w| w.map(Tensor::clone)))
+            .map(|(e, &f)| e.filter(|_| f).map(|w| w.map(Weight::clone)))
             .collect(),
     };
     let y = x.contiguous()?.apply_op2(&weights.contiguous()?, op)?;
@@ -65,12 +66,12 @@ pub struct FrozenExperts {
     /// and computed here (empty for the experts left to the caller).
     slots: Vec<Vec<u32>>,
     /// The gate, up and down weights of the experts computed here.
-    experts: Vec<Option<[Tensor; 3]>>,
+    experts: Vec<Option<[Weight; 3]>>,
 }
 
 impl FrozenExperts {
     fn expert_data(&self, hidden: usize) -> candle_core::Result<Vec<Option<ExpertData<'_>>>> {
-        let weights: Vec<Option<[&Tensor; 3]>> = self
+        let weights: Vec<Option<[&Weight; 3]>> = self
             .experts
             .iter()
             .map(|e| e.as_ref().map(|w| w.each_ref()))

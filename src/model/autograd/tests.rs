@@ -82,7 +82,9 @@ fn frozen_weights_pass_back_the_input_gradient_only() {
     let gx = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(gx, vec![vec![-4., -4.], vec![5., 8.]]);
     assert!(
-        grads.get(&lin.weight).is_none(),
+        grads
+            .get(lin.weight.as_tensor().expect("a tensor"))
+            .is_none(),
         "no gradient for the frozen weight"
     );
 }

@@ -1,6 +1,6 @@
 //! [`build`]: the one entry point that builds any supported family.
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 
 use super::common::BuildCtx;
 use super::{deepseek_v2, mixtral, olmoe, qwen2_moe, qwen3_moe};
@@ -12,7 +12,7 @@ use crate::model::moe_model::MoeModel;
 pub fn build(
     family: Family,
     config_json: &str,
-    vb: VarBuilder,
+    vb: WeightSource,
     ctx: &BuildCtx,
 ) -> Result<Box<dyn MoeModel>> {
     match family {

@@ -1,8 +1,8 @@
 //! What every family builder uses: the [`BuildCtx`], config parsing, the [`ModelInfo`] parts,
 //! the layout's projection lists, and loading the embedding, final norm and LM head.
 
+use crate::model::weights::WeightSource;
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 
 use crate::model::error::{ModelError, Result};
 use crate::model::info::{Family, ModelInfo, ModuleLayout};
@@ -12,7 +12,12 @@ use crate::model::info::{Family, ModelInfo, ModuleLayout};
 pub struct BuildCtx {
     /// Hub id or folder, as the user gave it.
     pub id: String,
+    /// The dtype activations (and small tensors such as norms) are computed in.
     pub dtype: DType,
+    /// The dtype the weight matrices are held in.
+    pub weight_dtype: DType,
+    /// Weight matrices are views of the mapped checkpoint.
+    pub mapped: bool,
     pub device: Device,
     /// Skip what routing capture never uses (LM head, last MoE layer's experts).
     pub routing_only: bool,
@@ -59,7 +64,8 @@ impl InfoParts {
             max_position_embeddings: self.max_position_embeddings,
             total_params: 0,
             active_params: 0,
-            dtype: format!("{:?}", ctx.dtype).to_lowercase(),
+            dtype: crate::model::device::dtype_name(ctx.weight_dtype),
+            mapped: ctx.mapped,
             device: crate::model::device::describe(&ctx.device),
             score_fn: crate::model::router::ScoreFn::Softmax,
             layout: self.layout,
@@ -117,19 +123,21 @@ pub fn rotary_dtype(ctx: &BuildCtx) -> (DType, &Device) {
 /// The token embedding, final norm and LM head (`model.embed_tokens`, `model.norm`, `lm_head`);
 /// the head falls back to the embedding when the checkpoint ties them.
 pub fn load_embed_norm_head(
-    vb: &VarBuilder,
+    vb: &WeightSource,
     vocab: usize,
     hidden: usize,
     eps: f64,
     tie_word_embeddings: bool,
     routing_only: bool,
 ) -> Result<(
-    candle_core::Tensor,
+    crate::model::weight::Weight,
     crate::model::layers::RmsNorm,
     Option<crate::model::layers::Linear>,
 )> {
     use crate::model::layers::{Linear, RmsNorm};
-    let embed = vb.pp("model.embed_tokens").get((vocab, hidden), "weight")?;
+    let embed = vb
+        .pp("model.embed_tokens")
+        .weight((vocab, hidden), "weight")?;
     let norm = RmsNorm::load(&vb.pp("model.norm"), hidden, eps)?;
     let lm_head = if routing_only {
         None

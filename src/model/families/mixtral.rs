@@ -5,7 +5,7 @@
 //! - Every layer is MoE: `block_sparse_moe.gate`, softmax in fp32, top-k, always renormalised.
 //!   Experts `block_sparse_moe.experts.E.{w1,w3,w2}` (gate, up, down). No shared expert.
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
 use super::standard::{QkNormKind, StandardSpec, build_standard};
@@ -43,7 +43,7 @@ fn default_theta() -> f64 {
     1e6
 }
 
-pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Mixtral, json)?;
     let spec = StandardSpec {
         family: Family::Mixtral,

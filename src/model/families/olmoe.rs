@@ -7,7 +7,7 @@
 //!   `norm_topk_prob` (false in the released models). Experts are SwiGLU
 //!   `mlp.experts.E.{gate,up,down}_proj`; no shared expert.
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
 use super::standard::{QkNormKind, StandardSpec, build_standard};
@@ -44,7 +44,7 @@ fn default_eps() -> f64 {
     1e-5
 }
 
-pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Olmoe, json)?;
     let spec = StandardSpec {
         family: Family::Olmoe,

@@ -8,7 +8,7 @@
 //! - Shared expert `mlp.shared_expert` (`shared_expert_intermediate_size`) on every token, scaled by
 //!   `sigmoid(mlp.shared_expert_gate · x)`.
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
 use super::standard::{QkNormKind, SharedSpec, StandardSpec, build_standard};
@@ -70,7 +70,7 @@ pub fn qwen_moe_layers(
         .collect()
 }
 
-pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Qwen2Moe, json)?;
     let spec = StandardSpec {
         family: Family::Qwen2Moe,

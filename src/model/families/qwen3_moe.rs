@@ -7,7 +7,7 @@
 //! - Router: `mlp.gate`, softmax in fp32, top-k, renormalised if `norm_topk_prob` (true in the
 //!   released models). No shared expert.
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
 use super::qwen2_moe::qwen_moe_layers;
@@ -57,7 +57,7 @@ fn one() -> usize {
     1
 }
 
-pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Qwen3Moe, json)?;
     let spec = StandardSpec {
         family: Family::Qwen3Moe,

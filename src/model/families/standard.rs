@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 
 use super::{
     BuildCtx, InfoParts, load_embed_norm_head, standard_attention_projections, swiglu_projections,
@@ -68,7 +68,7 @@ pub struct StandardSpec {
 
 pub fn build_standard(
     spec: StandardSpec,
-    vb: VarBuilder,
+    vb: WeightSource,
     ctx: &BuildCtx,
 ) -> Result<Box<dyn MoeModel>> {
     let s = &spec;
@@ -204,5 +204,7 @@ pub fn build_standard(
         lm_head,
         sliding_window: s.sliding_window,
         use_kv_cache: false,
+        device: ctx.device.clone(),
+        dtype: ctx.dtype,
     }))
 }

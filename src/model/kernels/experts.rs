@@ -4,32 +4,50 @@
 
 use candle_core::Tensor;
 
-use super::gemm::{F32Data, Mat, matmul, par_each, with_scratch};
+use super::gemm::{F32Data, Mat, gemm_into, matmul, par_each, with_scratch};
+use super::weights::{WeightData, with_tiles};
 use crate::model::error::Result;
+use crate::model::weight::Weight;
+
+/// Floats of f32 tiles one thread converts a half-precision expert into (64 MiB): a whole
+/// expert of the common MoE shapes (OLMoE, Qwen3-MoE, DeepSeek-V2-Lite), a chunk of a larger
+/// one (Mixtral).
+const EXPERT_TILE_FLOATS: usize = 1 << 24;
 
 /// An expert's three weights, `[inter, hidden]`, `[inter, hidden]`, `[hidden, inter]`.
 pub(crate) struct ExpertData<'a> {
-    gate: F32Data<'a>,
-    up: F32Data<'a>,
-    down: F32Data<'a>,
+    gate: WeightData<'a>,
+    up: WeightData<'a>,
+    down: WeightData<'a>,
     inter: usize,
 }
 
 impl<'a> ExpertData<'a> {
-    /// The data of a plain expert's gate, up and down weights, `None` unless they are f32 on the
-    /// CPU, contiguous, untracked and of matching shapes.
-    pub(crate) fn of([g, u, d]: [&'a Tensor; 3], hidden: usize) -> Option<Self> {
+    /// The data of a plain expert's gate, up and down weights, `None` unless they are on the
+    /// CPU (f32 / f16 / bf16 tensors that are contiguous and untracked, or mapped views) and
+    /// of matching shapes.
+    pub(crate) fn of([g, u, d]: [&'a Weight; 3], hidden: usize) -> Option<Self> {
         let inter = g.dims().first().copied()?;
         let shapes_ok = g.dims() == [inter, hidden]
             && u.dims() == [inter, hidden]
             && d.dims() == [hidden, inter];
         shapes_ok.then_some(())?;
         Some(Self {
-            gate: F32Data::of(g)?,
-            up: F32Data::of(u)?,
-            down: F32Data::of(d)?,
+            gate: WeightData::of(g)?,
+            up: WeightData::of(u)?,
+            down: WeightData::of(d)?,
             inter,
         })
+    }
+
+    /// [`ExpertData::of`] for weights stored as f32 (what the training kernels read).
+    pub(crate) fn of_f32(w: [&'a Weight; 3], hidden: usize) -> Option<Self> {
+        Self::of(w, hidden).filter(|d| d.f32().is_some())
+    }
+
+    /// Gate, up and down when all three are stored as f32.
+    fn f32(&self) -> Option<[&[f32]; 3]> {
+        Some([self.gate.f32()?, self.up.f32()?, self.down.f32()?])
     }
 }
 
@@ -41,7 +59,7 @@ pub(crate) fn dispatch_experts(
     k: usize,
     slots: &[Vec<u32>],
     weights: &Tensor,
-    experts: &[Option<[&Tensor; 3]>],
+    experts: &[Option<[&Weight; 3]>],
 ) -> Result<Option<Tensor>> {
     let Ok((tokens, hidden)) = x.dims2() else {
         return Ok(None);
@@ -67,7 +85,7 @@ pub(crate) fn dispatch_experts(
 /// `None` if one of those is not a plain f32 SwiGLU on the CPU (`experts[e]`: its gate, up and
 /// down weights when it has no bias and no LoRA update).
 pub(crate) fn expert_data<'a>(
-    experts: &[Option<[&'a Tensor; 3]>],
+    experts: &[Option<[&'a Weight; 3]>],
     slots: &[Vec<u32>],
     hidden: usize,
 ) -> Option<Vec<Option<ExpertData<'a>>>> {
@@ -141,43 +159,148 @@ pub(crate) fn experts_forward(
     // The busiest experts first, so that the pool's threads finish together.
     jobs.sort_by_key(|(_, s, _)| std::cmp::Reverse(s.len()));
     par_each(jobs, |(d, s, block)| {
-        let (n, inter) = (s.len(), d.inter);
-        with_scratch(n * (hidden + 2 * inter), |scratch| {
-            // Column-major (one column per token) operands, which the kernels read
-            // without repacking.
-            let (xe, rest) = scratch.split_at_mut(n * hidden);
-            let (g, u) = rest.split_at_mut(n * inter);
-            for (i, &pos) in s.iter().enumerate() {
-                let t = pos as usize / k;
-                let src = &xs[t * hidden..(t + 1) * hidden];
-                xe[i..]
-                    .iter_mut()
-                    .step_by(n)
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = v);
-            }
-            let xm = Mat::cols(xe, n);
-            let col_major = (1, n);
-            let (gw, uw) = (Mat::t(d.gate.slice(), hidden), Mat::t(d.up.slice(), hidden));
-            matmul(g, col_major, xm, gw, (n, inter, hidden));
-            matmul(u, col_major, xm, uw, (n, inter, hidden));
-            for (g, &u) in g.iter_mut().zip(u.iter()) {
-                // candle's silu, then the product, as in `SwiGlu::forward`.
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            // The output column-major too (in `xe`'s space), then weighted into `block`'s
-            // rows: a row-major destination would make the kernels repack the weight.
-            let y = xe;
-            let dw = Mat::t(d.down.slice(), inter);
-            matmul(y, col_major, Mat::cols(g, n), dw, (n, hidden, inter));
-            for (i, (dst, &pos)) in block.chunks_exact_mut(hidden).zip(s).enumerate() {
-                let w = ws[pos as usize];
-                let src = y[i..].iter().step_by(n);
-                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
-            }
-        });
+        let run = |s: &[u32], block: &mut [f32]| match d.f32() {
+            Some(w) => expert_forward_f32(xs, ws, hidden, k, s, w, d.inter, block),
+            None => expert_forward_tiled(xs, ws, hidden, k, s, d, block),
+        };
+        // A single token would take `gemm`'s matrix-vector path, which sums in another order
+        // than its matrix-matrix kernels: run it twice instead, so that a token's output does
+        // not depend on how many others share its expert (layer-major runs group batches).
+        if let &[only] = s {
+            let mut two = vec![0f32; 2 * hidden];
+            run(&[only, only], &mut two);
+            block.copy_from_slice(&two[..hidden]);
+        } else {
+            run(s, block);
+        }
     });
     sum_rows_per_token(&ys, &row_of_slot, hidden, k)
+}
+
+/// Gathers the tokens of `slots` from `xs` as the columns of a column-major `[hidden, n]`
+/// matrix in `xe` (one column per token), which the kernels read without repacking.
+fn gather_columns(xs: &[f32], hidden: usize, k: usize, s: &[u32], xe: &mut [f32]) {
+    let n = s.len();
+    for (i, &pos) in s.iter().enumerate() {
+        let t = pos as usize / k;
+        let src = &xs[t * hidden..(t + 1) * hidden];
+        xe[i..]
+            .iter_mut()
+            .step_by(n)
+            .zip(src)
+            .for_each(|(d, &v)| *d = v);
+    }
+}
+
+/// Writes the column-major `[hidden, n]` expert output `y`, weighted by each slot's routing
+/// weight, into `block`'s rows (one per slot).
+fn write_weighted(y: &[f32], ws: &[f32], hidden: usize, s: &[u32], block: &mut [f32]) {
+    let n = s.len();
+    for (i, (dst, &pos)) in block.chunks_exact_mut(hidden).zip(s).enumerate() {
+        let w = ws[pos as usize];
+        let src = y[i..].iter().step_by(n);
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
+    }
+}
+
+/// One f32 expert on its slots `s`, its weighted outputs into `block`.
+#[allow(clippy::too_many_arguments)]
+fn expert_forward_f32(
+    xs: &[f32],
+    ws: &[f32],
+    hidden: usize,
+    k: usize,
+    s: &[u32],
+    [gate, up, down]: [&[f32]; 3],
+    inter: usize,
+    block: &mut [f32],
+) {
+    let n = s.len();
+    with_scratch(n * (hidden + 2 * inter), |scratch| {
+        let (xe, rest) = scratch.split_at_mut(n * hidden);
+        let (g, u) = rest.split_at_mut(n * inter);
+        gather_columns(xs, hidden, k, s, xe);
+        let xm = Mat::cols(xe, n);
+        let col_major = (1, n);
+        let (gw, uw) = (Mat::t(gate, hidden), Mat::t(up, hidden));
+        matmul(g, col_major, xm, gw, (n, inter, hidden));
+        matmul(u, col_major, xm, uw, (n, inter, hidden));
+        for (g, &u) in g.iter_mut().zip(u.iter()) {
+            // candle's silu, then the product, as in `SwiGlu::forward`.
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        // The output column-major too (in `xe`'s space), then weighted into `block`'s
+        // rows: a row-major destination would make the kernels repack the weight.
+        let y = xe;
+        let dw = Mat::t(down, inter);
+        matmul(y, col_major, Mat::cols(g, n), dw, (n, hidden, inter));
+        write_weighted(y, ws, hidden, s, block);
+    });
+}
+
+/// One expert stored in half precision on its slots `s`. An expert of at most
+/// [`EXPERT_TILE_FLOATS`] is converted to f32 whole and then runs exactly as an f32 one (the
+/// same products in the same order, so the outputs equal those of an f32 copy); a larger one
+/// runs in chunks of its intermediate dimension, each chunk's gate and up rows and down
+/// columns converted in turn, the down projection accumulated over the chunks.
+fn expert_forward_tiled(
+    xs: &[f32],
+    ws: &[f32],
+    hidden: usize,
+    k: usize,
+    s: &[u32],
+    d: &ExpertData<'_>,
+    block: &mut [f32],
+) {
+    let (n, inter) = (s.len(), d.inter);
+    let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
+    let size = inter * hidden;
+    if 3 * size <= EXPERT_TILE_FLOATS {
+        return with_tiles(3 * size, |tiles| {
+            let (gt, rest) = tiles.split_at_mut(size);
+            let (ut, dt) = rest.split_at_mut(size);
+            gate.read_f32(0..size, gt);
+            up.read_f32(0..size, ut);
+            down.read_f32(0..size, dt);
+            expert_forward_f32(xs, ws, hidden, k, s, [gt, ut, dt], inter, block);
+        });
+    }
+    let chunk = (EXPERT_TILE_FLOATS / (3 * hidden).max(1)).clamp(16, inter.max(16));
+    with_scratch(n * (2 * hidden + 2 * chunk), |scratch| {
+        let (xe, rest) = scratch.split_at_mut(n * hidden);
+        let (y, rest) = rest.split_at_mut(n * hidden);
+        let (g, u) = rest.split_at_mut(n * chunk);
+        gather_columns(xs, hidden, k, s, xe);
+        let xm = Mat::cols(xe, n);
+        let col_major = (1, n);
+        with_tiles(3 * chunk * hidden, |tiles| {
+            for i0 in (0..inter).step_by(chunk) {
+                let c = chunk.min(inter - i0);
+                let (gt, rest) = tiles.split_at_mut(c * hidden);
+                let (ut, rest) = rest.split_at_mut(c * hidden);
+                let dt = &mut rest[..hidden * c];
+                gate.read_f32(i0 * hidden..(i0 + c) * hidden, gt);
+                up.read_f32(i0 * hidden..(i0 + c) * hidden, ut);
+                down.read_columns_f32(inter, i0..i0 + c, dt);
+                let (g, u) = (&mut g[..n * c], &mut u[..n * c]);
+                matmul(g, col_major, xm, Mat::t(gt, hidden), (n, c, hidden));
+                matmul(u, col_major, xm, Mat::t(ut, hidden), (n, c, hidden));
+                for (g, &u) in g.iter_mut().zip(u.iter()) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+                let acc = i0 > 0;
+                gemm_into(
+                    y,
+                    col_major,
+                    Mat::cols(g, n),
+                    Mat::t(dt, c),
+                    (n, hidden, c),
+                    acc,
+                );
+            }
+        });
+        write_weighted(y, ws, hidden, s, block);
+    });
 }
 
 /// The backward pass of [`experts_forward`] for the output gradient `gs` `[tokens,
@@ -209,7 +332,9 @@ pub(crate) fn experts_backward(
     jobs.sort_by_key(|(_, s, _, _)| std::cmp::Reverse(s.len()));
     par_each(jobs, |(d, s, block, block_w)| {
         let (n, inter) = (s.len(), d.inter);
-        let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
+        let [gate, up, down] = d
+            .f32()
+            .expect("the training kernels take f32 experts (of_f32)");
         with_scratch(n * (2 * hidden + 3 * inter), |scratch| {
             // All row-major, one row per slot.
             let (xe, rest) = scratch.split_at_mut(n * hidden);

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 
+use super::weights::{TILE_FLOATS, WeightData, WeightSlice, gather_rows, with_tiles};
 use crate::model::error::Result;
+use crate::model::weight::Weight;
 
 /// A read lock on an f32 CPU tensor's contiguous data.
 pub(crate) struct F32Data<'a> {
@@ -150,6 +152,22 @@ pub(super) fn matmul(
     unsafe { matmul_to(dst.as_mut_ptr(), dst_strides, a, b, mnk) }
 }
 
+/// [`matmul`], adding the product to `dst`'s contents when `acc` is set.
+pub(super) fn gemm_into(
+    dst: &mut [f32],
+    dst_strides: (usize, usize),
+    a: Mat<'_>,
+    b: Mat<'_>,
+    mnk: (usize, usize, usize),
+    acc: bool,
+) {
+    let (m, n, _) = mnk;
+    let (rs, cs) = dst_strides;
+    assert!(m == 0 || n == 0 || dst.len() > (m - 1) * rs + (n - 1) * cs);
+    // SAFETY: `dst` holds every element the strides reach.
+    unsafe { gemm_to(dst.as_mut_ptr(), dst_strides, a, b, mnk, acc) }
+}
+
 /// [`matmul`] into a raw destination.
 ///
 /// # Safety
@@ -206,39 +224,90 @@ pub(super) unsafe fn gemm_to(
 }
 
 /// `x·Wᵀ` for a plain layer's weight `w` `[out, in]` (the forward of a
-/// [`Linear`](crate::model::layers::Linear) without bias or LoRA update) on at least `MIN_ROWS`
-/// rows, split into blocks of rows across the worker threads.
-pub(crate) fn linear(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// [`Linear`](crate::model::layers::Linear) without LoRA update), split into blocks of
+/// output columns across the worker threads. An f32 tensor weight needs at least `MIN_ROWS`
+/// rows (fewer go to candle's matmul); half-precision and mapped weights run here on any
+/// number of rows, their rows converted to f32 a tile at a time.
+pub(crate) fn linear(w: &Weight, x: &Tensor) -> Result<Option<Tensor>> {
     const MIN_ROWS: usize = 32;
-    let (Ok((n, k)), Some(&in_dim)) = (w.dims2(), x.dims().last()) else {
+    let (&[n, k], Some(&in_dim)) = (w.dims(), x.dims().last()) else {
         return Ok(None);
     };
     let m = x.elem_count() / k.max(1);
-    if in_dim != k || m < MIN_ROWS || n == 0 || k == 0 {
+    let min_rows = if w.is_mapped() || w.dtype() != DType::F32 {
+        1
+    } else {
+        MIN_ROWS
+    };
+    if in_dim != k || m < min_rows || n == 0 || k == 0 {
         return Ok(None);
     }
-    let (Some(xd), Some(wd)) = (F32Data::of(x), F32Data::of(w)) else {
+    let (Some(xd), Some(wd)) = (F32Data::of(x), WeightData::of(w)) else {
         return Ok(None);
     };
-    let (xs, ws) = (xd.slice(), wd.slice());
+    let xs = xd.slice();
     let mut out = vec![0f32; m * n];
-    // Blocks of output columns, about four per thread: each block's rows of `W` are
-    // repacked once (see `matmul`) and `x` is read in place.
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let block = n.div_ceil(4 * threads).next_multiple_of(16);
     let dst = SharedMut(out.as_mut_ptr());
-    let starts: Vec<usize> = (0..n).step_by(block).collect();
-    par_each(starts, |c0| {
-        let cols = block.min(n - c0);
-        let w = Mat::t(&ws[c0 * k..(c0 + cols) * k], k);
-        // SAFETY: `out` is `[m, n]` row-major and each task writes only its own columns
-        // `c0..c0 + cols` of it.
-        unsafe { matmul_to(dst.at(c0), (n, 1), Mat::rows(xs, k), w, (m, cols, k)) };
-    });
+    let threads = candle_core::utils::get_num_threads().max(1);
+    match wd.slice() {
+        WeightSlice::F32(ws) => {
+            // Blocks of output columns, about four per thread: each block's rows of `W` are
+            // repacked once (see `matmul`) and `x` is read in place.
+            let block = n.div_ceil(4 * threads).next_multiple_of(16);
+            let starts: Vec<usize> = (0..n).step_by(block).collect();
+            par_each(starts, |c0| {
+                let cols = block.min(n - c0);
+                let w = Mat::t(&ws[c0 * k..(c0 + cols) * k], k);
+                // SAFETY: `out` is `[m, n]` row-major and each task writes only its own
+                // columns `c0..c0 + cols` of it.
+                unsafe { matmul_to(dst.at(c0), (n, 1), Mat::rows(xs, k), w, (m, cols, k)) };
+            });
+        }
+        ws => {
+            // Blocks of at most one tile of converted rows, and at least four per thread.
+            let block = n
+                .div_ceil(4 * threads)
+                .min(TILE_FLOATS / k)
+                .max(1)
+                .next_multiple_of(16);
+            let starts: Vec<usize> = (0..n).step_by(block).collect();
+            par_each(starts, |c0| {
+                let cols = block.min(n - c0);
+                with_tiles(cols * k, |tile| {
+                    ws.read_f32(c0 * k..(c0 + cols) * k, tile);
+                    let w = Mat::t(tile, k);
+                    // SAFETY: as above.
+                    unsafe { matmul_to(dst.at(c0), (n, 1), Mat::rows(xs, k), w, (m, cols, k)) };
+                });
+            });
+        }
+    }
     drop((xd, wd));
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("checked above") = n;
     Ok(Some(Tensor::from_vec(out, dims, x.device())?))
+}
+
+/// Rows `ids` of an embedding `w` `[vocab, hidden]` as an f32 `[ids, hidden]` tensor on the
+/// CPU, read in place (`None` when the weight's data is not on the CPU).
+pub(crate) fn embedding_rows(w: &Weight, ids: &[u32]) -> Result<Option<Tensor>> {
+    let &[vocab, hidden] = w.dims() else {
+        return Ok(None);
+    };
+    let Some(wd) = WeightData::of(w) else {
+        return Ok(None);
+    };
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(crate::model::error::ModelError::msg(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let rows = gather_rows(wd.slice(), hidden, ids);
+    Ok(Some(Tensor::from_vec(
+        rows,
+        (ids.len(), hidden),
+        &candle_core::Device::Cpu,
+    )?))
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major, in blocks of rows across the

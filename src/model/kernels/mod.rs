@@ -1,4 +1,5 @@
-//! Direct f32 CPU kernels: the inference hot path (f32 tensors on the CPU that track no
+//! Direct CPU kernels, computing in f32 over f32, f16 or bf16 weights (tensors or mapped
+//! checkpoint views, [`weights`]): the inference hot path (f32 tensors on the CPU that track no
 //! gradient), and the forward and backward kernels of the training ops for frozen parts
 //! ([`crate::model::autograd`]). All the crate's `unsafe` code lives here.
 //!
@@ -12,12 +13,14 @@
 //! - [`gemm`]: tensor data locks, thread-pool tasks, scratch space, matrix products, `x·Wᵀ`;
 //! - [`norm`]: RMSNorm rows forward and backward;
 //! - [`attention`]: scaled dot-product attention, and a frozen attention block's passes;
-//! - [`experts`]: SwiGLU experts on their routed tokens, forward and backward.
+//! - [`experts`]: SwiGLU experts on their routed tokens, forward and backward;
+//! - [`weights`]: weight data read in place, half-precision tiles converted to f32.
 
 pub mod attention;
 pub mod experts;
 pub mod gemm;
 pub mod norm;
+pub mod weights;
 
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::model::weights::WeightSource;
 use candle_core::{D, DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 use super::linear::Linear;
 use super::norm::RmsNorm;
@@ -164,7 +164,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn load(
-        vb: &VarBuilder,
+        vb: &WeightSource,
         cfg: AttentionConfig,
         qk_norm: QkNorm,
         rotary: Arc<Rotary>,
@@ -262,6 +262,7 @@ impl Attention {
         let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
         let plain = |l: &Linear| {
             l.plain_weight()
+                .and_then(|w| w.as_tensor())
                 .filter(|w| f32_cpu(w) && !w.track_op())
                 .cloned()
         };

@@ -14,9 +14,11 @@ use super::norm::RmsNorm;
 use crate::model::batch::{Batch, Output};
 use crate::model::error::{ModelError, Result};
 use crate::model::info::ModelInfo;
+use crate::model::kernels;
 use crate::model::module_names::push_named;
-use crate::model::moe_model::MoeModel;
+use crate::model::moe_model::{BatchRoutingHook, LayerwiseModel, MoeModel};
 use crate::model::router::RouteCtx;
+use crate::model::weight::Weight;
 
 /// A decoder layer's feed-forward part.
 #[derive(Debug, Clone)]
@@ -38,34 +40,33 @@ pub struct DecoderLayer {
 #[derive(Debug)]
 pub struct DecoderStack {
     pub info: ModelInfo,
-    pub embed: Tensor,
+    /// `[vocab, hidden]`.
+    pub embed: Weight,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     /// `None` when loaded for routing only.
     pub lm_head: Option<Linear>,
     pub sliding_window: Option<usize>,
     pub use_kv_cache: bool,
+    /// Where activations are computed.
+    pub device: Device,
+    /// The dtype activations are computed in.
+    pub dtype: DType,
 }
 
-impl MoeModel for DecoderStack {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
+/// What every layer needs to know about a batch: its attention mask and, when padded, the
+/// rows of real tokens in the flattened `[b*t]` layout.
+struct BatchLayout {
+    b: usize,
+    t: usize,
+    offset: usize,
+    mask: Option<Tensor>,
+    real_rows: Option<Tensor>,
+}
 
-    fn info_mut(&mut self) -> &mut ModelInfo {
-        &mut self.info
-    }
-
-    fn device(&self) -> &Device {
-        self.embed.device()
-    }
-
-    fn forward(
-        &mut self,
-        batch: &Batch,
-        output: Output,
-        ctx: &mut RouteCtx<'_>,
-    ) -> Result<Option<Tensor>> {
+impl DecoderStack {
+    /// Checks `batch` against the model.
+    fn check_batch(&self, batch: &Batch) -> Result<(usize, usize)> {
         let (b, t) = batch.input_ids.dims2()?;
         if batch.seq_lens.len() != b || batch.seq_lens.iter().any(|&l| l == 0 || l > t) {
             return Err(ModelError::msg(
@@ -83,57 +84,171 @@ impl MoeModel for DecoderStack {
         if offset > 0 && batch.seq_lens.len() > 1 && batch.is_padded() {
             return Err(ModelError::msg("KV-cached decoding takes unpadded batches"));
         }
-        let ids = batch.input_ids.flatten_all()?;
-        let mut x = self.embed.index_select(&ids, 0)?.reshape((b, t, ()))?;
-        // ^ [b, t, h]
+        Ok((b, t))
+    }
+
+    fn layout(&self, batch: &Batch) -> Result<BatchLayout> {
+        let (b, t) = self.check_batch(batch)?;
+        let offset = batch.seqlen_offset;
         let mask = attention_mask(
             &batch.seq_lens,
             t,
             offset,
             self.sliding_window,
-            x.dtype(),
-            x.device(),
+            self.dtype,
+            &self.device,
         )?;
-        // Rows of real tokens in the flattened [b*t] layout, in batch order.
-        let real_rows: Option<Tensor> = if batch.is_padded() {
+        let real_rows = if batch.is_padded() {
             let rows: Vec<u32> = batch
                 .seq_lens
                 .iter()
                 .enumerate()
                 .flat_map(|(bi, &len)| (0..len).map(move |i| (bi * t + i) as u32))
                 .collect();
-            Some(Tensor::from_vec(rows.clone(), rows.len(), x.device())?)
+            Some(Tensor::from_vec(rows.clone(), rows.len(), &self.device)?)
         } else {
             None
         };
-        let last_moe = self.info.moe_layers.last().copied();
+        Ok(BatchLayout {
+            b,
+            t,
+            offset,
+            mask,
+            real_rows,
+        })
+    }
+
+    /// The token embeddings of `batch`, `[b, t, h]`.
+    fn embed_batch(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = self.check_batch(batch)?;
+        let ids = batch.input_ids.flatten_all()?;
+        if self.embed.is_mapped() {
+            let host: Vec<u32> = ids.to_vec1()?;
+            if let Some(x) = kernels::gemm::embedding_rows(&self.embed, &host)? {
+                return Ok(x
+                    .to_dtype(self.dtype)?
+                    .to_device(&self.device)?
+                    .reshape((b, t, ()))?);
+            }
+        }
+        let table = self.embed.to_tensor()?;
+        Ok(table.index_select(&ids, 0)?.reshape((b, t, ()))?)
+    }
+
+    /// Decoder layer `li` on `x` `[b, t, h]`; `None` when `stop_after_routing` and the layer
+    /// is MoE (its routing reported, its experts not run).
+    fn layer_forward(
+        &mut self,
+        li: usize,
+        x: Tensor,
+        lay: &BatchLayout,
+        ctx: &mut RouteCtx<'_>,
+        stop_after_routing: bool,
+    ) -> Result<Option<Tensor>> {
+        let (x, h) = self.attention_part(li, x, lay)?;
+        let layer = &self.layers[li];
+        let (b, t) = (lay.b, lay.t);
+        let h = match &layer.ff {
+            FeedForward::Dense(mlp) => mlp.forward(&h)?,
+            FeedForward::Moe(moe) => {
+                let flat = h.reshape((b * t, ()))?;
+                let real = match &lay.real_rows {
+                    Some(rows) => flat.index_select(rows, 0)?,
+                    None => flat,
+                };
+                match moe.forward(&real, ctx, stop_after_routing)? {
+                    None => return Ok(None),
+                    Some(y) => match &lay.real_rows {
+                        Some(rows) => Tensor::zeros((b * t, y.dim(1)?), y.dtype(), y.device())?
+                            .index_add(rows, &y, 0)?
+                            .reshape((b, t, ()))?,
+                        None => y.reshape((b, t, ()))?,
+                    },
+                }
+            }
+        };
+        Ok(Some((x + h)?))
+    }
+
+    /// The first half of decoder layer `li`: `x + attn(norm₁(x))`, and that through the
+    /// second norm (the feed-forward part's input).
+    fn attention_part(
+        &mut self,
+        li: usize,
+        x: Tensor,
+        lay: &BatchLayout,
+    ) -> Result<(Tensor, Tensor)> {
         let use_cache = self.use_kv_cache;
-        for (li, layer) in self.layers.iter_mut().enumerate() {
-            let h = layer.input_norm.forward(&x)?;
-            let h = layer.attn.forward(&h, mask.as_ref(), offset, use_cache)?;
-            x = (x + h)?;
-            let h = layer.post_attention_norm.forward(&x)?;
-            let routing_only_here = output == Output::RoutingOnly && Some(li) == last_moe;
-            let h = match &layer.ff {
-                FeedForward::Dense(mlp) => mlp.forward(&h)?,
-                FeedForward::Moe(moe) => {
-                    let flat = h.reshape((b * t, ()))?;
-                    let real = match &real_rows {
-                        Some(rows) => flat.index_select(rows, 0)?,
-                        None => flat,
-                    };
-                    match moe.forward(&real, ctx, routing_only_here)? {
-                        None => return Ok(None),
-                        Some(y) => match &real_rows {
-                            Some(rows) => Tensor::zeros((b * t, y.dim(1)?), y.dtype(), y.device())?
-                                .index_add(rows, &y, 0)?
-                                .reshape((b, t, ()))?,
-                            None => y.reshape((b, t, ()))?,
-                        },
+        let layer = &mut self.layers[li];
+        let h = layer.input_norm.forward(&x)?;
+        let h = layer
+            .attn
+            .forward(&h, lay.mask.as_ref(), lay.offset, use_cache)?;
+        let x = (x + h)?;
+        let h = layer.post_attention_norm.forward(&x)?;
+        Ok((x, h))
+    }
+
+    /// Every weight of decoder layer `li` with whether it belongs to routed expert `e`.
+    fn layer_weights(&mut self, li: usize) -> Vec<(Option<usize>, &Weight)> {
+        let layer = &mut self.layers[li];
+        let mut out: Vec<(Option<usize>, &Weight)> = layer
+            .attn
+            .linears_mut()
+            .into_iter()
+            .map(|(_, l)| (None, &l.weight))
+            .collect();
+        match &layer.ff {
+            FeedForward::Dense(mlp) => {
+                out.extend([&mlp.gate, &mlp.up, &mlp.down].map(|l| (None, &l.weight)));
+            }
+            FeedForward::Moe(moe) => {
+                out.push((None, &moe.router.weight));
+                for (e, ex) in moe.experts.iter().enumerate() {
+                    out.extend([&ex.gate, &ex.up, &ex.down].map(|l| (Some(e), &l.weight)));
+                }
+                if let Some(sh) = &moe.shared {
+                    let m = &sh.mlp;
+                    out.extend([&m.gate, &m.up, &m.down].map(|l| (None, &l.weight)));
+                    if let Some(g) = &sh.gate {
+                        out.push((None, &g.weight));
                     }
                 }
-            };
-            x = (x + h)?;
+            }
+        }
+        out
+    }
+}
+
+impl MoeModel for DecoderStack {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn info_mut(&mut self) -> &mut ModelInfo {
+        &mut self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        output: Output,
+        ctx: &mut RouteCtx<'_>,
+    ) -> Result<Option<Tensor>> {
+        let lay = self.layout(batch)?;
+        let mut x = self.embed_batch(batch)?;
+        // ^ [b, t, h]
+        let last_moe = self.info.moe_layers.last().copied();
+        for li in 0..self.layers.len() {
+            let stop = output == Output::RoutingOnly && Some(li) == last_moe;
+            match self.layer_forward(li, x, &lay, ctx, stop)? {
+                Some(y) => x = y,
+                None => return Ok(None),
+            }
         }
         if output == Output::RoutingOnly {
             return Ok(None);
@@ -155,6 +270,10 @@ impl MoeModel for DecoderStack {
         })?;
         let x = self.norm.forward(&x)?;
         Ok(Some(lm_head.forward(&x)?.to_dtype(DType::F32)?))
+    }
+
+    fn layerwise(&mut self) -> Option<&mut dyn LayerwiseModel> {
+        Some(self)
     }
 
     fn set_use_kv_cache(&mut self, on: bool) {
@@ -212,5 +331,105 @@ impl MoeModel for DecoderStack {
             }
         }
         out
+    }
+}
+
+impl LayerwiseModel for DecoderStack {
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn embed(&mut self, batch: &Batch) -> Result<Tensor> {
+        self.embed_batch(batch)
+    }
+
+    fn run_layer(
+        &mut self,
+        layer: usize,
+        xs: Vec<Tensor>,
+        batches: &[&Batch],
+        hook: &mut dyn BatchRoutingHook,
+        stop_after_routing: bool,
+    ) -> Result<Option<Vec<Tensor>>> {
+        if xs.len() != batches.len() {
+            return Err(ModelError::msg("one hidden-state tensor per batch"));
+        }
+        let mut parts = Vec::with_capacity(xs.len());
+        for (x, batch) in xs.into_iter().zip(batches) {
+            let lay = self.layout(batch)?;
+            let (x, h) = self.attention_part(layer, x, &lay)?;
+            parts.push((x, h, lay));
+        }
+        let moe = match &self.layers[layer].ff {
+            FeedForward::Dense(mlp) => {
+                let out = parts
+                    .into_iter()
+                    .map(|(x, h, _)| Ok((x + mlp.forward(&h)?)?))
+                    .collect::<Result<_>>()?;
+                return Ok(Some(out));
+            }
+            FeedForward::Moe(moe) => moe,
+        };
+        // Each batch's real tokens and routing, then the experts once on all of them.
+        let mut real = Vec::with_capacity(parts.len());
+        let mut indices = Vec::new();
+        let mut weights = Vec::with_capacity(parts.len());
+        for (i, (_, h, lay)) in parts.iter().enumerate() {
+            let flat = h.reshape((lay.b * lay.t, ()))?;
+            let r = match &lay.real_rows {
+                Some(rows) => flat.index_select(rows, 0)?,
+                None => flat,
+            };
+            hook.select_batch(i);
+            let d = moe.route_tokens(&r, &mut RouteCtx::new(&mut *hook))?;
+            indices.extend_from_slice(&d.indices_host);
+            weights.push(d.weights);
+            real.push(r);
+        }
+        if stop_after_routing {
+            return Ok(None);
+        }
+        let counts: Vec<usize> = real
+            .iter()
+            .map(|r| r.dim(0))
+            .collect::<candle_core::Result<_>>()?;
+        let all = Tensor::cat(&real, 0)?;
+        let y = moe.run_routed_experts(&all, &indices, &Tensor::cat(&weights, 0)?)?;
+        let mut out = Vec::with_capacity(parts.len());
+        let mut start = 0;
+        for ((x, _, lay), n) in parts.into_iter().zip(counts) {
+            let mut yb = y.narrow(0, start, n)?;
+            start += n;
+            // The shared expert per batch, as the batch-major pass runs it.
+            if let Some(shared) = moe.run_shared_expert(&all.narrow(0, start - n, n)?)? {
+                yb = (yb + shared)?;
+            }
+            let (b, t) = (lay.b, lay.t);
+            let yb = match &lay.real_rows {
+                Some(rows) => Tensor::zeros((b * t, yb.dim(1)?), yb.dtype(), yb.device())?
+                    .index_add(rows, &yb, 0)?,
+                None => yb,
+            };
+            out.push((x + yb.reshape((b, t, ()))?)?);
+        }
+        Ok(Some(out))
+    }
+
+    fn layer_bytes(&mut self, layer: usize, experts_run: Option<&[bool]>) -> u64 {
+        self.layer_weights(layer)
+            .into_iter()
+            .filter(|(e, _)| match (e, experts_run) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(e), Some(used)) => used.get(*e).copied().unwrap_or(false),
+            })
+            .map(|(_, w)| w.byte_len())
+            .sum()
+    }
+
+    fn release_layer(&mut self, layer: usize) {
+        for (_, w) in self.layer_weights(layer) {
+            w.release();
+        }
     }
 }

@@ -3,34 +3,35 @@
 //! Shapes are annotated as `[b, t, h]` = batch, tokens, hidden.
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
 use super::path::Path;
 use crate::model::autograd::FrozenMatmul;
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels;
 use crate::model::lora::LoraDelta;
+use crate::model::weight::Weight;
+use crate::model::weights::WeightSource;
 
-/// `y = x·Wᵀ (+ b)`, weights as stored in the checkpoint (`[out, in]`), plus an unmerged LoRA
-/// update while one is being trained.
+/// `y = x·Wᵀ (+ b)`, weights as stored in the checkpoint (`[out, in]`; a tensor or a view of
+/// the mapped checkpoint), plus an unmerged LoRA update while one is being trained.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
     pub lora: Option<Box<LoraDelta>>,
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub fn new(weight: impl Into<Weight>, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            weight: weight.into(),
             bias,
             lora: None,
         }
     }
 
-    pub fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+    pub fn load(vb: &WeightSource, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.weight((out_dim, in_dim), "weight")?;
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
@@ -43,23 +44,38 @@ impl Linear {
         match self.path(x)? {
             Path::Kernel(y) => Ok(y),
             Path::Frozen(op) => self.forward_rows(x, |x2| Ok(x2.apply_op1(op)?)),
-            Path::TensorOps => self.forward_rows(x, |x2| Ok(x2.matmul(&self.weight.t()?)?)),
+            Path::TensorOps => self.forward_rows(x, |x2| {
+                Ok(x2.matmul(&self.weight.tensor_as(x2.dtype())?.t()?)?)
+            }),
         }
     }
 
     /// Where [`Linear::forward`] runs: the direct kernel for a plain layer (no bias, no LoRA
-    /// update) on enough untracked f32 CPU rows, the frozen matmul while training on the CPU
-    /// with a frozen weight, tensor ops otherwise.
+    /// update) on enough untracked f32 CPU rows — any number of rows, plus the bias, for
+    /// half-precision or mapped weights, which have no other fast path — the frozen matmul
+    /// while training on the CPU with a frozen weight, tensor ops otherwise.
     fn path(&self, x: &Tensor) -> Result<Path<FrozenMatmul>> {
         if let Some(w) = self.plain_weight()
             && let Some(y) = kernels::gemm::linear(w, x)?
         {
             return Ok(Path::Kernel(y));
         }
-        if x.track_op() && x.device().is_cpu() && !self.weight.track_op() {
-            return Ok(Path::Frozen(FrozenMatmul {
-                weight: self.weight.clone(),
-            }));
+        let read_in_place = self.weight.is_mapped() || self.weight.dtype() != DType::F32;
+        if self.lora.is_none()
+            && read_in_place
+            && let Some(y) = kernels::gemm::linear(&self.weight, x)?
+        {
+            let y = match &self.bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+                None => y,
+            };
+            return Ok(Path::Kernel(y));
+        }
+        if x.track_op()
+            && x.device().is_cpu()
+            && let Some(w) = self.weight.as_tensor().filter(|w| !w.track_op())
+        {
+            return Ok(Path::Frozen(FrozenMatmul { weight: w.clone() }));
         }
         Ok(Path::TensorOps)
     }
@@ -85,7 +101,7 @@ impl Linear {
             y = (y + lora.forward(&x2)?)?;
         }
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("non-empty") = self.out_dim();
         Ok(y.reshape(out_dims)?)
     }
 
@@ -101,8 +117,8 @@ impl Linear {
     /// dtype) and removes any unmerged delta.
     pub fn merge_lora(&mut self, delta: &LoraDelta) -> Result<()> {
         let dtype = self.weight.dtype();
-        let merged = (self.weight.to_dtype(DType::F32)? + delta.delta_weight()?)?;
-        self.weight = merged.to_dtype(dtype)?;
+        let merged = (self.weight.tensor_as(DType::F32)? + delta.delta_weight()?)?;
+        self.weight = Weight::Tensor(merged.to_dtype(dtype)?);
         self.lora = None;
         Ok(())
     }
@@ -110,7 +126,7 @@ impl Linear {
     /// The weight when [`Linear::forward`] is exactly `x·Wᵀ` (no bias, no LoRA update), for
     /// kernels that read the weight directly. `self` is destructured without `..` so that a new
     /// field is a compile error here until this says whether it keeps the layer plain.
-    pub fn plain_weight(&self) -> Option<&Tensor> {
+    pub fn plain_weight(&self) -> Option<&Weight> {
         let Linear { weight, bias, lora } = self;
         (bias.is_none() && lora.is_none()).then_some(weight)
     }

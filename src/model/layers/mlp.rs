@@ -1,10 +1,11 @@
 //! [`SwiGlu`] MLPs: the routed experts, dense feed-forward layers and shared experts.
 
+use crate::model::weights::WeightSource;
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use super::linear::Linear;
 use crate::model::error::Result;
+use crate::model::weight::Weight;
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
@@ -18,13 +19,13 @@ pub struct SwiGlu {
 
 impl SwiGlu {
     /// Loads with HF's usual names `gate_proj` / `up_proj` / `down_proj`.
-    pub fn load(vb: &VarBuilder, hidden: usize, inter: usize) -> Result<Self> {
+    pub fn load(vb: &WeightSource, hidden: usize, inter: usize) -> Result<Self> {
         Self::load_named(vb, hidden, inter, ["gate_proj", "up_proj", "down_proj"])
     }
 
     /// Loads with explicit names for gate, up and down (Mixtral: `w1`, `w3`, `w2`).
     pub fn load_named(
-        vb: &VarBuilder,
+        vb: &WeightSource,
         hidden: usize,
         inter: usize,
         names: [&'static str; 3],
@@ -50,7 +51,7 @@ impl SwiGlu {
 
     /// The gate, up and down weights when the expert is exactly `down(silu(gate·x) * up·x)`
     /// with plain projections (no bias, no LoRA update), for the kernels that read them directly.
-    pub fn plain_weights(&self) -> Option<[&Tensor; 3]> {
+    pub fn plain_weights(&self) -> Option<[&Weight; 3]> {
         Some([
             self.gate.plain_weight()?,
             self.up.plain_weight()?,

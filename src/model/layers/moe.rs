@@ -9,7 +9,8 @@ use super::path::Path;
 use crate::model::autograd::experts::frozen_experts;
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels;
-use crate::model::router::{RouteCtx, RouterConfig, route};
+use crate::model::router::{RouteCtx, RouterConfig, RoutingDecision, route};
+use crate::model::weight::Weight;
 
 /// A routed MoE block: router, experts, optional shared expert.
 #[derive(Debug, Clone)]
@@ -33,32 +34,67 @@ impl MoeBlock {
         ctx: &mut RouteCtx<'_>,
         route_only: bool,
     ) -> Result<Option<Tensor>> {
+        let decision = self.route_tokens(x, ctx)?;
+        if route_only {
+            return Ok(None);
+        }
+        Ok(Some(self.run_experts(
+            x,
+            &decision.indices_host,
+            &decision.weights,
+        )?))
+    }
+
+    /// The router on `x` `[tokens, h]`: the experts chosen for each token and their weights,
+    /// reported to `ctx`.
+    pub fn route_tokens(&self, x: &Tensor, ctx: &mut RouteCtx<'_>) -> Result<RoutingDecision> {
         let logits = if self.router_fp32 {
             self.router.forward(&x.to_dtype(DType::F32)?)?
         } else {
             self.router.forward(x)?
         };
         // ^ [tokens, n_experts]
-        let decision = route(self.layer, &logits, &self.router_cfg, ctx)?;
-        if route_only {
-            return Ok(None);
+        route(self.layer, &logits, &self.router_cfg, ctx)
+    }
+
+    /// The experts (and the shared expert) on `x` `[tokens, h]`, given each token's chosen
+    /// experts `indices` (row-major `[tokens, k]`) and their `weights` `[tokens, k]`. Rows are
+    /// independent, so the tokens of several batches can run together.
+    pub fn run_experts(&self, x: &Tensor, indices: &[u32], weights: &Tensor) -> Result<Tensor> {
+        let out = self.run_routed_experts(x, indices, weights)?;
+        match self.run_shared_expert(x)? {
+            Some(s) => Ok((out + s)?),
+            None => Ok(out),
         }
+    }
+
+    /// The routed experts alone (see [`MoeBlock::run_experts`]); a token's output does not
+    /// depend on the other tokens run with it.
+    pub fn run_routed_experts(
+        &self,
+        x: &Tensor,
+        indices: &[u32],
+        weights: &Tensor,
+    ) -> Result<Tensor> {
         if self.experts.is_empty() {
             return Err(ModelError::msg(format!(
                 "layer {}: experts were not loaded (model loaded for routing capture only)",
                 self.layer
             )));
         }
-        let mut out =
-            dispatch_experts(x, &decision.indices_host, &decision.weights, &self.experts)?;
-        if let Some(shared) = &self.shared {
-            let mut s = shared.mlp.forward(x)?;
-            if let Some(g) = &shared.gate {
-                s = s.broadcast_mul(&candle_nn::ops::sigmoid(&g.forward(x)?)?)?;
-            }
-            out = (out + s)?;
+        dispatch_experts(x, indices, weights, &self.experts)
+    }
+
+    /// The shared expert on `x` (scaled by its sigmoid gate), if the block has one.
+    pub fn run_shared_expert(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let mut s = shared.mlp.forward(x)?;
+        if let Some(g) = &shared.gate {
+            s = s.broadcast_mul(&candle_nn::ops::sigmoid(&g.forward(x)?)?)?;
         }
-        Ok(Some(out))
+        Ok(Some(s))
     }
 }
 
@@ -84,7 +120,7 @@ pub fn dispatch_experts(
         rows[e].push((pos / k) as u32);
         slots[e].push(pos as u32);
     }
-    let plain: Vec<Option<[&Tensor; 3]>> = experts.iter().map(SwiGlu::plain_weights).collect();
+    let plain: Vec<Option<[&Weight; 3]>> = experts.iter().map(SwiGlu::plain_weights).collect();
     let frozen = match dispatch_path(x, k, &slots, weights, &plain)? {
         Path::Kernel(y) => return Ok(y),
         Path::Frozen(covered) => Some(covered),
@@ -136,7 +172,7 @@ fn dispatch_path(
     k: usize,
     slots: &[Vec<u32>],
     weights: &Tensor,
-    plain: &[Option<[&Tensor; 3]>],
+    plain: &[Option<[&Weight; 3]>],
 ) -> Result<Path<(Tensor, Vec<bool>)>> {
     if let Some(y) = kernels::experts::dispatch_experts(x, k, slots, weights, plain)? {
         return Ok(Path::Kernel(y));

@@ -1,7 +1,7 @@
 //! [`RmsNorm`] as HF computes it.
 
+use crate::model::weights::WeightSource;
 use candle_core::{D, DType, Tensor};
-use candle_nn::VarBuilder;
 
 use super::path::Path;
 use crate::model::autograd::FrozenRmsNorm;
@@ -17,7 +17,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+    pub fn load(vb: &WeightSource, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
             eps,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use candle_nn::VarBuilder;
+use crate::model::weights::WeightSource;
 
 use super::config::{Config, bad, rope_parameters, softmax_mscale, topk_method, validate};
 use super::mla::{MlaAttention, attention_projections};
@@ -20,7 +20,7 @@ use crate::model::moe_model::MoeModel;
 use crate::model::router::{RouterConfig, ScoreFn};
 
 /// A SwiGLU MLP `mlp.{gate,up,down}_proj` with optional biases (`mlp_bias`).
-fn load_mlp(vb: &VarBuilder, hidden: usize, inter: usize, bias: bool) -> Result<SwiGlu> {
+fn load_mlp(vb: &WeightSource, hidden: usize, inter: usize, bias: bool) -> Result<SwiGlu> {
     Ok(SwiGlu {
         gate: Linear::load(&vb.pp("gate_proj"), hidden, inter, bias)?,
         up: Linear::load(&vb.pp("up_proj"), hidden, inter, bias)?,
@@ -43,7 +43,7 @@ pub struct Options {
 /// The YaRN softmax-scale correction is applied: the released checkpoints were trained with it
 /// (DeepSeek's own code, and transformers after 4.57); transformers 4.57.6 leaves it out, which
 /// [`load_with`] with `yarn_mscale_softmax: false` reproduces.
-pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     load_with(
         json,
         vb,
@@ -57,7 +57,7 @@ pub fn load(json: &str, vb: VarBuilder, ctx: &BuildCtx) -> Result<Box<dyn MoeMod
 /// Builds the model with explicit [`Options`].
 pub fn load_with(
     json: &str,
-    vb: VarBuilder,
+    vb: WeightSource,
     ctx: &BuildCtx,
     opts: Options,
 ) -> Result<Box<dyn MoeModel>> {
@@ -136,7 +136,7 @@ pub fn load_with(
                 // HF's DeepseekV2Moe gate runs in fp32 whatever the model dtype.
                 router: {
                     let r = Linear::load(&mvb.pp("gate"), h, cfg.n_routed_experts, false)?;
-                    Linear::new(r.weight.to_dtype(candle_core::DType::F32)?, None)
+                    Linear::new(r.weight.tensor_as(candle_core::DType::F32)?, None)
                 },
                 router_cfg: router_cfg.clone(),
                 experts,
@@ -200,5 +200,7 @@ pub fn load_with(
         lm_head,
         sliding_window: None,
         use_kv_cache: false,
+        device: ctx.device.clone(),
+        dtype: ctx.dtype,
     }))
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::model::weights::WeightSource;
 use candle_core::{D, Tensor};
-use candle_nn::VarBuilder;
 
 use super::config::Config;
 use crate::model::error::Result;
@@ -41,7 +41,7 @@ pub struct MlaAttention {
 }
 
 impl MlaAttention {
-    pub(super) fn load(vb: &VarBuilder, cfg: &Config, rotary: Arc<Rotary>) -> Result<Self> {
+    pub(super) fn load(vb: &WeightSource, cfg: &Config, rotary: Arc<Rotary>) -> Result<Self> {
         let (h, nh) = (cfg.hidden_size, cfg.num_attention_heads);
         let qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
         let q = match cfg.q_lora_rank {

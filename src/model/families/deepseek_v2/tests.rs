@@ -41,6 +41,8 @@ fn ctx() -> BuildCtx {
     BuildCtx {
         id: "test".into(),
         dtype: DType::F32,
+        weight_dtype: DType::F32,
+        mapped: false,
         device: Device::Cpu,
         routing_only: false,
     }
@@ -63,9 +65,9 @@ fn load_fixture(name: &str, opts: Options) -> Box<dyn MoeModel> {
         })
     {
         // The path the loader takes.
-        families::build(Family::DeepseekV2, &config, vb, &ctx()).expect("build")
+        families::build(Family::DeepseekV2, &config, vb.into(), &ctx()).expect("build")
     } else {
-        load_with(&config, vb, &ctx(), opts).expect("build")
+        load_with(&config, vb.into(), &ctx(), opts).expect("build")
     }
 }
 
@@ -285,7 +287,7 @@ fn deepseek_v2_routing_only_build_reports_the_same_routing() {
         routing_only: true,
         ..ctx()
     };
-    let mut model = families::build(Family::DeepseekV2, &config, vb, &rctx).expect("build");
+    let mut model = families::build(Family::DeepseekV2, &config, vb.into(), &rctx).expect("build");
     let (out, routes) = run(
         model.as_mut(),
         std::slice::from_ref(&r.input_ids),
@@ -383,7 +385,7 @@ fn tiny_config(extra: &str) -> String {
 
 fn load_err(json: &str) -> String {
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-    match load(json, vb, &ctx()) {
+    match load(json, vb.into(), &ctx()) {
         Ok(_) => String::new(),
         Err(e) => e.to_string(),
     }

@@ -1,0 +1,186 @@
+//! [`Weight`]: a layer's weight matrix, either a Candle tensor (on any device, in any dtype) or
+//! a zero-copy [`MappedTensor`], a view of a memory-mapped checkpoint in the checkpoint's own
+//! dtype (f32, f16 or bf16) that the CPU kernels read directly.
+//!
+//! A mapped weight costs no memory of its own: its pages belong to the OS page cache, are read
+//! the first time a kernel touches them, and can be given back ([`Weight::release`]) once a
+//! layer is done with them. Code that needs a Candle tensor (training ops, tensor-op
+//! fallbacks, LoRA merging) gets a copy with [`Weight::to_tensor`].
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+
+use super::error::Result;
+
+/// A byte range of a memory-mapped file holding one tensor, with its dtype and shape.
+#[derive(Clone)]
+pub struct MappedTensor {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for MappedTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedTensor({:?}, {:?})", self.dtype, self.shape)
+    }
+}
+
+impl MappedTensor {
+    /// A view of `map[start..end]` as a row-major tensor; `None` unless the dtype is f32, f16 or
+    /// bf16, the range holds exactly `shape`'s elements, and the data is aligned for the dtype
+    /// (safetensors writers align it; a file that does not is read into memory instead).
+    pub fn new(
+        map: Arc<Mmap>,
+        start: usize,
+        end: usize,
+        dtype: DType,
+        shape: Vec<usize>,
+    ) -> Option<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return None;
+        }
+        let elems: usize = shape.iter().product();
+        let size = dtype.size_in_bytes();
+        let fits = end <= map.len() && start <= end && end - start == elems * size;
+        let aligned = (map.as_ptr() as usize + start).is_multiple_of(size);
+        (fits && aligned).then_some(Self {
+            map,
+            start,
+            end,
+            dtype,
+            shape,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The tensor's bytes (row-major, little-endian).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+
+    /// A copy of the data as a Candle tensor on `device`, in the mapped dtype.
+    fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_raw_buffer(
+            self.bytes(),
+            self.dtype,
+            &self.shape,
+            device,
+        )?)
+    }
+
+    /// Drops this tensor's whole pages from the process's resident set; the OS reads them
+    /// from the file again if they are touched later.
+    pub fn release(&self) {
+        release_pages(&self.map, self.start, self.end);
+    }
+}
+
+/// Drops the whole pages inside `[start, end)` of `map` from this process's resident set.
+pub(crate) fn release_pages(map: &Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let last = end / PAGE * PAGE;
+    if last > first {
+        // SAFETY: the map is a private read-only file mapping; MADV_DONTNEED only drops clean
+        // pages, which are re-read from the file on the next access, so no reader ever sees
+        // different data.
+        #[cfg(unix)]
+        unsafe {
+            let _ =
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first);
+        }
+    }
+    let _ = (map, first, last);
+}
+
+/// A weight matrix: a Candle tensor, or a view of the memory-mapped checkpoint.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    Tensor(Tensor),
+    Mapped(Box<MappedTensor>),
+}
+
+impl From<Tensor> for Weight {
+    fn from(t: Tensor) -> Self {
+        Weight::Tensor(t)
+    }
+}
+
+impl Weight {
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Weight::Tensor(t) => t.dims(),
+            Weight::Mapped(m) => m.shape(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weight::Tensor(t) => t.dtype(),
+            Weight::Mapped(m) => m.dtype(),
+        }
+    }
+
+    /// The device the weight lives on (mapped weights are in host memory).
+    pub fn device(&self) -> Device {
+        match self {
+            Weight::Tensor(t) => t.device().clone(),
+            Weight::Mapped(_) => Device::Cpu,
+        }
+    }
+
+    /// The tensor, when the weight is one (not mapped).
+    pub fn as_tensor(&self) -> Option<&Tensor> {
+        match self {
+            Weight::Tensor(t) => Some(t),
+            Weight::Mapped(_) => None,
+        }
+    }
+
+    /// Whether the weight is a trainable variable (a tensor that tracks gradients).
+    pub fn track_op(&self) -> bool {
+        self.as_tensor().is_some_and(Tensor::track_op)
+    }
+
+    /// The weight as a Candle tensor in its own dtype: the tensor itself, or a copy of the
+    /// mapped data on the CPU.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        match self {
+            Weight::Tensor(t) => Ok(t.clone()),
+            Weight::Mapped(m) => m.to_tensor(&Device::Cpu),
+        }
+    }
+
+    /// The weight as a Candle tensor of `dtype` (a copy unless it is a tensor of that dtype).
+    pub fn tensor_as(&self, dtype: DType) -> Result<Tensor> {
+        Ok(self.to_tensor()?.to_dtype(dtype)?)
+    }
+
+    /// Bytes of the weight's data.
+    pub fn byte_len(&self) -> u64 {
+        (self.dims().iter().product::<usize>() * self.dtype().size_in_bytes()) as u64
+    }
+
+    /// Gives a mapped weight's pages back to the OS (a no-op for tensors).
+    pub fn release(&self) {
+        if let Weight::Mapped(m) = self {
+            m.release();
+        }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Weight::Mapped(_))
+    }
+}
