@@ -161,7 +161,7 @@ pub(crate) fn experts_forward(
     par_each(jobs, |(d, s, block)| {
         let run = |s: &[u32], block: &mut [f32]| match d.f32() {
             Some(w) => expert_forward_f32(xs, ws, hidden, k, s, w, d.inter, block),
-            None => expert_forward_tiled(xs, ws, hidden, k, s, d, block),
+            None => expert_forward_tiled(xs, ws, hidden, k, s, d, block, EXPERT_TILE_FLOATS),
         };
         // A single token would take `gemm`'s matrix-vector path, which sums in another order
         // than its matrix-matrix kernels: run it twice instead, so that a token's output does
@@ -239,11 +239,12 @@ fn expert_forward_f32(
 }
 
 /// One expert stored in half precision on its slots `s`. An expert of at most
-/// [`EXPERT_TILE_FLOATS`] is converted to f32 whole and then runs exactly as an f32 one (the
+/// `tile_floats` ([`EXPERT_TILE_FLOATS`]) is converted to f32 whole and then runs exactly as an f32 one (the
 /// same products in the same order, so the outputs equal those of an f32 copy); a larger one
 /// runs in chunks of its intermediate dimension, each chunk's gate and up rows and down
 /// columns converted in turn, the down projection accumulated over the chunks.
-fn expert_forward_tiled(
+#[allow(clippy::too_many_arguments)]
+pub(super) fn expert_forward_tiled(
     xs: &[f32],
     ws: &[f32],
     hidden: usize,
@@ -251,11 +252,12 @@ fn expert_forward_tiled(
     s: &[u32],
     d: &ExpertData<'_>,
     block: &mut [f32],
+    tile_floats: usize,
 ) {
     let (n, inter) = (s.len(), d.inter);
     let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
     let size = inter * hidden;
-    if 3 * size <= EXPERT_TILE_FLOATS {
+    if 3 * size <= tile_floats {
         return with_tiles(3 * size, |tiles| {
             let (gt, rest) = tiles.split_at_mut(size);
             let (ut, dt) = rest.split_at_mut(size);
@@ -265,7 +267,7 @@ fn expert_forward_tiled(
             expert_forward_f32(xs, ws, hidden, k, s, [gt, ut, dt], inter, block);
         });
     }
-    let chunk = (EXPERT_TILE_FLOATS / (3 * hidden).max(1)).clamp(16, inter.max(16));
+    let chunk = (tile_floats / (3 * hidden).max(1)).clamp(16, inter.max(16));
     with_scratch(n * (2 * hidden + 2 * chunk), |scratch| {
         let (xe, rest) = scratch.split_at_mut(n * hidden);
         let (y, rest) = rest.split_at_mut(n * hidden);

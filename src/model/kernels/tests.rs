@@ -68,3 +68,123 @@ fn cpu_kernels_match_the_tensor_path() {
         assert!(max_diff(&fast, &plain) < 1e-5);
     }
 }
+
+/// A bf16 copy of `t` (f32), and `t` rounded to bf16 and back: the weights a bf16 checkpoint
+/// holds, and the f32 copy `--dtype f32` makes of them.
+fn bf16_pair(t: &Tensor) -> (Tensor, Tensor) {
+    let half = t.to_dtype(DType::BF16).unwrap();
+    let back = half.to_dtype(DType::F32).unwrap();
+    (half, back)
+}
+
+#[test]
+fn half_precision_weights_compute_in_f32() {
+    // Linear over bf16 and f16 tensors, any row count (one row too), with a bias: the tiles are
+    // converted exactly, so the result is the f32 kernel's on the converted weights.
+    let w = randn(&[40, 24], 2);
+    let bias = randn(&[40], 3);
+    for rows in [1, 5, 41] {
+        let x = randn(&[rows, 24], 1);
+        for dtype in [DType::BF16, DType::F16] {
+            let half = w.to_dtype(dtype).unwrap();
+            let back = half.to_dtype(DType::F32).unwrap();
+            let fast = Linear::new(half, Some(bias.clone())).forward(&x).unwrap();
+            let plain = Linear::new(tracked(&back), Some(bias.clone()))
+                .forward(&x)
+                .unwrap();
+            assert_eq!(fast.dtype(), DType::F32);
+            assert!(max_diff(&fast, &plain) < 1e-5, "{dtype:?}, {rows} rows");
+        }
+    }
+
+    // Experts over bf16 weights, converted whole: exactly the f32 experts' output.
+    let (tokens, hidden, inter, n_exp, k) = (37, 24, 16, 6, 2);
+    let pairs: Vec<[(Tensor, Tensor); 3]> = (0..n_exp as u64)
+        .map(|i| {
+            [
+                bf16_pair(&randn(&[inter, hidden], 10 + i)),
+                bf16_pair(&randn(&[inter, hidden], 20 + i)),
+                bf16_pair(&randn(&[hidden, inter], 30 + i)),
+            ]
+        })
+        .collect();
+    let experts = |pick: &dyn Fn(&(Tensor, Tensor)) -> Tensor| -> Vec<SwiGlu> {
+        pairs
+            .iter()
+            .map(|[g, u, d]| SwiGlu {
+                gate: Linear::new(pick(g), None),
+                up: Linear::new(pick(u), None),
+                down: Linear::new(pick(d), None),
+                names: ["gate_proj", "up_proj", "down_proj"],
+            })
+            .collect()
+    };
+    let half = experts(&|p| p.0.clone());
+    let full = experts(&|p| p.1.clone());
+    // Expert 5 gets exactly one token (run as two, see `experts_forward`), expert 4 none.
+    let mut indices: Vec<u32> = (0..tokens * k).map(|p| (p % 4) as u32).collect();
+    indices[3] = 5;
+    let x = randn(&[tokens, hidden], 3);
+    let weights = randn(&[tokens, k], 4);
+    let a = dispatch_experts(&x, &indices, &weights, &half).unwrap();
+    let b = dispatch_experts(&x, &indices, &weights, &full).unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+    // A lone token's output is the one it gets among others.
+    let lone = dispatch_experts(
+        &x.narrow(0, 1, 1).unwrap(),
+        &indices[2..4],
+        &weights.narrow(0, 1, 1).unwrap(),
+        &full,
+    )
+    .unwrap();
+    assert_eq!(max_diff(&lone, &b.narrow(0, 1, 1).unwrap()), 0.0);
+}
+
+#[test]
+fn large_half_precision_experts_run_in_chunks() {
+    use super::experts::{ExpertData, expert_forward_tiled};
+    use crate::model::weight::Weight;
+    let (hidden, inter, n, k) = (24, 40, 5, 1);
+    let [g, u, d] = [
+        bf16_pair(&randn(&[inter, hidden], 1)),
+        bf16_pair(&randn(&[inter, hidden], 2)),
+        bf16_pair(&randn(&[hidden, inter], 3)),
+    ];
+    let xs: Vec<f32> = randn(&[n, hidden], 4)
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let ws = vec![1.0f32; n];
+    let slots: Vec<u32> = (0..n as u32).collect();
+    let (gw, uw, dw) = (
+        Weight::Tensor(g.0),
+        Weight::Tensor(u.0),
+        Weight::Tensor(d.0),
+    );
+    let data = ExpertData::of([&gw, &uw, &dw], hidden).unwrap();
+    let run = |tile_floats: usize| {
+        let mut out = vec![0f32; n * hidden];
+        expert_forward_tiled(&xs, &ws, hidden, k, &slots, &data, &mut out, tile_floats);
+        out
+    };
+    // Whole (one tile), and in chunks of 16 intermediate rows (16, 16, 8).
+    let (whole, chunked) = (run(1 << 20), run(3 * 16 * hidden));
+    let expected = SwiGlu {
+        gate: Linear::new(tracked(&g.1), None),
+        up: Linear::new(tracked(&u.1), None),
+        down: Linear::new(tracked(&d.1), None),
+        names: ["gate_proj", "up_proj", "down_proj"],
+    }
+    .forward(&randn(&[n, hidden], 4))
+    .unwrap();
+    let expected: Vec<f32> = expected.flatten_all().unwrap().to_vec1().unwrap();
+    for (name, got) in [("whole", &whole), ("chunked", &chunked)] {
+        let diff = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{name}: {diff}");
+    }
+}
