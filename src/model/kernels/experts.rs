@@ -177,18 +177,29 @@ pub(crate) fn experts_forward(
     sum_rows_per_token(&ys, &row_of_slot, hidden, k)
 }
 
+/// Tokens per block of the transposes below: sixteen f32 values fill one 64-byte cache line,
+/// so each block writes (or reads) whole lines of the column-major side.
+const TRANSPOSE_BLOCK: usize = 16;
+
 /// Gathers the tokens of `slots` from `xs` as the columns of a column-major `[hidden, n]`
 /// matrix in `xe` (one column per token), which the kernels read without repacking.
 fn gather_columns(xs: &[f32], hidden: usize, k: usize, s: &[u32], xe: &mut [f32]) {
     let n = s.len();
-    for (i, &pos) in s.iter().enumerate() {
-        let t = pos as usize / k;
-        let src = &xs[t * hidden..(t + 1) * hidden];
-        xe[i..]
-            .iter_mut()
-            .step_by(n)
-            .zip(src)
-            .for_each(|(d, &v)| *d = v);
+    for (b, block) in s.chunks(TRANSPOSE_BLOCK).enumerate() {
+        let i0 = b * TRANSPOSE_BLOCK;
+        let rows: Vec<&[f32]> = block
+            .iter()
+            .map(|&pos| {
+                let t = pos as usize / k;
+                &xs[t * hidden..(t + 1) * hidden]
+            })
+            .collect();
+        for h in 0..hidden {
+            let dst = &mut xe[h * n + i0..h * n + i0 + rows.len()];
+            for (d, row) in dst.iter_mut().zip(&rows) {
+                *d = row[h];
+            }
+        }
     }
 }
 
@@ -196,16 +207,68 @@ fn gather_columns(xs: &[f32], hidden: usize, k: usize, s: &[u32], xe: &mut [f32]
 /// weight, into `block`'s rows (one per slot).
 fn write_weighted(y: &[f32], ws: &[f32], hidden: usize, s: &[u32], block: &mut [f32]) {
     let n = s.len();
-    for (i, (dst, &pos)) in block.chunks_exact_mut(hidden).zip(s).enumerate() {
-        let w = ws[pos as usize];
-        let src = y[i..].iter().step_by(n);
-        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * w);
+    for (b, (rows, slots)) in block
+        .chunks_mut(TRANSPOSE_BLOCK * hidden)
+        .zip(s.chunks(TRANSPOSE_BLOCK))
+        .enumerate()
+    {
+        let i0 = b * TRANSPOSE_BLOCK;
+        let w: Vec<f32> = slots.iter().map(|&pos| ws[pos as usize]).collect();
+        // 16 × 16 tiles: the 16 column segments read stay in L1 while each row segment is
+        // written whole.
+        for h0 in (0..hidden).step_by(TRANSPOSE_BLOCK) {
+            let h1 = (h0 + TRANSPOSE_BLOCK).min(hidden);
+            for (j, &w) in w.iter().enumerate() {
+                let dst = &mut rows[j * hidden + h0..j * hidden + h1];
+                for (h, d) in (h0..h1).zip(dst) {
+                    *d = y[h * n + i0 + j] * w;
+                }
+            }
+        }
     }
 }
 
 /// One f32 expert on its slots `s`, its weighted outputs into `block`.
 #[allow(clippy::too_many_arguments)]
 fn expert_forward_f32(
+    xs: &[f32],
+    ws: &[f32],
+    hidden: usize,
+    k: usize,
+    s: &[u32],
+    [gate, up, down]: [&[f32]; 3],
+    inter: usize,
+    block: &mut [f32],
+) {
+    for piece in pieces(s.len(), EXPERT_PIECE_TOKENS) {
+        let rows = &mut block[piece.start * hidden..piece.end * hidden];
+        expert_piece_f32(xs, ws, hidden, k, &s[piece], [gate, up, down], inter, rows);
+    }
+}
+
+/// At most this many of an expert's tokens go through it at once: the piece's activations stay
+/// in cache, and an expert chosen by thousands of tokens of a layer-major group runs as fast per
+/// token as one chosen by a few.
+const EXPERT_PIECE_TOKENS: usize = 256;
+
+/// `0..n` in consecutive ranges of at most `max` (`max` ≥ 2), none of length 1 unless `n` is 1:
+/// a single row would take `gemm`'s matrix-vector path, which sums in another order.
+fn pieces(n: usize, max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> =
+        (0..n).step_by(max).map(|a| a..(a + max).min(n)).collect();
+    if out.len() > 1 && out.last().is_some_and(|r| r.len() == 1) {
+        let last = out.pop().expect("non-empty");
+        let prev = out.last_mut().expect("two or more");
+        prev.end -= 1;
+        let start = prev.end;
+        out.push(start..last.end);
+    }
+    out
+}
+
+/// [`expert_forward_f32`] on one piece of the expert's tokens.
+#[allow(clippy::too_many_arguments)]
+fn expert_piece_f32(
     xs: &[f32],
     ws: &[f32],
     hidden: usize,
@@ -426,4 +489,18 @@ pub(crate) fn experts_backward(
         }
     }
     (dx, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn pieces_cover_the_tokens_and_are_never_single_rows() {
+        assert!(pieces(0, 4).is_empty());
+        assert_eq!(pieces(1, 4), vec![0..1]);
+        assert_eq!(pieces(8, 4), vec![0..4, 4..8]);
+        assert_eq!(pieces(9, 4), vec![0..4, 4..7, 7..9]);
+        assert_eq!(pieces(10, 4), vec![0..4, 4..8, 8..10]);
+    }
 }
