@@ -96,9 +96,10 @@ impl LoadPlan {
             .is_some_and(|b| self.weight_bytes > b.available)
     }
 
-    /// Refuses a copy of the weights that would not fit in memory, in numbers.
-    fn check_fits(&self, id: &str) -> Result<()> {
-        if self.mapped || !self.exceeds_memory() {
+    /// Refuses a copy of the weights into host memory that would not fit, in numbers. (A GPU
+    /// load copies one tensor at a time to the device, whose memory the OS does not report.)
+    fn check_fits(&self, id: &str, device: &Device) -> Result<()> {
+        if self.mapped || !device.is_cpu() || !self.exceeds_memory() {
             return Ok(());
         }
         let b = self
@@ -206,7 +207,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
 
     let device = super::device::open(opts.device)?;
     let plan = LoadPlan::new(&weights, &device, opts);
-    plan.check_fits(&files.id)?;
+    plan.check_fits(&files.id, &device)?;
     let vb = WeightSource::new(weights, plan.compute_dtype, &device, plan.mapped);
     let ctx = BuildCtx {
         id: files.id.clone(),
