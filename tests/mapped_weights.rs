@@ -215,6 +215,30 @@ fn a_bf16_checkpoint_is_read_in_place_and_routes_like_its_f32_copy() {
         .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
         .fold(0.0, f64::max);
     assert!(d < 1e-3, "logits differ by {d}");
+
+    // KV-cached decoding (matrix-vector products straight from the bf16 weights) picks the
+    // tokens the f32 copy picks.
+    let generate = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "The court held",
+            "--max-new-tokens",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        let o = moescope(&args, &[]);
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (mapped, copied) = (generate(&[]), generate(&["--dtype", "f32"]));
+    assert!(
+        mapped.starts_with("The court held") && mapped.len() > 14,
+        "{mapped}"
+    );
+    assert_eq!(mapped, copied);
 }
 
 #[test]

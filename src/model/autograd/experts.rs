@@ -100,7 +100,7 @@ impl candle_core::CustomOp2 for FrozenExperts {
             candle_core::bail!("frozen-experts: {} weights for {tokens} tokens", ws.len());
         }
         let data = self.expert_data(hidden)?;
-        let out = experts_forward(xs, ws, hidden, self.k, &self.slots, &data);
+        let out = experts_forward(xs, ws, hidden, self.k, &self.slots, &data, false);
         Ok((candle_core::CpuStorage::F32(out), (tokens, hidden).into()))
     }
 

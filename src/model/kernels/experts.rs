@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use super::gemm::{F32Data, Mat, gemm_into, matmul, par_each, with_scratch};
-use super::weights::{WeightData, with_tiles};
+use super::weights::{WeightData, gemv_rows, with_tiles};
 use crate::model::error::Result;
 use crate::model::weight::Weight;
 
@@ -60,6 +60,7 @@ pub(crate) fn dispatch_experts(
     slots: &[Vec<u32>],
     weights: &Tensor,
     experts: &[Option<[&Weight; 3]>],
+    decoding: bool,
 ) -> Result<Option<Tensor>> {
     let Ok((tokens, hidden)) = x.dims2() else {
         return Ok(None);
@@ -76,7 +77,7 @@ pub(crate) fn dispatch_experts(
     let Some(data) = expert_data(experts, slots, hidden) else {
         return Ok(None);
     };
-    let out = experts_forward(xd.slice(), wd.slice(), hidden, k, slots, &data);
+    let out = experts_forward(xd.slice(), wd.slice(), hidden, k, slots, &data, decoding);
     drop((xd, wd, data));
     Ok(Some(Tensor::from_vec(out, (tokens, hidden), x.device())?))
 }
@@ -135,7 +136,9 @@ fn sum_rows_per_token(ys: &[f32], row_of_slot: &[u32], hidden: usize, k: usize) 
 }
 
 /// `Σ_e w·expert_e(x)` per token over the experts in `slots` (`xs` `[tokens, hidden]`,
-/// `ws` `[tokens, k]`, both row-major); positions in no expert's list add nothing.
+/// `ws` `[tokens, k]`, both row-major); positions in no expert's list add nothing. With
+/// `decoding` (a KV-cached step of a few tokens) half-precision experts run as matrix-vector
+/// products instead of on converted tiles.
 pub(crate) fn experts_forward(
     xs: &[f32],
     ws: &[f32],
@@ -143,6 +146,7 @@ pub(crate) fn experts_forward(
     k: usize,
     slots: &[Vec<u32>],
     data: &[Option<ExpertData<'_>>],
+    decoding: bool,
 ) -> Vec<f32> {
     // Each expert's weighted outputs go to its own block of rows of `ys`, in expert order.
     let (row_of_slot, rows, _) = slot_rows(slots, ws.len());
@@ -159,6 +163,9 @@ pub(crate) fn experts_forward(
     // The busiest experts first, so that the pool's threads finish together.
     jobs.sort_by_key(|(_, s, _)| std::cmp::Reverse(s.len()));
     par_each(jobs, |(d, s, block)| {
+        if decoding && d.f32().is_none() {
+            return expert_forward_gemv(xs, ws, hidden, k, s, d, block);
+        }
         let run = |s: &[u32], block: &mut [f32]| match d.f32() {
             Some(w) => expert_forward_f32(xs, ws, hidden, k, s, w, d.inter, block),
             None => expert_forward_tiled(xs, ws, hidden, k, s, d, block, EXPERT_TILE_FLOATS),
@@ -225,6 +232,33 @@ fn write_weighted(y: &[f32], ws: &[f32], hidden: usize, s: &[u32], block: &mut [
                 }
             }
         }
+    }
+}
+
+/// One half-precision expert on the few tokens of a decoding step: matrix-vector products
+/// straight from the stored weights (see [`gemv_rows`]), one token at a time.
+fn expert_forward_gemv(
+    xs: &[f32],
+    ws: &[f32],
+    hidden: usize,
+    k: usize,
+    s: &[u32],
+    d: &ExpertData<'_>,
+    block: &mut [f32],
+) {
+    let inter = d.inter;
+    let (mut g, mut u) = (vec![0f32; inter], vec![0f32; inter]);
+    for (dst, &pos) in block.chunks_exact_mut(hidden).zip(s) {
+        let t = pos as usize / k;
+        let x = &xs[t * hidden..(t + 1) * hidden];
+        gemv_rows(d.gate.slice(), hidden, 0..inter, &[x], &mut [&mut g]);
+        gemv_rows(d.up.slice(), hidden, 0..inter, &[x], &mut [&mut u]);
+        for (g, &u) in g.iter_mut().zip(&u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        gemv_rows(d.down.slice(), inter, 0..hidden, &[&g], &mut [&mut *dst]);
+        let w = ws[pos as usize];
+        dst.iter_mut().for_each(|v| *v *= w);
     }
 }
 

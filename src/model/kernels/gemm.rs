@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 
-use super::weights::{TILE_FLOATS, WeightData, WeightSlice, gather_rows, with_tiles};
+use super::weights::{TILE_FLOATS, WeightData, WeightSlice, gather_rows, gemv_rows, with_tiles};
 use crate::model::error::Result;
 use crate::model::weight::Weight;
 
@@ -223,6 +223,10 @@ pub(super) unsafe fn gemm_to(
     }
 }
 
+/// At most this many rows make a product with half-precision weights run as matrix-vector
+/// products ([`gemv_rows`]) rather than on converted tiles.
+pub(crate) const DECODE_ROWS: usize = 4;
+
 /// `x·Wᵀ` for a plain layer's weight `w` `[out, in]` (the forward of a
 /// [`Linear`](crate::model::layers::Linear) without LoRA update), split into blocks of
 /// output columns across the worker threads. An f32 tensor weight needs at least `MIN_ROWS`
@@ -261,6 +265,24 @@ pub(crate) fn linear(w: &Weight, x: &Tensor) -> Result<Option<Tensor>> {
                 // SAFETY: `out` is `[m, n]` row-major and each task writes only its own
                 // columns `c0..c0 + cols` of it.
                 unsafe { matmul_to(dst.at(c0), (n, 1), Mat::rows(xs, k), w, (m, cols, k)) };
+            });
+        }
+        ws if m <= DECODE_ROWS => {
+            // A few rows (a decoding step): matrix-vector products straight from the
+            // half-precision weights, in blocks of output columns.
+            let block = n.div_ceil(4 * threads).clamp(16, 256);
+            let starts: Vec<usize> = (0..n).step_by(block).collect();
+            par_each(starts, |c0| {
+                let cols = block.min(n - c0);
+                let xr: Vec<&[f32]> = xs.chunks_exact(k).collect();
+                let mut ys = vec![0f32; m * cols];
+                let mut yr: Vec<&mut [f32]> = ys.chunks_exact_mut(cols).collect();
+                gemv_rows(ws, k, c0..c0 + cols, &xr, &mut yr);
+                for (r, y) in ys.chunks_exact(cols).enumerate() {
+                    // SAFETY: `out` is `[m, n]` row-major and each task writes only its own
+                    // columns `c0..c0 + cols` of it.
+                    unsafe { std::ptr::copy_nonoverlapping(y.as_ptr(), dst.at(r * n + c0), cols) };
+                }
             });
         }
         ws => {

@@ -138,6 +138,14 @@ fn half_precision_weights_compute_in_f32() {
     )
     .unwrap();
     assert_eq!(max_diff(&lone, &b.narrow(0, 1, 1).unwrap()), 0.0);
+
+    // A decoding step (a few tokens): matrix-vector products straight from the bf16 weights.
+    use crate::model::layers::moe::dispatch_experts_with;
+    let few = x.narrow(0, 0, 3).unwrap();
+    let few_w = weights.narrow(0, 0, 3).unwrap();
+    let decoded = dispatch_experts_with(&few, &indices[..3 * k], &few_w, &half, true).unwrap();
+    let tiled = dispatch_experts_with(&few, &indices[..3 * k], &few_w, &half, false).unwrap();
+    assert!(max_diff(&decoded, &tiled) < 1e-5);
 }
 
 #[test]

@@ -146,6 +146,55 @@ pub(crate) fn with_tiles<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// matrix products stay efficient, small enough to stay in cache next to the activations.
 pub(crate) const TILE_FLOATS: usize = 1 << 20;
 
+/// `ys[r][j] = Σ_i w[j, i] · xs[r][i]` for the rows `j` of a row-major `[n, width]` weight in
+/// `rows`, every `xs[r]` `width` long, `ys[r]` `rows.len()` long: a matrix-vector product per
+/// input row that reads each half-precision weight once (converted a short run at a time into
+/// a buffer that stays in L1) instead of writing an f32 tile. For decoding, where each step
+/// multiplies the weights by one or a few rows.
+pub(crate) fn gemv_rows(
+    w: WeightSlice<'_>,
+    width: usize,
+    rows: Range<usize>,
+    xs: &[&[f32]],
+    ys: &mut [&mut [f32]],
+) {
+    const RUN: usize = 256;
+    let mut buf = [0f32; RUN];
+    let mut acc = vec![[0f32; 8]; xs.len()];
+    for (jj, j) in rows.enumerate() {
+        acc.iter_mut().for_each(|a| *a = [0.0; 8]);
+        for c0 in (0..width).step_by(RUN) {
+            let c1 = (c0 + RUN).min(width);
+            let run = &mut buf[..c1 - c0];
+            w.read_f32(j * width + c0..j * width + c1, run);
+            for (a, x) in acc.iter_mut().zip(xs) {
+                dot_into(run, &x[c0..c1], a);
+            }
+        }
+        for (y, a) in ys.iter_mut().zip(&acc) {
+            y[jj] = a.iter().sum();
+        }
+    }
+}
+
+/// `acc[l] += Σ a[8i + l] · b[8i + l]`, the tail into lane 0: eight independent sums, which
+/// the compiler turns into vector code.
+fn dot_into(a: &[f32], b: &[f32], acc: &mut [f32; 8]) {
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc[0] += tail;
+}
+
 /// Rows of a `[rows, width]` embedding gathered as f32 (`ids` index rows; the caller checks
 /// them).
 pub(crate) fn gather_rows(w: WeightSlice<'_>, width: usize, ids: &[u32]) -> Vec<f32> {

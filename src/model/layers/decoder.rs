@@ -156,7 +156,8 @@ impl DecoderStack {
                     Some(rows) => flat.index_select(rows, 0)?,
                     None => flat,
                 };
-                match moe.forward(&real, ctx, stop_after_routing)? {
+                let decoding = lay.offset > 0;
+                match moe.forward(&real, ctx, stop_after_routing, decoding)? {
                     None => return Ok(None),
                     Some(y) => match &lay.real_rows {
                         Some(rows) => Tensor::zeros((b * t, y.dim(1)?), y.dtype(), y.device())?
@@ -394,7 +395,7 @@ impl LayerwiseModel for DecoderStack {
             .map(|r| r.dim(0))
             .collect::<candle_core::Result<_>>()?;
         let all = Tensor::cat(&real, 0)?;
-        let y = moe.run_routed_experts(&all, &indices, &Tensor::cat(&weights, 0)?)?;
+        let y = moe.run_routed_experts(&all, &indices, &Tensor::cat(&weights, 0)?, false)?;
         let mut out = Vec::with_capacity(parts.len());
         let mut start = 0;
         for ((x, _, lay), n) in parts.into_iter().zip(counts) {

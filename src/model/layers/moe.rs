@@ -27,22 +27,25 @@ pub struct MoeBlock {
 
 impl MoeBlock {
     /// `x` `[tokens, h]` of real (non-padding) tokens. With `route_only`, stops after reporting
-    /// the routing and returns `None`.
+    /// the routing and returns `None`; `decoding` marks a KV-cached step of a few tokens, on
+    /// which half-precision experts run as matrix-vector products.
     pub fn forward(
         &self,
         x: &Tensor,
         ctx: &mut RouteCtx<'_>,
         route_only: bool,
+        decoding: bool,
     ) -> Result<Option<Tensor>> {
         let decision = self.route_tokens(x, ctx)?;
         if route_only {
             return Ok(None);
         }
-        Ok(Some(self.run_experts(
-            x,
-            &decision.indices_host,
-            &decision.weights,
-        )?))
+        let out =
+            self.run_routed_experts(x, &decision.indices_host, &decision.weights, decoding)?;
+        match self.run_shared_expert(x)? {
+            Some(s) => Ok(Some((out + s)?)),
+            None => Ok(Some(out)),
+        }
     }
 
     /// The router on `x` `[tokens, h]`: the experts chosen for each token and their weights,
@@ -57,24 +60,16 @@ impl MoeBlock {
         route(self.layer, &logits, &self.router_cfg, ctx)
     }
 
-    /// The experts (and the shared expert) on `x` `[tokens, h]`, given each token's chosen
-    /// experts `indices` (row-major `[tokens, k]`) and their `weights` `[tokens, k]`. Rows are
-    /// independent, so the tokens of several batches can run together.
-    pub fn run_experts(&self, x: &Tensor, indices: &[u32], weights: &Tensor) -> Result<Tensor> {
-        let out = self.run_routed_experts(x, indices, weights)?;
-        match self.run_shared_expert(x)? {
-            Some(s) => Ok((out + s)?),
-            None => Ok(out),
-        }
-    }
-
-    /// The routed experts alone (see [`MoeBlock::run_experts`]); a token's output does not
-    /// depend on the other tokens run with it.
+    /// The routed experts on `x` `[tokens, h]`, given each token's chosen experts `indices`
+    /// (row-major `[tokens, k]`) and their `weights` `[tokens, k]`. A token's output does not
+    /// depend on the other tokens run with it (unless `decoding`), so the tokens of several
+    /// batches can run together.
     pub fn run_routed_experts(
         &self,
         x: &Tensor,
         indices: &[u32],
         weights: &Tensor,
+        decoding: bool,
     ) -> Result<Tensor> {
         if self.experts.is_empty() {
             return Err(ModelError::msg(format!(
@@ -82,7 +77,7 @@ impl MoeBlock {
                 self.layer
             )));
         }
-        dispatch_experts(x, indices, weights, &self.experts)
+        dispatch_experts_with(x, indices, weights, &self.experts, decoding)
     }
 
     /// The shared expert on `x` (scaled by its sigmoid gate), if the block has one.
@@ -108,6 +103,18 @@ pub fn dispatch_experts(
     weights: &Tensor,
     experts: &[SwiGlu],
 ) -> Result<Tensor> {
+    dispatch_experts_with(x, indices, weights, experts, false)
+}
+
+/// [`dispatch_experts`]; with `decoding` (a KV-cached step of a few tokens) half-precision
+/// experts run as matrix-vector products.
+pub fn dispatch_experts_with(
+    x: &Tensor,
+    indices: &[u32],
+    weights: &Tensor,
+    experts: &[SwiGlu],
+    decoding: bool,
+) -> Result<Tensor> {
     let (tokens, hidden) = x.dims2()?;
     let k = indices.len() / tokens.max(1);
     let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
@@ -121,7 +128,7 @@ pub fn dispatch_experts(
         slots[e].push(pos as u32);
     }
     let plain: Vec<Option<[&Weight; 3]>> = experts.iter().map(SwiGlu::plain_weights).collect();
-    let frozen = match dispatch_path(x, k, &slots, weights, &plain)? {
+    let frozen = match dispatch_path(x, k, &slots, weights, &plain, decoding)? {
         Path::Kernel(y) => return Ok(y),
         Path::Frozen(covered) => Some(covered),
         Path::TensorOps => None,
@@ -173,8 +180,9 @@ fn dispatch_path(
     slots: &[Vec<u32>],
     weights: &Tensor,
     plain: &[Option<[&Weight; 3]>],
+    decoding: bool,
 ) -> Result<Path<(Tensor, Vec<bool>)>> {
-    if let Some(y) = kernels::experts::dispatch_experts(x, k, slots, weights, plain)? {
+    if let Some(y) = kernels::experts::dispatch_experts(x, k, slots, weights, plain, decoding)? {
         return Ok(Path::Kernel(y));
     }
     Ok(match frozen_experts(x, k, slots, weights, plain)? {
