@@ -301,7 +301,8 @@ fn bad_model_folders_get_clear_errors() {
         &[],
         &[
             "truncated/model.safetensors",
-            "not a complete safetensors file",
+            "the header describes",
+            "it may be truncated or still downloading",
         ],
     );
 

@@ -282,9 +282,51 @@ fn broken_shard_sets_are_named() {
         &p,
         &[
             "model-00003-of-00003.safetensors",
-            "not a complete safetensors file",
+            "the header describes",
+            "it may be truncated or still downloading",
         ],
     );
+
+    // A complete file whose header gives a tensor a shape its byte range cannot hold.
+    let p = fresh("misshapen");
+    let shard = p.join("model-00001-of-00003.safetensors");
+    let header = r#"{"model.norm.weight":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 12]);
+    std::fs::write(&shard, bytes).unwrap();
+    let o = moescope(&["info", "--model", &s(&p)], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    for needle in [
+        "model-00001-of-00003.safetensors",
+        "tensor model.norm.weight has shape [4] of F32, which takes 16 bytes",
+        "span 12 bytes",
+    ] {
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+    assert!(!err.contains("downloading"), "{err}");
+
+    // A model without MoE layers.
+    let p = fresh("no_moe");
+    let cfg = p.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["num_hidden_layers"] = 0.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    for cmd in ["info", "trace"] {
+        let mut args = vec![cmd, "--model", p.to_str().unwrap()];
+        if cmd == "trace" {
+            args.extend(["--ids", "1,2"]);
+        }
+        let o = moescope(&args, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd} should fail");
+        assert!(
+            err.contains("config.json") && err.contains("has no MoE layers"),
+            "{cmd}: {err}"
+        );
+    }
 
     let p = fresh("ghost");
     let index = p.join("model.safetensors.index.json");

@@ -224,6 +224,15 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
             family.architecture()
         ))
     })?;
+    let info = model.info();
+    if info.moe_layers.is_empty() {
+        return Err(ModelError::msg(format!(
+            "{}: this {} has no MoE layers ({} decoder layers, none with routed experts); MoEScope explores expert routing",
+            cfg_path.display(),
+            family.architecture(),
+            info.num_layers
+        )));
+    }
     model.set_param_counts(total_params);
     if let Some(dir) = &opts.adapter {
         let adapter = super::adapter::Adapter::load(dir)?;

@@ -50,10 +50,7 @@ impl MmapWeights {
             let mmap = unsafe { Mmap::map(&file) }
                 .map_err(|e| ModelError::msg(format!("{}: cannot map: {e}", path.display())))?;
             let incomplete = |e: &dyn std::fmt::Display| {
-                ModelError::msg(format!(
-                    "{}: not a complete safetensors file ({e}); it may be truncated or still downloading",
-                    path.display()
-                ))
+                ModelError::msg(format!("{}: {}", path.display(), explain_invalid(&mmap, e)))
             };
             // Full validation: header, offsets and buffer length.
             safetensors::SafeTensors::deserialize(&mmap).map_err(|e| incomplete(&e))?;
@@ -194,6 +191,74 @@ impl MmapWeights {
         release_pages(map, e.start, e.end);
         Ok(tensor)
     }
+}
+
+/// Why `bytes` is not a valid safetensors file, in terms of the file: which tensor's shape and
+/// dtype disagree with its byte range, or how much data the header promises against what the
+/// file holds (only then is a truncated or unfinished download the likely cause).
+fn explain_invalid(bytes: &[u8], error: &dyn std::fmt::Display) -> String {
+    let unfinished = "it may be truncated or still downloading";
+    let Some(len_bytes) = bytes.get(..8) else {
+        return format!(
+            "{} bytes, too short for a safetensors header; {unfinished}",
+            bytes.len()
+        );
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
+    let Some(header) = bytes.get(8..8usize.saturating_add(header_len)) else {
+        return format!(
+            "the header claims {header_len} bytes but the file has {}; {unfinished}",
+            bytes.len()
+        );
+    };
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(header) else {
+        return format!("not a safetensors file: its header is not a JSON object ({error})");
+    };
+    let mut data_end = 0usize;
+    for (name, entry) in entries.iter().filter(|(n, _)| *n != "__metadata__") {
+        let dtype = entry["dtype"].as_str().unwrap_or("?");
+        let shape: Vec<usize> = entry["shape"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let offsets: Vec<usize> = entry["data_offsets"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let size = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let &[start, end] = offsets.as_slice() else {
+            return format!("tensor {name} has no valid data_offsets ({error})");
+        };
+        let needs = shape.iter().product::<usize>() * size;
+        if end < start || end - start != needs {
+            return format!(
+                "tensor {name} has shape {shape:?} of {dtype}, which takes {needs} bytes, but its \
+                 data_offsets [{start}, {end}] span {} bytes",
+                end.saturating_sub(start)
+            );
+        }
+        data_end = data_end.max(end);
+    }
+    let holds = bytes.len() - 8 - header_len;
+    if data_end > holds {
+        return format!(
+            "the header describes {data_end} bytes of tensor data but the file holds {holds}; {unfinished}"
+        );
+    }
+    format!("not a valid safetensors file ({error})")
 }
 
 /// The safetensors dtypes MoEScope computes with, as Candle dtypes.
