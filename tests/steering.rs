@@ -1,7 +1,8 @@
 //! Steering on the fixture models: masks and forces hold in every family, a bias moves routing
 //! mass monotonically, empty steering is bit-identical to none, KV-cached generation matches a
-//! full recomputation, eval scores a dataset whose answers are the model's own choices at 100 %,
-//! and bad specs fail with clear errors naming the file.
+//! full recomputation, eval scores a dataset whose answers are the model's own choices at 100 %
+//! (option letters of several tokens in one padded pass, as if each ran alone), and bad specs
+//! fail with clear errors naming the file.
 
 mod common;
 
@@ -382,6 +383,59 @@ fn batched_eval_scores_match_one_question_at_a_time() {
             for (x, y) in alone.iter().zip(b) {
                 assert!((x - y).abs() < 1e-4, "batched {y} vs alone {x}");
             }
+        }
+    }
+}
+
+/// Option letters of several tokens are scored in one padded pass, each option's
+/// log-probability as if its sequence ran alone.
+#[test]
+fn multi_token_letters_score_in_one_pass_as_if_alone() {
+    for family in ["olmoe", "deepseek_v2_lite"] {
+        let mut m = load(family);
+        let context = ids(&m)[..9].to_vec();
+        let options: Vec<Vec<u32>> = vec![vec![5, 9], vec![7], vec![3, 4, 8]];
+        let enc = moescope::inference::eval::Encoded {
+            context: context.clone(),
+            options: options.clone(),
+            truncated: false,
+        };
+        let scores = score_encoded(m.model.as_mut(), &enc, None).unwrap();
+        for (o, got) in options.iter().zip(&scores) {
+            let seq = [context.as_slice(), o].concat();
+            let batch =
+                Batch::from_sequences(std::slice::from_ref(&seq), m.model.device()).unwrap();
+            let mut hook = NoHook;
+            let logits = m
+                .model
+                .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
+                .unwrap()
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            let alone: f64 = o
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| {
+                    let row: Vec<f32> = logits
+                        .get(context.len() - 1 + j)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+                    let lse = row
+                        .iter()
+                        .map(|&z| (z as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln()
+                        + max;
+                    row[t as usize] as f64 - lse
+                })
+                .sum();
+            assert!(
+                (alone - got).abs() < 1e-4,
+                "{family}: {got} vs alone {alone}"
+            );
         }
     }
 }

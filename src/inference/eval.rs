@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{D, Tensor};
+use candle_core::D;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -223,18 +223,22 @@ pub fn score_encoded(
         let lp = log_softmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
         return Ok(enc.options.iter().map(|o| lp[o[0] as usize]).collect());
     }
+    // Letters of several tokens: every option's continuation in one padded pass (right
+    // padding is masked, so each row reads as if it ran alone).
+    let seqs: Vec<Vec<u32>> = enc
+        .options
+        .iter()
+        .map(|o| [enc.context.as_slice(), o].concat())
+        .collect();
+    let batch = Batch::from_sequences(&seqs, &device)?;
+    let mut ctx = RouteCtx::new(&mut hook).with_steering(steering);
+    let logits = model
+        .forward(&batch, Output::AllLogits, &mut ctx)?
+        .ok_or_else(|| SteerError::Invalid("the model returned no logits".into()))?;
+    let start = enc.context.len() - 1;
     let mut scores = Vec::with_capacity(enc.options.len());
-    for o in &enc.options {
-        let mut ids = enc.context.clone();
-        ids.extend_from_slice(o);
-        let batch = Batch::from_sequences(std::slice::from_ref(&ids), &device)?;
-        let mut ctx = RouteCtx::new(&mut hook).with_steering(steering);
-        let logits = model
-            .forward(&batch, Output::AllLogits, &mut ctx)?
-            .ok_or_else(|| SteerError::Invalid("the model returned no logits".into()))?;
-        let logits: Tensor = logits.squeeze(0)?;
-        let start = enc.context.len() - 1;
-        let rows = logits.narrow(0, start, o.len())?;
+    for (i, o) in enc.options.iter().enumerate() {
+        let rows = logits.get(i)?.narrow(0, start, o.len())?;
         let lp = candle_nn::ops::log_softmax(&rows, D::Minus1)?.to_vec2::<f32>()?;
         scores.push(
             o.iter()
