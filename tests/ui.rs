@@ -567,6 +567,7 @@ fn the_eval_tab_runs_and_shows_per_subject_accuracy() {
                 expert: 3,
                 mode: moescope::gui::panels::steering::SteerMode::ForceOff,
                 bias: 0.0,
+                force_bias: false,
             });
     }
     h.run();

@@ -56,16 +56,20 @@ pub struct SteerRow {
     pub layer: usize,
     pub expert: usize,
     pub mode: SteerMode,
-    /// Used in [`SteerMode::Bias`] (kept when the mode changes, so switching back restores it).
+    /// Used in [`SteerMode::Bias`], and with a force when `force_bias` is set (kept when the
+    /// mode changes, so switching back restores it).
     pub bias: f32,
+    /// A forced expert also gets the bias: it orders the forced experts among themselves and
+    /// shifts their routing weights.
+    pub force_bias: bool,
 }
 
 impl SteerRow {
     fn entry(&self) -> ExpertSteer {
         let (bias, force) = match self.mode {
             SteerMode::Bias => (Some(self.bias), None),
-            SteerMode::ForceOn => (None, Some(ExpertForce::On)),
-            SteerMode::ForceOff => (None, Some(ExpertForce::Off)),
+            SteerMode::ForceOn => (self.force_bias.then_some(self.bias), Some(ExpertForce::On)),
+            SteerMode::ForceOff => (self.force_bias.then_some(self.bias), Some(ExpertForce::Off)),
         };
         ExpertSteer {
             layer: self.layer,
@@ -75,8 +79,7 @@ impl SteerRow {
         }
     }
 
-    /// A spec entry as a row (an entry with both a force and a bias keeps the force: it decides
-    /// the routing).
+    /// A spec entry as a row (an entry with both a force and a bias keeps both).
     fn from_entry(e: &ExpertSteer, default_bias: f32) -> Self {
         let mode = match e.force {
             Some(ExpertForce::On) => SteerMode::ForceOn,
@@ -88,6 +91,7 @@ impl SteerRow {
             expert: e.expert,
             mode,
             bias: e.bias.unwrap_or(default_bias),
+            force_bias: e.force.is_some() && e.bias.is_some(),
         }
     }
 }
@@ -218,6 +222,7 @@ impl SteeringPanel {
                 expert,
                 mode: self.new_mode,
                 bias: self.new_bias,
+                force_bias: false,
             })
             .collect();
         self.source = Some(source);
@@ -582,6 +587,7 @@ impl SteeringPanel {
                             expert: cell.1,
                             mode: self.new_mode,
                             bias: self.new_bias,
+                            force_bias: false,
                         });
                         self.rows.sort_by_key(|r| (r.layer, r.expert));
                     }
@@ -624,8 +630,14 @@ impl SteeringPanel {
                                 "mode of layer {} expert {}",
                                 row.layer, row.expert
                             ));
+                        if row.mode != SteerMode::Bias {
+                            ui.checkbox(&mut row.force_bias, "+").on_hover_text(format!(
+                                "also add the bias to forced layer {} expert {}",
+                                row.layer, row.expert
+                            ));
+                        }
                         ui.add_enabled(
-                            row.mode == SteerMode::Bias,
+                            row.mode == SteerMode::Bias || row.force_bias,
                             egui::DragValue::new(&mut row.bias)
                                 .speed(0.05)
                                 .range(-50.0..=50.0)
@@ -729,18 +741,21 @@ mod tests {
                     expert: 2,
                     mode: SteerMode::Bias,
                     bias: 1.5,
+                    force_bias: false,
                 },
                 SteerRow {
                     layer: 2,
                     expert: 0,
                     mode: SteerMode::ForceOff,
                     bias: 2.0,
+                    force_bias: false,
                 },
                 SteerRow {
                     layer: 2,
                     expert: 3,
                     mode: SteerMode::ForceOn,
-                    bias: 2.0,
+                    bias: -0.5,
+                    force_bias: true,
                 },
             ],
             strength: 0.5,
@@ -753,6 +768,11 @@ mod tests {
         assert_eq!(spec.experts[1].force, Some(ExpertForce::Off));
         assert_eq!(spec.experts[1].bias, None);
         assert_eq!(spec.experts[2].force, Some(ExpertForce::On));
+        assert_eq!(
+            spec.experts[2].bias,
+            Some(-0.5),
+            "a forced expert keeps its bias"
+        );
         let mut other = SteeringPanel::default();
         other.set_spec(&spec);
         assert_eq!(other.rows, panel.rows);
