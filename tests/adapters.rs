@@ -381,6 +381,40 @@ fn train_cli(extra: &[&str]) -> std::process::Output {
     moescope(&args)
 }
 
+/// A dataset of text alone (no subject column) trains directly.
+#[test]
+fn text_only_data_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("law.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"The court held that the contract was void.\"}\n{\"text\": \"Appeal dismissed with costs.\"}\n",
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("adapter");
+    let model = fixture("olmoe");
+    let out = moescope(&[
+        "train",
+        "-m",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--all-experts",
+        "--max-steps",
+        "1",
+        "--rank",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out_dir.join("adapter_model.safetensors").exists());
+}
+
 fn assert_fails(out: &std::process::Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "should fail: {err}");

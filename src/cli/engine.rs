@@ -409,6 +409,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         crate::data::load_prompt_dir(&data)?
     } else {
         let opts = DataOptions {
+            subject_optional: false,
             subject_column: args.subject_column.clone(),
             text_column: args.text_column.clone(),
             max_per_subject: args.max_per_subject,

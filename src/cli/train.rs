@@ -122,6 +122,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bail!("--adapter is for applying a finished adapter; train writes a new one into --out");
     }
     opts.data_options = DataOptions {
+        subject_optional: true,
         subject_column: args.subject_column.clone(),
         text_column: args.text_column.clone(),
         max_per_subject: None,

@@ -45,10 +45,20 @@ pub(crate) enum TextPlan {
     MultipleChoice { question: String, options: String },
 }
 
+/// Where a row's subject comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SubjectPlan {
+    /// A column.
+    Column(String),
+    /// No subject column (allowed where subjects are optional): every row gets this label,
+    /// the file's name.
+    Fixed(String),
+}
+
 /// The resolved column choice for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
-    pub subject: String,
+    pub subject: SubjectPlan,
     pub text: TextPlan,
 }
 
@@ -101,21 +111,26 @@ pub(crate) fn resolve(
     let is_mmlu_pro = matches!(multiple_choice, Some((_, _, true)));
 
     let subject = match &opts.subject_column {
-        Some(name) => find_named(path, columns, name, "--subject-column")?,
+        Some(name) => SubjectPlan::Column(find_named(path, columns, name, "--subject-column")?),
         None => {
             let defaults = if is_mmlu_pro {
                 MMLU_PRO_SUBJECT_DEFAULTS
             } else {
                 SUBJECT_DEFAULTS
             };
-            defaults
-                .iter()
-                .find_map(|d| find_default(columns, d))
-                .cloned()
-                .ok_or_else(|| DataError::NoSubjectColumn {
-                    path: path.to_path_buf(),
-                    available: columns.to_vec(),
-                })?
+            match defaults.iter().find_map(|d| find_default(columns, d)) {
+                Some(c) => SubjectPlan::Column(c.clone()),
+                None if opts.subject_optional => SubjectPlan::Fixed(
+                    path.file_stem()
+                        .map_or_else(|| "all".into(), |s| s.to_string_lossy().into_owned()),
+                ),
+                None => {
+                    return Err(DataError::NoSubjectColumn {
+                        path: path.to_path_buf(),
+                        available: columns.to_vec(),
+                    });
+                }
+            }
         }
     };
 
@@ -140,29 +155,39 @@ pub(crate) fn resolve(
 impl Plan {
     /// The columns a row must carry, in the order [`Plan::to_prompt`] reads them.
     pub(crate) fn columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = match &self.subject {
+            SubjectPlan::Column(c) => vec![c],
+            SubjectPlan::Fixed(_) => Vec::new(),
+        };
         match &self.text {
-            TextPlan::Column(t) => vec![&self.subject, t],
+            TextPlan::Column(t) => out.push(t),
             TextPlan::MultipleChoice { question, options } => {
-                vec![&self.subject, question, options]
+                out.extend([question.as_str(), options.as_str()]);
             }
         }
+        out
     }
 
     /// Builds the prompt of one row (cells in [`Plan::columns`] order).
     pub(crate) fn to_prompt(&self, path: &Path, row: &RawRow) -> Result<Prompt, DataError> {
-        let cell = |i: usize| row.cells.get(i).unwrap_or(&Cell::Null);
         let location = row.location;
-
-        let subject = match scalar(path, location, &self.subject, cell(0), "a subject label")? {
-            Some(s) if !s.trim().is_empty() => s.trim().to_string(),
-            _ => {
-                return Err(DataError::EmptySubject {
-                    path: path.to_path_buf(),
-                    location,
-                    column: self.subject.clone(),
-                });
+        let (subject, first_text) = match &self.subject {
+            SubjectPlan::Fixed(label) => (label.clone(), 0),
+            SubjectPlan::Column(column) => {
+                let first = row.cells.first().unwrap_or(&Cell::Null);
+                match scalar(path, location, column, first, "a subject label")? {
+                    Some(s) if !s.trim().is_empty() => (s.trim().to_string(), 1),
+                    _ => {
+                        return Err(DataError::EmptySubject {
+                            path: path.to_path_buf(),
+                            location,
+                            column: column.clone(),
+                        });
+                    }
+                }
             }
         };
+        let cell = |i: usize| row.cells.get(first_text + i - 1).unwrap_or(&Cell::Null);
 
         let (text, text_column) = match &self.text {
             TextPlan::Column(column) => (

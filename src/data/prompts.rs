@@ -74,6 +74,10 @@ impl PromptSet {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataOptions {
     pub subject_column: Option<String>,
+    /// A file without a subject column is read with every row under one subject, the file's
+    /// name (training text needs no subjects); otherwise that is an error.
+    #[serde(default)]
+    pub subject_optional: bool,
     pub text_column: Option<String>,
     pub max_per_subject: Option<usize>,
 }

@@ -29,6 +29,7 @@ fn opts(subject: Option<&str>, text: Option<&str>) -> DataOptions {
         subject_column: subject.map(String::from),
         text_column: text.map(String::from),
         max_per_subject: None,
+        subject_optional: false,
     }
 }
 

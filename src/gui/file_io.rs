@@ -12,6 +12,7 @@ impl AppState {
     /// Loads prompts from a dataset file or prompt folder.
     pub fn load_prompts(&mut self, path: &Path) {
         let opts = DataOptions {
+            subject_optional: false,
             subject_column: Some(self.ui.subject_column.clone()).filter(|s| !s.is_empty()),
             text_column: Some(self.ui.text_column.clone()).filter(|s| !s.is_empty()),
             max_per_subject: None,

@@ -21,8 +21,13 @@ use crate::data::{DataOptions, PromptSet, dataset_columns, load_prompts};
 use crate::inference::eval::{ANSWER_CUE, letter, load_items};
 use crate::model::lora::mix_seed;
 
-/// Subject-labelled training texts, in file order.
+/// Training texts, in file order, each with its subject (the file's name for a dataset
+/// without a subject column: training needs no subjects).
 pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {
+    let opts = &DataOptions {
+        subject_optional: true,
+        ..opts.clone()
+    };
     if let Some(mut set) = load_documents(path)? {
         if let Some(n) = opts.max_per_subject {
             set.limit_per_subject(n);
@@ -204,5 +209,26 @@ mod tests {
             plan.micro_batch(3),
             "epochs are reshuffled"
         );
+    }
+
+    #[test]
+    fn text_only_datasets_train_under_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("law.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"The court held.\"}\n{\"text\": \"Appeal allowed.\"}\n",
+        )
+        .unwrap();
+        let csv = dir.path().join("notes.csv");
+        std::fs::write(&csv, "text\nfirst line\nsecond line\n").unwrap();
+        for (path, subject) in [(&jsonl, "law"), (&csv, "notes")] {
+            let set = load_texts(path, &DataOptions::default()).unwrap();
+            assert_eq!(set.len(), 2, "{}", path.display());
+            assert!(set.prompts.iter().all(|p| p.subject == subject));
+        }
+        // Profiles still need subjects: the same file is an error there, naming the fix.
+        let err = crate::data::load_prompts(&jsonl, &DataOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("--subject-column"), "{err}");
     }
 }

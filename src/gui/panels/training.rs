@@ -129,6 +129,7 @@ impl TrainingPanel {
         }
         let mut opts = TrainOptions::new(&info.id, experts, &data, &out);
         opts.data_options = DataOptions {
+            subject_optional: true,
             subject_column: non_empty(&state.ui.subject_column),
             text_column: non_empty(&state.ui.text_column),
             max_per_subject: None,
