@@ -1,8 +1,8 @@
 //! Direct CPU kernels, computing in f32 over f32, f16 or bf16 weights (tensors or mapped
 //! checkpoint views, [`weights`]): the inference hot path (f32 tensors on the CPU that track no
 //! gradient), and the forward and backward kernels of the training ops for frozen parts
-//! ([`crate::model::autograd`]). All the crate's `unsafe` arithmetic lives here (mapping checkpoint files and releasing
-//! their pages is in `model/weights.rs` and `model/weight.rs`).
+//! ([`crate::model::autograd`]). All the crate's `unsafe` arithmetic lives here; mapping
+//! checkpoint files and releasing their pages is in `model/weights.rs` and `model/weight.rs`.
 //!
 //! Each inference function returns `Ok(None)` when its inputs don't qualify, and the caller then
 //! takes the plain tensor-op path, which stays the reference (and the path for other devices,
