@@ -216,7 +216,7 @@ pub fn run_profile_observed(
     opts: &ProfileOptions,
     cancel: &AtomicBool,
     on_progress: &mut dyn FnMut(ProfileProgress),
-    mut on_traces: Option<TraceObserver<'_>>,
+    on_traces: Option<TraceObserver<'_>>,
 ) -> Result<RoutingProfile, ProfileError> {
     if prompts.prompts.is_empty() {
         return Err(ProfileError::Prompt(format!(
@@ -237,7 +237,7 @@ pub fn run_profile_observed(
     )?;
     let pmodel = profile_model(&info);
     let mut recorder = ProfileRecorder::new(pmodel.clone(), &subjects, keep_traces);
-    let mut writer = match &opts.traces {
+    let writer = match &opts.traces {
         Some(path) => Some(TraceWriter::create(path, &pmodel)?),
         None => None,
     };
@@ -256,43 +256,61 @@ pub fn run_profile_observed(
         recorder: &mut recorder,
         cancel,
         on_progress,
-        keep_traces,
+        traces: TraceSink {
+            writer,
+            observer: on_traces,
+        },
         progress: ProfileProgress {
             sequences_total: seqs.len(),
             ..ProfileProgress::default()
         },
     };
-    let traces = match model.layerwise().filter(|_| layer_major) {
+    match model.layerwise().filter(|_| layer_major) {
         Some(lw) => run.layer_major(lw, &device, &batches, opts)?,
-        None => run.batch_major(model, &batches, writer.as_mut(), on_traces.as_mut())?,
-    };
-    for t in traces {
-        if let Some(w) = writer.as_mut() {
-            for t in &t {
-                w.write(t)?;
-            }
-        }
-        if let Some(f) = on_traces.as_mut() {
-            f(&t);
-        }
+        None => run.batch_major(model, &batches)?,
     }
-    if let Some(w) = writer {
+    if let Some(w) = run.traces.writer {
         w.finish()?;
     }
     Ok(recorder.finish())
 }
 
 /// One profiling run's shared state.
-struct Run<'a> {
+struct Run<'a, 't> {
     seqs: &'a [Tokenised],
     recorder: &'a mut ProfileRecorder,
     cancel: &'a AtomicBool,
     on_progress: &'a mut dyn FnMut(ProfileProgress),
-    keep_traces: bool,
+    traces: TraceSink<'t>,
     progress: ProfileProgress,
 }
 
-impl Run<'_> {
+/// Where a run's per-sequence traces go: the traces file and / or the caller's observer.
+struct TraceSink<'a> {
+    writer: Option<TraceWriter>,
+    observer: Option<TraceObserver<'a>>,
+}
+
+impl TraceSink<'_> {
+    /// Whether anyone wants traces (the recorder keeps them only then).
+    fn wanted(&self) -> bool {
+        self.writer.is_some() || self.observer.is_some()
+    }
+
+    fn emit(&mut self, traces: &[SequenceTrace]) -> Result<(), ProfileError> {
+        if let Some(w) = self.writer.as_mut() {
+            for t in traces {
+                w.write(t)?;
+            }
+        }
+        if let Some(f) = self.observer.as_mut() {
+            f(traces);
+        }
+        Ok(())
+    }
+}
+
+impl Run<'_, '_> {
     fn ids(&self, batch: &[usize]) -> Vec<Vec<u32>> {
         batch.iter().map(|&i| self.seqs[i].ids.clone()).collect()
     }
@@ -317,9 +335,7 @@ impl Run<'_> {
         &mut self,
         model: &mut dyn MoeModel,
         batches: &[&[usize]],
-        mut writer: Option<&mut TraceWriter>,
-        mut on_traces: Option<&mut TraceObserver<'_>>,
-    ) -> Result<Vec<Vec<SequenceTrace>>, ProfileError> {
+    ) -> Result<(), ProfileError> {
         let device = model.device().clone();
         for chunk in batches {
             self.check_cancel()?;
@@ -330,35 +346,27 @@ impl Run<'_> {
                 let mut ctx = RouteCtx::new(&mut *self.recorder);
                 model.forward(&batch, Output::RoutingOnly, &mut ctx)?;
             }
-            if self.keep_traces {
+            if self.traces.wanted() {
                 let traces = self.recorder.take_batch_traces();
-                if let Some(w) = writer.as_deref_mut() {
-                    for t in &traces {
-                        w.write(t)?;
-                    }
-                }
-                if let Some(f) = on_traces.as_mut() {
-                    f(&traces);
-                }
+                self.traces.emit(&traces)?;
             }
             self.progress.sequences_done += chunk.len();
             self.progress.tokens_done += ids.iter().map(Vec::len).sum::<usize>();
             (self.on_progress)(self.progress);
         }
-        Ok(Vec::new())
+        Ok(())
     }
 
-    /// Every batch through one layer before the next; returns the traces of every batch, in
-    /// batch order.
+    /// Every batch through one layer before the next; traces go out at the end, in batch
+    /// order.
     fn layer_major(
         &mut self,
         model: &mut dyn LayerwiseModel,
         device: &Device,
         batches: &[&[usize]],
         opts: &ProfileOptions,
-    ) -> Result<Vec<Vec<SequenceTrace>>, ProfileError> {
-        let info = self.recorder_model_layers();
-        let Some(&last_moe) = info.last() else {
+    ) -> Result<(), ProfileError> {
+        let Some(&last_moe) = self.recorder.moe_layers().last() else {
             return Err(ProfileError::Prompt("the model has no MoE layers".into()));
         };
         let budget = opts.hidden_memory.unwrap_or_else(|| {
@@ -409,18 +417,14 @@ impl Run<'_> {
             }
             (self.on_progress)(self.progress);
         }
-        let mut traces = Vec::with_capacity(numbers.len());
-        if self.keep_traces {
+        if self.traces.wanted() {
             for &n in &numbers {
                 self.recorder.resume_batch(n);
-                traces.push(self.recorder.take_batch_traces());
+                let traces = self.recorder.take_batch_traces();
+                self.traces.emit(&traces)?;
             }
         }
-        Ok(traces)
-    }
-
-    fn recorder_model_layers(&self) -> Vec<usize> {
-        self.recorder.moe_layers().to_vec()
+        Ok(())
     }
 }
 

@@ -57,8 +57,6 @@ pub trait MoeModel: Send {
 /// through layer 1, and so on, so that each layer's weights are read once for a whole prompt
 /// set and can be released before the next layer's are read.
 pub trait LayerwiseModel {
-    fn num_layers(&self) -> usize;
-
     /// The hidden states `[b, t, h]` of `batch` entering layer 0.
     fn embed(&mut self, batch: &Batch) -> Result<Tensor>;
 

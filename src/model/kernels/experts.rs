@@ -184,6 +184,13 @@ pub(crate) fn experts_forward(
     sum_rows_per_token(&ys, &row_of_slot, hidden, k)
 }
 
+/// `g = silu(g) · u` elementwise: candle's silu, then the product, as in `SwiGlu::forward`.
+fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 /// Tokens per block of the transposes below: sixteen f32 values fill one 64-byte cache line,
 /// so each block writes (or reads) whole lines of the column-major side.
 const TRANSPOSE_BLOCK: usize = 16;
@@ -253,9 +260,7 @@ fn expert_forward_gemv(
         let x = &xs[t * hidden..(t + 1) * hidden];
         gemv_rows(d.gate.slice(), hidden, 0..inter, &[x], &mut [&mut g]);
         gemv_rows(d.up.slice(), hidden, 0..inter, &[x], &mut [&mut u]);
-        for (g, &u) in g.iter_mut().zip(&u) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        swiglu_in_place(&mut g, &u);
         gemv_rows(d.down.slice(), inter, 0..hidden, &[&g], &mut [&mut *dst]);
         let w = ws[pos as usize];
         dst.iter_mut().for_each(|v| *v *= w);
@@ -322,10 +327,7 @@ fn expert_piece_f32(
         let (gw, uw) = (Mat::t(gate, hidden), Mat::t(up, hidden));
         matmul(g, col_major, xm, gw, (n, inter, hidden));
         matmul(u, col_major, xm, uw, (n, inter, hidden));
-        for (g, &u) in g.iter_mut().zip(u.iter()) {
-            // candle's silu, then the product, as in `SwiGlu::forward`.
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        swiglu_in_place(g, u);
         // The output column-major too (in `xe`'s space), then weighted into `block`'s
         // rows: a row-major destination would make the kernels repack the weight.
         let y = xe;
@@ -335,8 +337,8 @@ fn expert_piece_f32(
     });
 }
 
-/// One expert stored in half precision on its slots `s`. An expert of at most
-/// `tile_floats` ([`EXPERT_TILE_FLOATS`]) is converted to f32 whole and then runs exactly as an f32 one (the
+/// One expert stored in half precision on its slots `s`. An expert of at most `tile_floats`
+/// ([`EXPERT_TILE_FLOATS`]) is converted to f32 whole and then runs exactly as an f32 one (the
 /// same products in the same order, so the outputs equal those of an f32 copy); a larger one
 /// runs in chunks of its intermediate dimension, each chunk's gate and up rows and down
 /// columns converted in turn, the down projection accumulated over the chunks.
@@ -384,9 +386,7 @@ pub(super) fn expert_forward_tiled(
                 let (g, u) = (&mut g[..n * c], &mut u[..n * c]);
                 matmul(g, col_major, xm, Mat::t(gt, hidden), (n, c, hidden));
                 matmul(u, col_major, xm, Mat::t(ut, hidden), (n, c, hidden));
-                for (g, &u) in g.iter_mut().zip(u.iter()) {
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }
+                swiglu_in_place(g, u);
                 let acc = i0 > 0;
                 gemm_into(
                     y,

@@ -64,6 +64,30 @@ struct BatchLayout {
     real_rows: Option<Tensor>,
 }
 
+impl BatchLayout {
+    /// The rows of `h` `[b, t, h]` that hold real (non-padding) tokens, `[tokens, h]`: what a
+    /// MoE block routes.
+    fn real_tokens(&self, h: &Tensor) -> Result<Tensor> {
+        let flat = h.reshape((self.b * self.t, ()))?;
+        Ok(match &self.real_rows {
+            Some(rows) => flat.index_select(rows, 0)?,
+            None => flat,
+        })
+    }
+
+    /// `y` `[tokens, h]` of the real tokens back in the batch's `[b, t, h]` shape, zeros at
+    /// the padding.
+    fn scatter(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, t) = (self.b, self.t);
+        Ok(match &self.real_rows {
+            Some(rows) => Tensor::zeros((b * t, y.dim(1)?), y.dtype(), y.device())?
+                .index_add(rows, y, 0)?
+                .reshape((b, t, ()))?,
+            None => y.reshape((b, t, ()))?,
+        })
+    }
+}
+
 impl DecoderStack {
     /// Checks `batch` against the model.
     fn check_batch(&self, batch: &Batch) -> Result<(usize, usize)> {
@@ -146,25 +170,13 @@ impl DecoderStack {
         stop_after_routing: bool,
     ) -> Result<Option<Tensor>> {
         let (x, h) = self.attention_part(li, x, lay)?;
-        let layer = &self.layers[li];
-        let (b, t) = (lay.b, lay.t);
-        let h = match &layer.ff {
+        let h = match &self.layers[li].ff {
             FeedForward::Dense(mlp) => mlp.forward(&h)?,
             FeedForward::Moe(moe) => {
-                let flat = h.reshape((b * t, ()))?;
-                let real = match &lay.real_rows {
-                    Some(rows) => flat.index_select(rows, 0)?,
-                    None => flat,
-                };
                 let decoding = lay.offset > 0;
-                match moe.forward(&real, ctx, stop_after_routing, decoding)? {
+                match moe.forward(&lay.real_tokens(&h)?, ctx, stop_after_routing, decoding)? {
                     None => return Ok(None),
-                    Some(y) => match &lay.real_rows {
-                        Some(rows) => Tensor::zeros((b * t, y.dim(1)?), y.dtype(), y.device())?
-                            .index_add(rows, &y, 0)?
-                            .reshape((b, t, ()))?,
-                        None => y.reshape((b, t, ()))?,
-                    },
+                    Some(y) => lay.scatter(&y)?,
                 }
             }
         };
@@ -336,10 +348,6 @@ impl MoeModel for DecoderStack {
 }
 
 impl LayerwiseModel for DecoderStack {
-    fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     fn embed(&mut self, batch: &Batch) -> Result<Tensor> {
         self.embed_batch(batch)
     }
@@ -376,11 +384,7 @@ impl LayerwiseModel for DecoderStack {
         let mut indices = Vec::new();
         let mut weights = Vec::with_capacity(parts.len());
         for (i, (_, h, lay)) in parts.iter().enumerate() {
-            let flat = h.reshape((lay.b * lay.t, ()))?;
-            let r = match &lay.real_rows {
-                Some(rows) => flat.index_select(rows, 0)?,
-                None => flat,
-            };
+            let r = lay.real_tokens(h)?;
             hook.select_batch(i);
             let d = moe.route_tokens(&r, &mut RouteCtx::new(&mut *hook))?;
             indices.extend_from_slice(&d.indices_host);
@@ -390,28 +394,19 @@ impl LayerwiseModel for DecoderStack {
         if stop_after_routing {
             return Ok(None);
         }
-        let counts: Vec<usize> = real
-            .iter()
-            .map(|r| r.dim(0))
-            .collect::<candle_core::Result<_>>()?;
         let all = Tensor::cat(&real, 0)?;
         let y = moe.run_routed_experts(&all, &indices, &Tensor::cat(&weights, 0)?, false)?;
         let mut out = Vec::with_capacity(parts.len());
         let mut start = 0;
-        for ((x, _, lay), n) in parts.into_iter().zip(counts) {
+        for ((x, _, lay), r) in parts.into_iter().zip(&real) {
+            let n = r.dim(0)?;
             let mut yb = y.narrow(0, start, n)?;
             start += n;
             // The shared expert per batch, as the batch-major pass runs it.
-            if let Some(shared) = moe.run_shared_expert(&all.narrow(0, start - n, n)?)? {
+            if let Some(shared) = moe.run_shared_expert(r)? {
                 yb = (yb + shared)?;
             }
-            let (b, t) = (lay.b, lay.t);
-            let yb = match &lay.real_rows {
-                Some(rows) => Tensor::zeros((b * t, yb.dim(1)?), yb.dtype(), yb.device())?
-                    .index_add(rows, &yb, 0)?,
-                None => yb,
-            };
-            out.push((x + yb.reshape((b, t, ()))?)?);
+            out.push((x + lay.scatter(&yb)?)?);
         }
         Ok(Some(out))
     }
