@@ -127,23 +127,19 @@ pub struct InfoArgs {
 /// model is built over the memory-mapped files (no copy, nothing run), whatever `--dtype` and
 /// `--device` say; those only change the plan shown.
 pub fn info(args: InfoArgs) -> Result<()> {
-    let mut opts = args.model.options(false)?;
-    let (dtype, device) = (opts.dtype, opts.device);
+    let asked = args.model.options(false)?;
+    let mut opts = asked.clone();
     opts.dtype = None;
     opts.device = DeviceChoice::Cpu;
     opts.adapter = None;
     let loaded = args.model.load_with(opts, true)?;
     let i = loaded.model.info();
-    let mapped_plan = &loaded.plan;
-    let weight_bytes = match dtype {
-        Some(d) => {
-            mapped_plan.weight_bytes / mapped_plan.dtype.size_in_bytes() as u64
-                * d.size_in_bytes() as u64
-        }
-        None => mapped_plan.weight_bytes,
-    };
-    let dtype = dtype.unwrap_or(mapped_plan.checkpoint_dtype);
-    let budget = mapped_plan.budget.clone();
+    let device = crate::model::device::open(asked.device);
+    let plan = loaded
+        .plan
+        .replan(device.as_ref().unwrap_or(&candle_core::Device::Cpu), &asked);
+    let (dtype, weight_bytes) = (plan.dtype, plan.weight_bytes);
+    let budget = plan.budget.clone();
     if args.json {
         let mut v = serde_json::to_value(i)?;
         if let Some(o) = v.as_object_mut() {
@@ -153,11 +149,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
             );
             o.insert(
                 "checkpoint_dtype".into(),
-                json!(crate::model::device::dtype_name(
-                    mapped_plan.checkpoint_dtype
-                )),
+                json!(crate::model::device::dtype_name(plan.checkpoint_dtype)),
             );
             o.insert("weight_bytes".into(), json!(weight_bytes));
+            o.insert("mapped".into(), json!(plan.mapped));
             o.insert(
                 "memory_available".into(),
                 json!(budget.as_ref().map(|b| b.available)),
@@ -195,13 +190,14 @@ pub fn info(args: InfoArgs) -> Result<()> {
         human(i.total_params),
         human(i.active_params)
     );
-    let device_name = crate::model::device::open(device)
-        .map(|d| crate::model::device::describe(&d))
+    let device_name = device
+        .as_ref()
+        .map(crate::model::device::describe)
         .unwrap_or_else(|e| format!("unavailable ({e})"));
     println!("device           {device_name}");
     println!(
         "checkpoint       {} in {} file{}",
-        crate::model::device::dtype_name(mapped_plan.checkpoint_dtype),
+        crate::model::device::dtype_name(plan.checkpoint_dtype),
         loaded.files.weights.len(),
         if loaded.files.weights.len() == 1 {
             ""
@@ -209,28 +205,25 @@ pub fn info(args: InfoArgs) -> Result<()> {
             "s"
         }
     );
-    let cpu_mapped = dtype == mapped_plan.checkpoint_dtype
-        && matches!(device, DeviceChoice::Cpu | DeviceChoice::Auto)
-        && !cfg!(any(feature = "cuda", feature = "metal"));
     println!(
         "weights          {} as {}{}",
         human_bytes(weight_bytes),
         crate::model::device::dtype_name(dtype),
-        if cpu_mapped {
+        if plan.mapped {
             ", memory-mapped and read in place"
         } else {
             ", copied into memory"
         }
     );
     if let Some(b) = &budget {
-        let verdict = if weight_bytes <= b.available {
+        let verdict = if !plan.exceeds_memory() {
             "fits".to_string()
-        } else if cpu_mapped {
+        } else if plan.mapped {
             "does not fit: profiles stream layer by layer".to_string()
         } else {
             format!(
                 "does not fit: use --dtype {} to read the weights in place",
-                crate::model::device::dtype_name(mapped_plan.checkpoint_dtype)
+                crate::model::device::dtype_name(plan.checkpoint_dtype)
             )
         };
         println!(

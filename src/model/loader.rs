@@ -75,7 +75,35 @@ pub struct LoadPlan {
 impl LoadPlan {
     /// Plans a load of `weights` on `device`.
     pub fn new(weights: &MmapWeights, device: &Device, opts: &LoadOptions) -> Self {
-        let checkpoint_dtype = weights.checkpoint_dtype();
+        Self::for_checkpoint(
+            weights.checkpoint_dtype(),
+            weights.total_params(),
+            device,
+            opts,
+            memory::budget(),
+        )
+    }
+
+    /// The plan the same checkpoint would get with `opts` on `device` (what `info` shows for
+    /// the options given, having opened the weights mapped on the CPU).
+    pub fn replan(&self, device: &Device, opts: &LoadOptions) -> Self {
+        let params = self.weight_bytes / self.dtype.size_in_bytes() as u64;
+        Self::for_checkpoint(
+            self.checkpoint_dtype,
+            params,
+            device,
+            opts,
+            self.budget.clone(),
+        )
+    }
+
+    fn for_checkpoint(
+        checkpoint_dtype: DType,
+        params: u64,
+        device: &Device,
+        opts: &LoadOptions,
+        budget: Option<memory::MemoryBudget>,
+    ) -> Self {
         let dtype = opts.dtype.unwrap_or(checkpoint_dtype);
         let mapped = device.is_cpu() && dtype == checkpoint_dtype && !opts.in_memory;
         Self {
@@ -83,8 +111,8 @@ impl LoadPlan {
             dtype,
             compute_dtype: if mapped { DType::F32 } else { dtype },
             mapped,
-            weight_bytes: weights.total_params() * dtype.size_in_bytes() as u64,
-            budget: memory::budget(),
+            weight_bytes: params * dtype.size_in_bytes() as u64,
+            budget,
         }
     }
 
