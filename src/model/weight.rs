@@ -149,11 +149,6 @@ impl Weight {
         }
     }
 
-    /// Whether the weight is a trainable variable (a tensor that tracks gradients).
-    pub fn track_op(&self) -> bool {
-        self.as_tensor().is_some_and(Tensor::track_op)
-    }
-
     /// The weight as a Candle tensor in its own dtype: the tensor itself, or a copy of the
     /// mapped data on the CPU.
     pub fn to_tensor(&self) -> Result<Tensor> {

@@ -132,11 +132,6 @@ impl MmapWeights {
         Ok(())
     }
 
-    /// Bytes of tensor data in all files.
-    pub fn total_bytes(&self) -> u64 {
-        self.index.values().map(|e| (e.end - e.start) as u64).sum()
-    }
-
     /// The dtype most of the checkpoint's bytes are stored in.
     pub fn checkpoint_dtype(&self) -> DType {
         let mut bytes: HashMap<DType, usize> = HashMap::new();
@@ -151,11 +146,6 @@ impl MmapWeights {
             .map_or(DType::F32, |(d, _)| d)
     }
 
-    /// Whether the checkpoint holds `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
-    }
-
     /// A zero-copy view of tensor `name`, if it is stored as f32 / f16 / bf16 and aligned.
     pub fn mapped(&self, name: &str) -> Option<MappedTensor> {
         let e = self.index.get(name)?;
@@ -168,11 +158,17 @@ impl MmapWeights {
         )
     }
 
-    /// Shape of tensor `name` and the file that holds it.
-    fn shape_of(&self, name: &str) -> Option<(&[usize], &Path)> {
-        self.index
-            .get(name)
-            .map(|e| (e.shape.as_slice(), self.paths[e.file].as_path()))
+    /// Refuses tensor `name` when the checkpoint holds it in another shape than `dims`, the
+    /// shape the config implies.
+    fn check_shape(&self, name: &str, dims: &[usize]) -> std::result::Result<(), String> {
+        match self.index.get(name) {
+            Some(e) if e.shape.as_slice() != dims => Err(format!(
+                "tensor {name} in {} has shape {:?}, the config implies {dims:?}",
+                file_name(&self.paths[e.file]),
+                e.shape,
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -341,14 +337,6 @@ impl WeightSource {
         self.vb.contains_tensor(name)
     }
 
-    pub fn dtype(&self) -> DType {
-        self.vb.dtype()
-    }
-
-    pub fn device(&self) -> &Device {
-        self.vb.device()
-    }
-
     /// Weight matrix `name` of `shape`: a mapped view when mapping is on and the tensor is
     /// stored in a float dtype, else a tensor in the compute dtype.
     pub fn weight<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Weight> {
@@ -360,17 +348,10 @@ impl WeightSource {
             } else {
                 format!("{prefix}.{name}")
             };
-            if let Some((dims, file)) = w.shape_of(&full) {
-                if dims != shape.dims() {
-                    return Err(ModelError::msg(format!(
-                        "tensor {full} in {} has shape {dims:?}, the config implies {:?}",
-                        file_name(file),
-                        shape.dims()
-                    )));
-                }
-                if let Some(m) = w.mapped(&full) {
-                    return Ok(Weight::Mapped(Box::new(m)));
-                }
+            w.check_shape(&full, shape.dims())
+                .map_err(ModelError::msg)?;
+            if let Some(m) = w.mapped(&full) {
+                return Ok(Weight::Mapped(Box::new(m)));
             }
         }
         Ok(Weight::Tensor(self.vb.get(shape, name)?))
@@ -386,16 +367,8 @@ impl candle_nn::var_builder::SimpleBackend for MmapWeights {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Some(e) = self.index.get(name)
-            && e.shape.as_slice() != s.dims()
-        {
-            return Err(candle_core::Error::Msg(format!(
-                "tensor {name} in {} has shape {:?}, the config implies {:?}",
-                file_name(&self.paths[e.file]),
-                e.shape,
-                s.dims()
-            )));
-        }
+        self.check_shape(name, s.dims())
+            .map_err(candle_core::Error::Msg)?;
         self.load(name, dev)?.to_dtype(dtype)
     }
 
