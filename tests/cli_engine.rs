@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{copy_dir, fixture};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -43,14 +43,6 @@ fn fails_with(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     for n in needles {
         assert!(err.contains(n), "{args:?}: expected {n:?} in: {err}");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
 

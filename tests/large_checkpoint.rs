@@ -10,7 +10,6 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
 /// OLMoE-1B-7B-0924's tensors, in the order the hub checkpoint stores them.
 fn olmoe_1b_7b_tensors() -> Vec<(String, Vec<usize>)> {
@@ -123,11 +122,7 @@ fn info_on_a_13_gb_checkpoint_reads_only_headers_and_copies_are_refused_in_numbe
     let params = write_checkpoint(dir.path());
     assert_eq!(params, 6_919_161_856, "OLMoE-1B-7B-0924's parameter count");
     let moescope = |args: &[&str], budget: &str| {
-        Command::new(env!("CARGO_BIN_EXE_moescope"))
-            .args(args)
-            .env("MOESCOPE_MEMORY_BUDGET", budget)
-            .output()
-            .unwrap()
+        common::moescope_env(args, &[("MOESCOPE_MEMORY_BUDGET", budget)])
     };
     let model = dir.path().display().to_string();
     let o = moescope(&["info", "--model", &model], "4G");

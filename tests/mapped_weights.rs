@@ -5,18 +5,9 @@
 
 mod common;
 
-use common::fixture;
+use common::{copy_dir, fixture, moescope_env as moescope};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn moescope(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moescope"));
-    cmd.args(args).env("HF_HUB_OFFLINE", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("runs")
-}
+use std::process::Output;
 
 fn ok(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -246,11 +237,7 @@ fn broken_shard_sets_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let fresh = |name: &str| {
         let p = dir.path().join(name);
-        std::fs::create_dir_all(&p).unwrap();
-        for e in std::fs::read_dir(fixture("olmoe_sharded")).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), p.join(e.file_name())).unwrap();
-        }
+        copy_dir(&fixture("olmoe_sharded"), &p);
         p
     };
     let fails = |p: &Path, needles: &[&str]| {

@@ -26,9 +26,24 @@ pub fn load(name: &str) -> LoadedModel {
 
 /// Runs the `moescope` binary offline.
 pub fn moescope(args: &[&str]) -> Output {
+    moescope_env(args, &[])
+}
+
+/// [`moescope`] with extra environment variables.
+pub fn moescope_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_moescope"))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("runs")
+}
+
+/// Copies the files of folder `from` into `to` (created).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }
