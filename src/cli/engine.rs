@@ -177,6 +177,9 @@ pub fn info(args: InfoArgs) -> Result<()> {
             format!("; dense: {dense:?}")
         }
     );
+    for (kind, layers) in layer_groups(i) {
+        println!("  {kind:<15}{}", layer_ranges(&layers));
+    }
     println!(
         "experts          {} routed per MoE layer, {} per token",
         i.num_experts, i.top_k
@@ -233,6 +236,38 @@ pub fn info(args: InfoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The model's layers grouped by kind (`full attention, MoE` …), in order of first appearance.
+fn layer_groups(info: &crate::model::ModelInfo) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for layer in 0..info.num_layers {
+        let kind = info.layer_description(layer);
+        match groups.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, layers)) => layers.push(layer),
+            None => groups.push((kind, vec![layer])),
+        }
+    }
+    groups
+}
+
+/// `0-2, 5, 7-9`: ascending layer indices as ranges.
+fn layer_ranges(layers: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < layers.len() {
+        let mut j = i;
+        while j + 1 < layers.len() && layers[j + 1] == layers[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j == i {
+            layers[i].to_string()
+        } else {
+            format!("{}-{}", layers[i], layers[j])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }
 
 fn human(n: u64) -> String {
@@ -511,4 +546,16 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_ranges;
+
+    #[test]
+    fn layer_ranges_join_consecutive_layers() {
+        assert_eq!(layer_ranges(&[0, 1, 2, 5, 7, 8, 9]), "0-2, 5, 7-9");
+        assert_eq!(layer_ranges(&[3]), "3");
+        assert_eq!(layer_ranges(&[]), "");
+    }
 }

@@ -108,6 +108,29 @@ impl ModuleLayout {
     }
 }
 
+/// How a decoder layer mixes tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKind {
+    /// Causal softmax attention over the whole context.
+    Full,
+    /// Causal softmax attention over the last `window` tokens.
+    Sliding { window: usize },
+    /// A linear-attention recurrence (gated DeltaNet) instead of softmax attention.
+    Linear,
+}
+
+impl AttentionKind {
+    /// A short name for tables: `full`, `sliding 4096`, `linear`.
+    pub fn label(self) -> String {
+        match self {
+            AttentionKind::Full => "full".into(),
+            AttentionKind::Sliding { window } => format!("sliding {window}"),
+            AttentionKind::Linear => "linear".into(),
+        }
+    }
+}
+
 /// What `moescope info` shows and the profile file records about a model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -118,6 +141,9 @@ pub struct ModelInfo {
     pub num_layers: usize,
     /// Decoder layer indices that have a routed MoE block, ascending.
     pub moe_layers: Vec<usize>,
+    /// Each decoder layer's token mixing; empty (older profiles) means all full attention.
+    #[serde(default)]
+    pub attention_kinds: Vec<AttentionKind>,
     pub num_experts: usize,
     pub top_k: usize,
     pub num_shared_experts: usize,
@@ -137,6 +163,28 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// Layer `layer`'s token mixing.
+    pub fn attention_kind(&self, layer: usize) -> AttentionKind {
+        self.attention_kinds
+            .get(layer)
+            .copied()
+            .unwrap_or(AttentionKind::Full)
+    }
+
+    /// One word per layer kind for tables: `full attention, MoE` etc.
+    pub fn layer_description(&self, layer: usize) -> String {
+        let ff = if self.moe_layers.contains(&layer) {
+            "MoE"
+        } else {
+            "dense"
+        };
+        let attn = match self.attention_kind(layer) {
+            AttentionKind::Linear => "linear attention".to_string(),
+            other => format!("{} attention", other.label()),
+        };
+        format!("{attn}, {ff}")
+    }
+
     /// Parameters of all experts in one MoE layer that a token does not use (for active counts).
     pub fn inactive_params(&self) -> u64 {
         let per_expert: u64 = self

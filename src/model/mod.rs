@@ -32,7 +32,7 @@ pub mod weights;
 pub use batch::{Batch, Output};
 pub use device::parse_dtype;
 pub use error::{ModelError, Result};
-pub use info::{Family, ModelInfo, ModuleLayout, Projection};
+pub use info::{AttentionKind, Family, ModelInfo, ModuleLayout, Projection};
 pub use loader::{LoadOptions, LoadPlan, LoadedModel, load_model};
 pub use moe_model::{LayerwiseModel, MoeModel};
 pub use router::{RecordingHook, RouteCtx, RoutingHook, Steering};

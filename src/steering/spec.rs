@@ -402,6 +402,7 @@ mod tests {
             family: Family::Olmoe,
             num_layers: 3,
             moe_layers: vec![1, 2],
+            attention_kinds: Vec::new(),
             num_experts: 8,
             top_k: 2,
             num_shared_experts: 0,

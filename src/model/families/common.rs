@@ -5,7 +5,7 @@ use crate::model::weights::WeightSource;
 use candle_core::{DType, Device};
 
 use crate::model::error::{ModelError, Result};
-use crate::model::info::{Family, ModelInfo, ModuleLayout};
+use crate::model::info::{AttentionKind, Family, ModelInfo, ModuleLayout};
 
 /// What every family builder needs besides its config and weights.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct InfoParts {
     pub family: Family,
     pub num_layers: usize,
     pub moe_layers: Vec<usize>,
+    /// Each decoder layer's token mixing.
+    pub attention_kinds: Vec<AttentionKind>,
     pub num_experts: usize,
     pub top_k: usize,
     pub num_shared_experts: usize,
@@ -56,6 +58,7 @@ impl InfoParts {
             family: self.family,
             num_layers: self.num_layers,
             moe_layers: self.moe_layers,
+            attention_kinds: self.attention_kinds,
             num_experts: self.num_experts,
             top_k: self.top_k,
             num_shared_experts: self.num_shared_experts,

@@ -13,6 +13,7 @@ use crate::model::layers::{
     Attention, AttentionConfig, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, QkNorm,
     RmsNorm, Rotary, SharedExpert, SwiGlu,
 };
+use crate::model::info::AttentionKind;
 use crate::model::router::RouterConfig;
 use crate::model::{Family, ModuleLayout, MoeModel, Result};
 
@@ -187,6 +188,13 @@ pub fn build_standard(
         family: s.family,
         num_layers: s.num_layers,
         moe_layers: s.moe_layers.clone(),
+        attention_kinds: vec![
+            match s.sliding_window {
+                Some(window) => AttentionKind::Sliding { window },
+                None => AttentionKind::Full,
+            };
+            s.num_layers
+        ],
         num_experts: s.num_experts,
         top_k: s.top_k,
         num_shared_experts: usize::from(s.shared.is_some()),

@@ -183,6 +183,7 @@ pub fn load_with(
         family: Family::DeepseekV2,
         num_layers: cfg.num_hidden_layers,
         moe_layers,
+        attention_kinds: vec![crate::model::info::AttentionKind::Full; cfg.num_hidden_layers],
         num_experts: cfg.n_routed_experts,
         top_k,
         num_shared_experts: cfg.n_shared_experts.unwrap_or(0),
