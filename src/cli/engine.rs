@@ -178,7 +178,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         }
     );
     for (kind, layers) in layer_groups(i) {
-        println!("  {kind:<15}{}", layer_ranges(&layers));
+        println!("  {kind:<26} layers {}", layer_ranges(&layers));
     }
     println!(
         "experts          {} routed per MoE layer, {} per token",

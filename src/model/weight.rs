@@ -80,6 +80,29 @@ impl MappedTensor {
         )?)
     }
 
+    /// The sub-tensor `[index, rows.start..rows.end, ...]` of a tensor of rank ≥ 2 (e.g. one
+    /// expert's gate rows of a fused `[experts, 2·inter, hidden]` tensor): a contiguous view of
+    /// the same mapped bytes.
+    pub fn slice(&self, index: usize, rows: std::ops::Range<usize>) -> Option<Self> {
+        let [outer, inner, rest @ ..] = self.shape.as_slice() else {
+            return None;
+        };
+        if index >= *outer || rows.end > *inner || rows.start > rows.end {
+            return None;
+        }
+        let row_bytes = rest.iter().product::<usize>() * self.dtype.size_in_bytes();
+        let start = self.start + (index * inner + rows.start) * row_bytes;
+        let mut shape = vec![rows.len()];
+        shape.extend_from_slice(rest);
+        Self::new(
+            self.map.clone(),
+            start,
+            start + rows.len() * row_bytes,
+            self.dtype,
+            shape,
+        )
+    }
+
     /// Drops this tensor's whole pages from the process's resident set; the OS reads them
     /// from the file again if they are touched later.
     pub fn release(&self) {
@@ -177,5 +200,49 @@ impl Weight {
 
     pub fn is_mapped(&self) -> bool {
         matches!(self, Weight::Mapped(_))
+    }
+
+    /// The sub-matrix `[index, rows, ..]` of a stacked weight (one expert's rows of a fused
+    /// `[experts, rows, cols]` tensor): a view of the same bytes when mapped, a narrowed tensor
+    /// otherwise.
+    pub fn slice(&self, index: usize, rows: std::ops::Range<usize>) -> Result<Weight> {
+        match self {
+            Weight::Mapped(m) => m.slice(index, rows.clone()).map(|v| Weight::Mapped(Box::new(v))),
+            Weight::Tensor(t) => Some(Weight::Tensor(
+                t.get(index)?.narrow(0, rows.start, rows.len())?.contiguous()?,
+            )),
+        }
+        .ok_or_else(|| {
+            super::error::ModelError::msg(format!(
+                "cannot take [{index}, {}..{}] of a weight of shape {:?}",
+                rows.start,
+                rows.end,
+                self.dims()
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_of_a_fused_tensor_is_the_expert_rows() -> Result<()> {
+        // [experts 3, rows 4, cols 2], element value = its flat index.
+        let data: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, bytemuck::cast_slice(&data)).unwrap();
+        let map = Arc::new(unsafe { Mmap::map(file.as_file()).unwrap() });
+        let fused = MappedTensor::new(map, 0, 96, DType::F32, vec![3, 4, 2]).unwrap();
+        let mapped = Weight::Mapped(Box::new(fused.clone())).slice(1, 2..4)?;
+        assert!(mapped.is_mapped());
+        assert_eq!(mapped.dims(), &[2, 2]);
+        let want = vec![vec![12.0f32, 13.0], vec![14.0, 15.0]];
+        assert_eq!(mapped.to_tensor()?.to_vec2::<f32>()?, want);
+        let tensor = Weight::Tensor(fused.to_tensor(&Device::Cpu)?).slice(1, 2..4)?;
+        assert_eq!(tensor.to_tensor()?.to_vec2::<f32>()?, want);
+        assert!(Weight::Mapped(Box::new(fused)).slice(3, 0..1).is_err());
+        Ok(())
     }
 }
