@@ -60,6 +60,11 @@ fn info_describes_every_fixture() {
         ("mixtral", "MixtralForCausalLM", "2 (2 MoE"),
         ("deepseek_v2_lite", "DeepseekV2ForCausalLM", "dense: [0]"),
         ("deepseek_v2_group", "DeepseekV2ForCausalLM", "dense: [0]"),
+        ("deepseek_v3", "DeepseekV3ForCausalLM", "dense: [0]"),
+        ("deepseek_v3_fp8", "DeepseekV3ForCausalLM", "dense: [0]"),
+        ("kimi_k2", "DeepseekV3ForCausalLM", "dense: [0]"),
+        ("glm4_moe", "Glm4MoeForCausalLM", "dense: [0]"),
+        ("minimax_m2", "MiniMaxM2ForCausalLM", "3 (3 MoE"),
     ] {
         let o = moescope(&["info", "--model", &s(&fixture(name))]);
         let out = stdout(&o);
@@ -260,6 +265,91 @@ fn hub_ids_load_from_the_cache_offline() {
     );
 }
 
+/// Rewrites the safetensors file `file` with tensor `name` changed by `change`, or left out
+/// when `change` is `None`.
+fn rewrite_tensor(
+    file: &Path,
+    name: &str,
+    change: Option<&dyn Fn(&safetensors::tensor::TensorView<'_>) -> OwnedTensor>,
+) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, OwnedTensor)> = Vec::new();
+    for (n, view) in st.tensors() {
+        let tensor = match (n == name, change) {
+            (true, None) => continue,
+            (true, Some(change)) => change(&view),
+            (false, _) => (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
+        };
+        owned.push((n, tensor));
+    }
+    assert!(
+        owned.len() < st.len() || change.is_some(),
+        "{name} is not in {}",
+        file.display()
+    );
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, (dt, sh, d))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, sh.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, file).unwrap();
+}
+
+/// A checkpoint of each newer family with a tensor missing or of the wrong shape names the
+/// tensor; a float8 weight without its block scales names both.
+#[test]
+fn bad_checkpoints_of_newer_families_name_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    for (fixture_name, tensor) in [
+        (
+            "deepseek_v3",
+            "model.layers.1.mlp.gate.e_score_correction_bias",
+        ),
+        ("kimi_k2", "model.layers.2.mlp.experts.5.down_proj.weight"),
+        ("glm4_moe", "model.layers.1.self_attn.q_norm.weight"),
+        (
+            "minimax_m2",
+            "model.layers.0.block_sparse_moe.e_score_correction_bias",
+        ),
+    ] {
+        let p = dir.path().join(format!("{fixture_name}_missing"));
+        copy_dir(&fixture(fixture_name), &p);
+        rewrite_tensor(&p.join("model.safetensors"), tensor, None);
+        fails_with(&["info", "--model", &s(&p)], &[], &[tensor]);
+        let p = dir.path().join(format!("{fixture_name}_shape"));
+        copy_dir(&fixture(fixture_name), &p);
+        rewrite_tensor(
+            &p.join("model.safetensors"),
+            tensor,
+            Some(&|v| {
+                let mut shape = v.shape().to_vec();
+                shape[0] -= 1;
+                let keep = v.data().len() / (shape[0] + 1) * shape[0];
+                (v.dtype(), shape, v.data()[..keep].to_vec())
+            }),
+        );
+        fails_with(&["info", "--model", &s(&p)], &[], &[tensor, "shape"]);
+    }
+    let p = dir.path().join("fp8_no_scales");
+    copy_dir(&fixture("deepseek_v3_fp8"), &p);
+    let weight = "model.layers.1.mlp.experts.3.up_proj.weight";
+    rewrite_tensor(
+        &p.join("model.safetensors"),
+        &format!("{weight}_scale_inv"),
+        None,
+    );
+    fails_with(
+        &["trace", "--model", &s(&p), "--text", "hello"],
+        &[],
+        &[weight, "float8", "weight_scale_inv"],
+    );
+}
+
 #[test]
 fn bad_model_folders_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,27 +393,7 @@ fn bad_model_folders_get_clear_errors() {
         |p: &Path,
          bad_name: &str,
          change: &dyn Fn(&safetensors::tensor::TensorView<'_>) -> OwnedTensor| {
-            let bytes = std::fs::read(p.join("model.safetensors")).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            let mut owned: Vec<(String, OwnedTensor)> = Vec::new();
-            for (name, view) in st.tensors() {
-                let (dt, shape, data) = if name == bad_name {
-                    change(&view)
-                } else {
-                    (view.dtype(), view.shape().to_vec(), view.data().to_vec())
-                };
-                owned.push((name, (dt, shape, data)));
-            }
-            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-                .iter()
-                .map(|(n, (dt, sh, d))| {
-                    (
-                        n.clone(),
-                        safetensors::tensor::TensorView::new(*dt, sh.clone(), d).unwrap(),
-                    )
-                })
-                .collect();
-            safetensors::serialize_to_file(views, None, &p.join("model.safetensors")).unwrap();
+            rewrite_tensor(&p.join("model.safetensors"), bad_name, Some(change))
         };
     let p = fresh("bad_shape");
     rewrite(&p, "model.layers.1.mlp.gate.weight", &|v| {

@@ -168,6 +168,33 @@ fn deepseek_v2_group_limited_matches_reference() {
     check_family("deepseek_v2_group");
 }
 
+#[test]
+fn deepseek_v3_matches_reference() {
+    check_family("deepseek_v3");
+}
+
+#[test]
+fn kimi_k2_single_group_matches_reference() {
+    check_family("kimi_k2");
+}
+
+/// DeepSeek-V3's FP8 layout (float8 e4m3 weights with `weight_scale_inv` block scales, blocks
+/// of 16 with short last blocks) dequantises to the weights the reference ran with.
+#[test]
+fn deepseek_v3_fp8_matches_reference() {
+    check_family("deepseek_v3_fp8");
+}
+
+#[test]
+fn glm4_moe_matches_reference() {
+    check_family("glm4_moe");
+}
+
+#[test]
+fn minimax_m2_matches_reference() {
+    check_family("minimax_m2");
+}
+
 fn run_alone(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
     let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
     let mut hook = RecordingHook::default();
@@ -192,6 +219,10 @@ fn batched_equals_one_at_a_time_in_every_family() {
         "mixtral",
         "deepseek_v2_lite",
         "deepseek_v2_group",
+        "deepseek_v3",
+        "kimi_k2",
+        "glm4_moe",
+        "minimax_m2",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;
@@ -265,6 +296,10 @@ fn steering_masks_and_forces_experts_in_every_family() {
         "mixtral",
         "deepseek_v2_lite",
         "deepseek_v2_group",
+        "deepseek_v3",
+        "kimi_k2",
+        "glm4_moe",
+        "minimax_m2",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;

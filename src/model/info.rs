@@ -15,15 +15,23 @@ pub enum Family {
     Qwen3Moe,
     Mixtral,
     DeepseekV2,
+    /// DeepSeek-V3 / R1 and Kimi-K2 (which uses the same architecture).
+    DeepseekV3,
+    Glm4Moe,
+    #[serde(rename = "minimax_m2")]
+    MiniMaxM2,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 8] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
         Family::Mixtral,
         Family::DeepseekV2,
+        Family::DeepseekV3,
+        Family::Glm4Moe,
+        Family::MiniMaxM2,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -34,6 +42,9 @@ impl Family {
             Family::Qwen3Moe => "Qwen3MoeForCausalLM",
             Family::Mixtral => "MixtralForCausalLM",
             Family::DeepseekV2 => "DeepseekV2ForCausalLM",
+            Family::DeepseekV3 => "DeepseekV3ForCausalLM",
+            Family::Glm4Moe => "Glm4MoeForCausalLM",
+            Family::MiniMaxM2 => "MiniMaxM2ForCausalLM",
         }
     }
 
@@ -45,6 +56,9 @@ impl Family {
             Family::Qwen3Moe => "qwen3_moe",
             Family::Mixtral => "mixtral",
             Family::DeepseekV2 => "deepseek_v2",
+            Family::DeepseekV3 => "deepseek_v3",
+            Family::Glm4Moe => "glm4_moe",
+            Family::MiniMaxM2 => "minimax_m2",
         }
     }
 
@@ -53,6 +67,10 @@ impl Family {
     }
 
     pub fn from_model_type(name: &str) -> Option<Self> {
+        if name == "kimi_k2" {
+            // Kimi-K2's config names its own model_type over DeepSeek-V3's architecture.
+            return Some(Family::DeepseekV3);
+        }
         Self::ALL.into_iter().find(|f| f.model_type() == name)
     }
 }

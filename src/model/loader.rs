@@ -227,7 +227,9 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
             files.tokenizer.display()
         ))
     })?;
-    let weights = Arc::new(MmapWeights::open(&files.weights)?);
+    let mut weights = MmapWeights::open(&files.weights)?;
+    apply_quantization_config(cfg_path, &json, &mut weights)?;
+    let weights = Arc::new(weights);
     if let Some(index) = &files.index {
         weights.check_index(index)?;
     }
@@ -273,6 +275,54 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
         device,
         plan,
     })
+}
+
+/// Reads `config.json`'s `quantization_config`: block-scaled float8 (`quant_method: fp8`,
+/// DeepSeek-V3's layout) sets the weights' block size; other methods are refused by name.
+fn apply_quantization_config(
+    cfg_path: &Path,
+    json: &serde_json::Value,
+    weights: &mut MmapWeights,
+) -> Result<()> {
+    let Some(q) = json.get("quantization_config").filter(|q| !q.is_null()) else {
+        if weights.has_fp8() {
+            return Err(ModelError::msg(format!(
+                "{}: the checkpoint holds float8 tensors but config.json has no \
+                 quantization_config saying how they are scaled",
+                cfg_path.display()
+            )));
+        }
+        return Ok(());
+    };
+    let method = q.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+    match method {
+        "fp8" => {
+            let block = match q.get("weight_block_size") {
+                None | Some(serde_json::Value::Null) => [128, 128],
+                Some(b) => match b
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_u64()).collect::<Vec<_>>())
+                {
+                    Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => {
+                        [v[0] as usize, v[1] as usize]
+                    }
+                    _ => {
+                        return Err(ModelError::msg(format!(
+                            "{}: quantization_config.weight_block_size must be two positive \
+                             integers, got {b}",
+                            cfg_path.display()
+                        )));
+                    }
+                },
+            };
+            weights.set_fp8_block_size(block);
+            Ok(())
+        }
+        other => Err(ModelError::msg(format!(
+            "{}: quantization_config.quant_method {other:?} is not supported (supported: fp8)",
+            cfg_path.display()
+        ))),
+    }
 }
 
 /// Tokenises `text` as the model's tokenizer is configured to (special tokens included).

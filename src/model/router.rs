@@ -261,7 +261,11 @@ pub fn route(
     let scores_host: Vec<f32> = scores.flatten_all()?.to_vec1()?;
 
     let k = cfg.top_k;
-    let indices_host = choose_experts(&scores_host, cfg);
+    let forced = ctx
+        .steering
+        .and_then(|s| s.layer(layer))
+        .map_or(&[][..], |s| s.force.as_slice());
+    let indices_host = choose_experts_forced(&scores_host, cfg, forced);
     let indices = Tensor::from_slice(&indices_host, (num_tokens, k), &device)?;
     let weights = expert_weights(&scores, &indices, cfg)?;
     let weights_host: Vec<f32> = weights.flatten_all()?.to_vec1()?;
@@ -298,6 +302,18 @@ pub fn routing_scores(logits: &Tensor, cfg: &RouterConfig) -> Result<Tensor, Mod
 /// (`[tokens * experts]`): the correction bias added for choosing, groups masked for
 /// group-limited routing, then top-k.
 pub fn choose_experts(scores: &[f32], cfg: &RouterConfig) -> Vec<u32> {
+    choose_experts_forced(scores, cfg, &[])
+}
+
+/// [`choose_experts`] with steering's forced experts: after the correction bias and the group
+/// limit, a forced-on expert outranks every other and a forced-off one ranks below all, so the
+/// choice holds whatever bias or group rule the family's router has (the steered logits alone
+/// cannot promise that once a selection bias is added to saturated sigmoid scores).
+pub fn choose_experts_forced(
+    scores: &[f32],
+    cfg: &RouterConfig,
+    forced: &[(usize, ExpertForce)],
+) -> Vec<u32> {
     let (num_experts, k) = (cfg.num_experts, cfg.top_k);
     let mut indices = Vec::with_capacity(scores.len() / num_experts.max(1) * k);
     let mut choice_scores = vec![0f32; num_experts];
@@ -315,6 +331,15 @@ pub fn choose_experts(scores: &[f32], cfg: &RouterConfig) -> Vec<u32> {
         } = cfg.method
         {
             mask_groups(&mut choice_scores, n_group, topk_group, group_score);
+        }
+        for &(e, force) in forced {
+            if let Some(s) = choice_scores.get_mut(e) {
+                // Forced-on experts keep their relative order (scores lie in [0, 1]).
+                *s = match force {
+                    ExpertForce::On => 1e30 * (1.0 + row[e]),
+                    ExpertForce::Off => f32::NEG_INFINITY,
+                };
+            }
         }
         indices.extend(top_k_indices(&choice_scores, k));
     }
@@ -391,7 +416,9 @@ pub fn apply_steering(
     Ok(())
 }
 
-/// Zeroes the scores of every expert outside the `topk_group` best groups.
+/// Rules out every expert outside the `topk_group` best groups (its choice score becomes −∞, as
+/// DeepSeek-V3's `masked_fill(..., -inf)`; V2's zero gives the same choice, its scores being
+/// positive probabilities).
 fn mask_groups(scores: &mut [f32], n_group: usize, topk_group: usize, how: GroupScore) {
     let n = scores.len();
     if n_group <= 1 || !n.is_multiple_of(n_group) || topk_group >= n_group {
@@ -411,7 +438,7 @@ fn mask_groups(scores: &mut [f32], n_group: usize, topk_group: usize, how: Group
     let keep = top_k_indices(&group_scores, topk_group);
     for (g, chunk) in scores.chunks_exact_mut(group_size).enumerate() {
         if !keep.contains(&(g as u32)) {
-            chunk.iter_mut().for_each(|s| *s = 0.0);
+            chunk.iter_mut().for_each(|s| *s = f32::NEG_INFINITY);
         }
     }
 }

@@ -28,11 +28,18 @@ struct Entry {
     end: usize,
 }
 
+/// The name suffix of a float8 weight's block scales: `w_fp8 × scale` is the weight, one scale
+/// per `[block_rows, block_cols]` block (DeepSeek-V3's `weight_scale_inv`).
+const FP8_SCALE_SUFFIX: &str = "_scale_inv";
+
 /// The tensors of one or more safetensors files, memory-mapped.
 pub struct MmapWeights {
     maps: Vec<Arc<Mmap>>,
     paths: Vec<PathBuf>,
     index: HashMap<String, Entry>,
+    /// `[rows, cols]` of the blocks float8 weights are scaled by (`quantization_config.
+    /// weight_block_size`).
+    fp8_block: [usize; 2],
     total_params: u64,
 }
 
@@ -59,14 +66,17 @@ impl MmapWeights {
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 use safetensors::Dtype as D;
-                if !matches!(info.dtype, D::F32 | D::F16 | D::BF16 | D::F64) {
+                if !matches!(info.dtype, D::F32 | D::F16 | D::BF16 | D::F64 | D::F8_E4M3) {
                     return Err(ModelError::msg(format!(
-                        "{}: tensor {name} has dtype {:?}; MoEScope reads float (f32/f16/bf16) weights",
+                        "{}: tensor {name} has dtype {:?}; MoEScope reads float (f32/f16/bf16) \
+                         weights and block-scaled float8 (e4m3)",
                         path.display(),
                         info.dtype
                     )));
                 }
-                total_params += info.shape.iter().product::<usize>() as u64;
+                if !name.ends_with(FP8_SCALE_SUFFIX) {
+                    total_params += info.shape.iter().product::<usize>() as u64;
+                }
                 let (a, b) = info.data_offsets;
                 index.insert(
                     name,
@@ -85,8 +95,21 @@ impl MmapWeights {
             maps,
             paths: files.to_vec(),
             index,
+            fp8_block: [128, 128],
             total_params,
         })
+    }
+
+    /// Sets the block size float8 weights are scaled by (DeepSeek-V3's is 128 × 128).
+    pub fn set_fp8_block_size(&mut self, block: [usize; 2]) {
+        self.fp8_block = block;
+    }
+
+    /// Whether any tensor is stored as float8.
+    pub fn has_fp8(&self) -> bool {
+        self.index
+            .values()
+            .any(|e| e.dtype == safetensors::Dtype::F8_E4M3)
     }
 
     /// Number of parameters in all files.
@@ -183,9 +206,52 @@ impl MmapWeights {
         let view =
             safetensors::tensor::TensorView::new(e.dtype, e.shape.clone(), &map[e.start..e.end])
                 .map_err(|err| candle_core::Error::Msg(format!("{name}: {err}")))?;
-        let tensor = view.load(dev)?;
+        let tensor = if e.dtype == safetensors::Dtype::F8_E4M3 {
+            self.dequantize_fp8(name, &view.load(&Device::Cpu)?)?
+                .to_device(dev)?
+        } else {
+            view.load(dev)?
+        };
         release_pages(map, e.start, e.end);
         Ok(tensor)
+    }
+
+    /// The f32 weight of float8 tensor `name` (`[rows, cols]`): each element times the scale of
+    /// its block, from `{name}_scale_inv` (`[⌈rows/b_r⌉, ⌈cols/b_c⌉]`, the last blocks shorter).
+    fn dequantize_fp8(&self, name: &str, fp8: &Tensor) -> candle_core::Result<Tensor> {
+        let scale_name = format!("{name}{FP8_SCALE_SUFFIX}");
+        let file = |e: &Entry| file_name(&self.paths[e.file]);
+        let (rows, cols) = fp8.dims2().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "tensor {name} is float8 but has shape {:?}; only matrices are block-scaled",
+                fp8.dims()
+            ))
+        })?;
+        let Some(scale_entry) = self.index.get(&scale_name) else {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor {name} in {} is float8 (e4m3) but the checkpoint has no {scale_name} \
+                 holding its block scales",
+                file(&self.index[name])
+            )));
+        };
+        let [br, bc] = self.fp8_block;
+        let want = [rows.div_ceil(br), cols.div_ceil(bc)];
+        if scale_entry.shape != want {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor {scale_name} in {} has shape {:?}; the {rows} × {cols} weight {name} \
+                 in blocks of {br} × {bc} needs {want:?}",
+                file(scale_entry),
+                scale_entry.shape
+            )));
+        }
+        let scales: Vec<f32> = self
+            .load(&scale_name, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut values: Vec<f32> = fp8.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        dequantize_blocks(&mut values, cols, &scales, want[1], [br, bc]);
+        Tensor::from_vec(values, (rows, cols), &Device::Cpu)
     }
 }
 
@@ -255,6 +321,23 @@ fn explain_invalid(bytes: &[u8], error: &dyn std::fmt::Display) -> String {
         );
     }
     format!("not a valid safetensors file ({error})")
+}
+
+/// Multiplies row-major `values` (`cols` wide) by their block's scale from row-major `scales`
+/// (`scale_cols` wide), blocks being `block` = `[rows, cols]`.
+fn dequantize_blocks(
+    values: &mut [f32],
+    cols: usize,
+    scales: &[f32],
+    scale_cols: usize,
+    block: [usize; 2],
+) {
+    for (r, row) in values.chunks_exact_mut(cols).enumerate() {
+        let scale_row = &scales[r / block[0] * scale_cols..][..scale_cols];
+        for (c, v) in row.iter_mut().enumerate() {
+            *v *= scale_row[c / block[1]];
+        }
+    }
 }
 
 /// The safetensors dtypes MoEScope computes with, as Candle dtypes.
@@ -386,4 +469,18 @@ fn file_name(p: &Path) -> String {
         || p.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dequantize_blocks;
+
+    #[test]
+    fn fp8_blocks_scale_their_own_elements_with_a_short_last_block() {
+        // A 3 × 3 weight of ones in 2 × 2 blocks: scales [[1, 2], [3, 4]]; the last block row
+        // and column are one element wide.
+        let mut values = vec![1.0f32; 9];
+        dequantize_blocks(&mut values, 3, &[1.0, 2.0, 3.0, 4.0], 2, [2, 2]);
+        assert_eq!(values, [1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0]);
+    }
 }

@@ -44,6 +44,8 @@ pub struct InfoParts {
     pub num_experts: usize,
     pub top_k: usize,
     pub num_shared_experts: usize,
+    /// How router logits become scores (softmax or sigmoid).
+    pub score_fn: crate::model::router::ScoreFn,
     pub hidden_size: usize,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
@@ -70,7 +72,7 @@ impl InfoParts {
             dtype: crate::model::device::dtype_name(ctx.weight_dtype),
             mapped: ctx.mapped,
             device: crate::model::device::describe(&ctx.device),
-            score_fn: crate::model::router::ScoreFn::Softmax,
+            score_fn: self.score_fn,
             layout: self.layout,
         }
     }

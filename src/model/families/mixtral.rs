@@ -8,7 +8,7 @@
 use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
-use super::standard::{QkNormKind, StandardSpec, build_standard};
+use super::standard::{QkNormKind, RouterRule, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
 use crate::model::{Family, MoeModel, Result};
 
@@ -45,6 +45,7 @@ fn default_theta() -> f64 {
 
 pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Mixtral, json)?;
+    let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
     let spec = StandardSpec {
         family: Family::Mixtral,
         vocab_size: c.vocab_size,
@@ -52,10 +53,11 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+        head_dim,
         max_position_embeddings: c.max_position_embeddings,
         rms_norm_eps: c.rms_norm_eps,
         rope_theta: c.rope_theta,
+        rotary_dim: head_dim,
         qkv_bias: false,
         o_bias: false,
         clip_qkv: None,
@@ -65,6 +67,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         num_experts: c.num_local_experts,
         top_k: c.num_experts_per_tok,
         norm_topk_prob: true,
+        router: RouterRule::Softmax,
         expert_intermediate_size: c.intermediate_size,
         moe_layers: (0..c.num_hidden_layers).collect(),
         dense_intermediate_size: c.intermediate_size,

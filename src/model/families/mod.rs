@@ -5,6 +5,8 @@
 pub mod build;
 pub mod common;
 pub mod deepseek_v2;
+pub mod glm4_moe;
+pub mod minimax_m2;
 pub mod mixtral;
 pub mod olmoe;
 pub mod qwen2_moe;

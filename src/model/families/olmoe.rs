@@ -10,7 +10,7 @@
 use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
-use super::standard::{QkNormKind, StandardSpec, build_standard};
+use super::standard::{QkNormKind, RouterRule, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
 use crate::model::{Family, MoeModel, Result};
 
@@ -46,6 +46,7 @@ fn default_eps() -> f64 {
 
 pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Olmoe, json)?;
+    let head_dim = c.hidden_size / c.num_attention_heads;
     let spec = StandardSpec {
         family: Family::Olmoe,
         vocab_size: c.vocab_size,
@@ -53,10 +54,11 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c.hidden_size / c.num_attention_heads,
+        head_dim,
         max_position_embeddings: c.max_position_embeddings,
         rms_norm_eps: c.rms_norm_eps,
         rope_theta: c.rope_theta,
+        rotary_dim: head_dim,
         qkv_bias: c.attention_bias,
         o_bias: c.attention_bias,
         clip_qkv: c.clip_qkv,
@@ -66,6 +68,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         num_experts: c.num_experts,
         top_k: c.num_experts_per_tok,
         norm_topk_prob: c.norm_topk_prob,
+        router: RouterRule::Softmax,
         expert_intermediate_size: c.intermediate_size,
         moe_layers: (0..c.num_hidden_layers).collect(),
         dense_intermediate_size: c.intermediate_size,

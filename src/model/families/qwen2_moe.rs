@@ -11,7 +11,7 @@
 use crate::model::weights::WeightSource;
 use serde::Deserialize;
 
-use super::standard::{QkNormKind, SharedSpec, StandardSpec, build_standard};
+use super::standard::{QkNormKind, RouterRule, SharedSpec, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
 use crate::model::{Family, MoeModel, Result};
 
@@ -72,6 +72,7 @@ pub fn qwen_moe_layers(
 
 pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
     let c: Config = parse_config(Family::Qwen2Moe, json)?;
+    let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
     let spec = StandardSpec {
         family: Family::Qwen2Moe,
         vocab_size: c.vocab_size,
@@ -79,10 +80,11 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+        head_dim,
         max_position_embeddings: c.max_position_embeddings,
         rms_norm_eps: c.rms_norm_eps,
         rope_theta: c.rope_theta,
+        rotary_dim: head_dim,
         qkv_bias: c.qkv_bias,
         o_bias: false,
         clip_qkv: None,
@@ -92,6 +94,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         num_experts: c.num_experts,
         top_k: c.num_experts_per_tok,
         norm_topk_prob: c.norm_topk_prob,
+        router: RouterRule::Softmax,
         expert_intermediate_size: c.moe_intermediate_size,
         moe_layers: qwen_moe_layers(
             c.num_hidden_layers,
@@ -101,6 +104,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         ),
         dense_intermediate_size: c.intermediate_size,
         shared: (c.shared_expert_intermediate_size > 0).then_some(SharedSpec {
+            name: "shared_expert",
             intermediate_size: c.shared_expert_intermediate_size,
             gated: true,
         }),

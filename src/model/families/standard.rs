@@ -1,6 +1,7 @@
-//! The decoder shape OLMoE, Qwen2-MoE, Qwen3-MoE and Mixtral share: GQA attention with RoPE,
-//! SwiGLU experts behind a linear router, optional shared expert and dense layers. Each family
-//! file maps its HF config onto a [`StandardSpec`]; [`build_standard`] loads the weights.
+//! The decoder shape OLMoE, Qwen2-MoE, Qwen3-MoE, Mixtral, GLM-4.5 and MiniMax-M2 share: GQA
+//! attention with (possibly partial) RoPE, SwiGLU experts behind a linear router (softmax, or
+//! sigmoid with a selection bias), optional shared expert and dense layers. Each family file
+//! maps its HF config onto a [`StandardSpec`]; [`build_standard`] loads the weights.
 
 use std::sync::Arc;
 
@@ -9,13 +10,14 @@ use crate::model::weights::WeightSource;
 use super::{
     BuildCtx, InfoParts, load_embed_norm_head, standard_attention_projections, swiglu_projections,
 };
+use crate::model::info::AttentionKind;
 use crate::model::layers::{
     Attention, AttentionConfig, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, QkNorm,
     RmsNorm, Rotary, SharedExpert, SwiGlu,
 };
-use crate::model::info::AttentionKind;
-use crate::model::router::RouterConfig;
+use crate::model::router::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
 use crate::model::{Family, ModuleLayout, MoeModel, Result};
+use candle_core::DType;
 
 /// Where q/k normalisation sits in the attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +32,28 @@ pub enum QkNormKind {
 /// A shared expert that runs on every token (`mlp.shared_expert`).
 #[derive(Debug, Clone, Copy)]
 pub struct SharedSpec {
+    /// Module name under the MoE block: `shared_expert` (Qwen2-MoE) or `shared_experts`.
+    pub name: &'static str,
     pub intermediate_size: usize,
     /// Scaled by `sigmoid(mlp.shared_expert_gate · x)` (Qwen2-MoE).
     pub gated: bool,
+}
+
+/// How a family's router turns logits into chosen experts and weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouterRule {
+    /// Softmax over all experts, greedy top-k, renormalised if `norm_topk_prob`.
+    Softmax,
+    /// DeepSeek-V3's rule (GLM-4.5, MiniMax-M2): router logits in fp32, sigmoid scores, the
+    /// tensor `correction_bias` (relative to the MoE block) added for choosing only,
+    /// group-limited top-k (groups scored by their two best biased scores), weights = the
+    /// unbiased scores, renormalised if `norm_topk_prob`, times `routed_scaling_factor`.
+    SigmoidBiased {
+        correction_bias: &'static str,
+        n_group: usize,
+        topk_group: usize,
+        routed_scaling_factor: f64,
+    },
 }
 
 /// Everything [`build_standard`] needs to know about a family and a config.
@@ -47,6 +68,8 @@ pub struct StandardSpec {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Channels of each head that RoPE turns (the first ones); the rest pass through.
+    pub rotary_dim: usize,
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub clip_qkv: Option<f64>,
@@ -58,6 +81,7 @@ pub struct StandardSpec {
     pub num_experts: usize,
     pub top_k: usize,
     pub norm_topk_prob: bool,
+    pub router: RouterRule,
     pub expert_intermediate_size: usize,
     /// Decoder layer indices with a routed MoE block; the rest are dense.
     pub moe_layers: Vec<usize>,
@@ -75,7 +99,7 @@ pub fn build_standard(
     let s = &spec;
     let (h, nh, nkv, hd) = (s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim);
     let rotary = Arc::new(Rotary::new(
-        hd,
+        s.rotary_dim,
         s.max_position_embeddings,
         s.rope_theta,
         ctx.dtype,
@@ -123,7 +147,7 @@ pub fn build_standard(
                 .collect::<Result<Vec<_>>>()?;
             let shared = match s.shared.filter(|_| !skip_experts) {
                 Some(sh) => Some(SharedExpert {
-                    mlp: SwiGlu::load(&mvb.pp("shared_expert"), h, sh.intermediate_size)?,
+                    mlp: SwiGlu::load(&mvb.pp(sh.name), h, sh.intermediate_size)?,
                     gate: if sh.gated {
                         Some(Linear::load(&mvb.pp("shared_expert_gate"), h, 1, false)?)
                     } else {
@@ -132,13 +156,53 @@ pub fn build_standard(
                 }),
                 None => None,
             };
+            let router = Linear::load(&mvb.pp("gate"), h, s.num_experts, false)?;
+            let (router, router_cfg, router_fp32) = match s.router {
+                RouterRule::Softmax => (
+                    router,
+                    RouterConfig::softmax_topk(s.num_experts, s.top_k, s.norm_topk_prob),
+                    false,
+                ),
+                RouterRule::SigmoidBiased {
+                    correction_bias,
+                    n_group,
+                    topk_group,
+                    routed_scaling_factor,
+                } => {
+                    let bias = mvb
+                        .get(s.num_experts, correction_bias)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()?;
+                    let method = if n_group > 1 {
+                        TopkMethod::GroupLimited {
+                            n_group,
+                            topk_group,
+                            group_score: GroupScore::Top2Sum,
+                        }
+                    } else {
+                        TopkMethod::Greedy
+                    };
+                    let cfg = RouterConfig {
+                        num_experts: s.num_experts,
+                        top_k: s.top_k,
+                        score_fn: ScoreFn::Sigmoid,
+                        method,
+                        norm_topk_prob: s.norm_topk_prob,
+                        routed_scaling_factor,
+                        correction_bias: Some(bias),
+                    };
+                    // The router runs in fp32 whatever the model dtype.
+                    let fp32 = Linear::new(router.weight.tensor_as(DType::F32)?, None);
+                    (fp32, cfg, true)
+                }
+            };
             FeedForward::Moe(MoeBlock {
                 layer: li,
-                router: Linear::load(&mvb.pp("gate"), h, s.num_experts, false)?,
-                router_cfg: RouterConfig::softmax_topk(s.num_experts, s.top_k, s.norm_topk_prob),
+                router,
+                router_cfg,
                 experts,
                 shared,
-                router_fp32: false,
+                router_fp32,
             })
         } else {
             FeedForward::Dense(SwiGlu::load(&lvb.pp("mlp"), h, s.dense_intermediate_size)?)
@@ -168,7 +232,7 @@ pub fn build_standard(
         expert_projections: swiglu_projections(h, s.expert_intermediate_size, s.expert_names),
         shared_expert_prefix: s
             .shared
-            .map(|_| format!("model.layers.{{layer}}.{}.shared_expert", s.moe_prefix)),
+            .map(|sh| format!("model.layers.{{layer}}.{}.{}", s.moe_prefix, sh.name)),
         shared_expert_projections: s
             .shared
             .map(|sh| {
@@ -198,6 +262,10 @@ pub fn build_standard(
         num_experts: s.num_experts,
         top_k: s.top_k,
         num_shared_experts: usize::from(s.shared.is_some()),
+        score_fn: match s.router {
+            RouterRule::Softmax => ScoreFn::Softmax,
+            RouterRule::SigmoidBiased { .. } => ScoreFn::Sigmoid,
+        },
         hidden_size: h,
         vocab_size: s.vocab_size,
         max_position_embeddings: s.max_position_embeddings,

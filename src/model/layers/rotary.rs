@@ -56,8 +56,26 @@ impl Rotary {
         self.cos.dims()[0]
     }
 
-    /// Rotates `x` `[b, heads, t, rot_dim]` for positions `offset..offset + t`.
+    /// Channels rotated per head (`2 × inv_freq.len()`).
+    pub fn rotary_dim(&self) -> usize {
+        2 * self.cos.dims()[1]
+    }
+
+    /// Rotates `x` `[b, heads, t, head_dim]` for positions `offset..offset + t`. With partial
+    /// rotary (`head_dim` > [`Self::rotary_dim`]) only the first `rotary_dim` channels of each
+    /// head turn; the rest pass through (GLM-4.5, MiniMax-M2, Qwen3.5).
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (head_dim, rot) = (x.dim(3)?, self.rotary_dim());
+        if head_dim > rot {
+            let turned = self.apply_full(&x.narrow(3, 0, rot)?, offset)?;
+            let kept = x.narrow(3, rot, head_dim - rot)?;
+            return Ok(Tensor::cat(&[&turned, &kept], 3)?);
+        }
+        self.apply_full(x, offset)
+    }
+
+    /// Rotates every channel of `x` `[b, heads, t, rotary_dim]`.
+    fn apply_full(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
         if offset + t > self.max_positions() {
             return Err(ModelError::msg(format!(
@@ -77,5 +95,25 @@ impl Rotary {
             (true, true) => candle_nn::rotary_emb::rope_i_slow(&x, &cos, &sin)?,
             (false, true) => candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_rotary_turns_only_the_first_channels() -> Result<()> {
+        // One frequency (1 rad per position) over 2 of 4 channels; position 1.
+        let rotary = Rotary::from_inv_freq(&[1.0], 1.0, 4, false, DType::F32, &Device::Cpu)?;
+        assert_eq!(rotary.rotary_dim(), 2);
+        let x = Tensor::new(&[[[[1.0f32, 2.0, 3.0, 4.0]]]], &Device::Cpu)?;
+        let y: Vec<f32> = rotary.apply(&x, 1)?.flatten_all()?.to_vec1()?;
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        let want = [c - 2.0 * s, 2.0 * c + s, 3.0, 4.0];
+        for (g, w) in y.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
+        Ok(())
     }
 }

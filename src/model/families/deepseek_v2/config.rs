@@ -68,6 +68,10 @@ pub struct Config {
     pub norm_topk_prob: bool,
     #[serde(default = "default_moe_intermediate")]
     pub moe_intermediate_size: usize,
+    /// V3: how router logits become scores (`sigmoid`).
+    pub scoring_func: Option<String>,
+    /// V3: rotate interleaved channel pairs (the default) rather than halves.
+    pub rope_interleave: Option<bool>,
 }
 
 fn default_vocab() -> usize {
@@ -126,7 +130,7 @@ fn default_moe_intermediate() -> usize {
 }
 
 pub(super) fn bad(msg: impl std::fmt::Display) -> ModelError {
-    ModelError::msg(format!("DeepseekV2ForCausalLM config.json: {msg}"))
+    ModelError::msg(format!("DeepSeek config.json: {msg}"))
 }
 
 /// The expert choice rule named by `topk_method`.
@@ -265,13 +269,17 @@ pub fn rope_parameters(cfg: &Config) -> Result<(Vec<f32>, f32)> {
     }
 }
 
-/// Refuses configs this implementation does not cover.
-pub(super) fn validate(cfg: &Config) -> Result<()> {
+/// Refuses configs this implementation does not cover (`v3`: DeepSeek-V3's rules, whose
+/// router ignores `topk_method`).
+pub(super) fn validate(cfg: &Config, v3: bool) -> Result<()> {
     if !matches!(cfg.hidden_act.as_str(), "silu" | "swish") {
         return Err(bad(format!(
             "unsupported hidden_act '{}' (supported: silu)",
             cfg.hidden_act
         )));
+    }
+    if !v3 {
+        topk_method(cfg)?;
     }
     if let Some(f) = cfg.moe_layer_freq
         && f != 1

@@ -17,7 +17,7 @@ use crate::model::layers::{
     SwiGlu,
 };
 use crate::model::moe_model::MoeModel;
-use crate::model::router::{RouterConfig, ScoreFn};
+use crate::model::router::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
 
 /// A SwiGLU MLP `mlp.{gate,up,down}_proj` with optional biases (`mlp_bias`).
 fn load_mlp(vb: &WeightSource, hidden: usize, inter: usize, bias: bool) -> Result<SwiGlu> {
@@ -54,15 +54,85 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
     )
 }
 
-/// Builds the model with explicit [`Options`].
+/// Builds a DeepSeek-V3 / R1 or Kimi-K2 model (`DeepseekV3ForCausalLM`) as transformers 5
+/// computes it: the V2 decoder with V3's router (module docs).
+pub fn load_v3(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    build(
+        json,
+        vb,
+        ctx,
+        Options {
+            yarn_mscale_softmax: true,
+        },
+        Family::DeepseekV3,
+    )
+}
+
+/// Builds a DeepSeek-V2 model with explicit [`Options`].
 pub fn load_with(
     json: &str,
     vb: WeightSource,
     ctx: &BuildCtx,
     opts: Options,
 ) -> Result<Box<dyn MoeModel>> {
-    let cfg: Config = parse_config(Family::DeepseekV2, json)?;
-    validate(&cfg)?;
+    build(json, vb, ctx, opts, Family::DeepseekV2)
+}
+
+/// The router of a V3 MoE block: sigmoid (or softmax) scores, `mlp.gate.e_score_correction_bias`
+/// for choosing, groups scored by their two best biased scores, renormalised if
+/// `norm_topk_prob`, scaled by `routed_scaling_factor`.
+fn v3_router(cfg: &Config, top_k: usize) -> Result<RouterConfig> {
+    let score_fn = match cfg.scoring_func.as_deref().unwrap_or("sigmoid") {
+        "sigmoid" => ScoreFn::Sigmoid,
+        "softmax" => ScoreFn::Softmax,
+        other => {
+            return Err(bad(format!(
+                "unsupported scoring_func '{other}' (supported: sigmoid, softmax)"
+            )));
+        }
+    };
+    let n_group = cfg.n_group.unwrap_or(1);
+    let topk_group = cfg.topk_group.unwrap_or(1);
+    if n_group == 0 || !cfg.n_routed_experts.is_multiple_of(n_group) {
+        return Err(bad(format!(
+            "n_routed_experts = {} cannot be split into n_group = {n_group} equal groups",
+            cfg.n_routed_experts
+        )));
+    }
+    if topk_group == 0 || topk_group > n_group {
+        return Err(bad(format!(
+            "topk_group = {topk_group} must be between 1 and n_group = {n_group}"
+        )));
+    }
+    Ok(RouterConfig {
+        num_experts: cfg.n_routed_experts,
+        top_k,
+        score_fn,
+        method: if n_group > 1 {
+            TopkMethod::GroupLimited {
+                n_group,
+                topk_group,
+                group_score: GroupScore::Top2Sum,
+            }
+        } else {
+            TopkMethod::Greedy
+        },
+        norm_topk_prob: cfg.norm_topk_prob,
+        routed_scaling_factor: cfg.routed_scaling_factor,
+        correction_bias: None,
+    })
+}
+
+fn build(
+    json: &str,
+    vb: WeightSource,
+    ctx: &BuildCtx,
+    opts: Options,
+    family: Family,
+) -> Result<Box<dyn MoeModel>> {
+    let v3 = family == Family::DeepseekV3;
+    let cfg: Config = parse_config(family, json)?;
+    validate(&cfg, v3)?;
     let h = cfg.hidden_size;
     let top_k = cfg
         .num_experts_per_tok
@@ -73,22 +143,27 @@ pub fn load_with(
             cfg.n_routed_experts
         )));
     }
-    let router_cfg = RouterConfig {
-        num_experts: cfg.n_routed_experts,
-        top_k,
-        score_fn: ScoreFn::Softmax,
-        method: topk_method(&cfg)?,
-        // transformers 4.57 scales the chosen softmax scores and never renormalises them.
-        norm_topk_prob: false,
-        routed_scaling_factor: cfg.routed_scaling_factor,
-        correction_bias: None,
+    let router_cfg = if v3 {
+        v3_router(&cfg, top_k)?
+    } else {
+        RouterConfig {
+            num_experts: cfg.n_routed_experts,
+            top_k,
+            score_fn: ScoreFn::Softmax,
+            method: topk_method(&cfg)?,
+            // transformers 4.57 scales the chosen softmax scores and never renormalises them.
+            norm_topk_prob: false,
+            routed_scaling_factor: cfg.routed_scaling_factor,
+            correction_bias: None,
+        }
     };
     let (inv_freq, attention_factor) = rope_parameters(&cfg)?;
     let rotary = Arc::new(Rotary::from_inv_freq(
         &inv_freq,
         attention_factor,
         cfg.max_position_embeddings,
-        true,
+        // V2's rope is always the interleaved (complex) form; V3 configs can turn it off.
+        !v3 || cfg.rope_interleave.unwrap_or(true),
         ctx.dtype,
         &ctx.device,
     )?);
@@ -138,7 +213,18 @@ pub fn load_with(
                     let r = Linear::load(&mvb.pp("gate"), h, cfg.n_routed_experts, false)?;
                     Linear::new(r.weight.tensor_as(candle_core::DType::F32)?, None)
                 },
-                router_cfg: router_cfg.clone(),
+                router_cfg: if v3 {
+                    let bias = mvb
+                        .get(cfg.n_routed_experts, "gate.e_score_correction_bias")?
+                        .to_dtype(candle_core::DType::F32)?
+                        .to_vec1::<f32>()?;
+                    RouterConfig {
+                        correction_bias: Some(bias),
+                        ..router_cfg.clone()
+                    }
+                } else {
+                    router_cfg.clone()
+                },
                 experts,
                 shared,
                 router_fp32: true,
@@ -180,13 +266,14 @@ pub fn load_with(
         router_in: h,
     };
     let info = InfoParts {
-        family: Family::DeepseekV2,
+        family,
         num_layers: cfg.num_hidden_layers,
         moe_layers,
         attention_kinds: vec![crate::model::info::AttentionKind::Full; cfg.num_hidden_layers],
         num_experts: cfg.n_routed_experts,
         top_k,
         num_shared_experts: cfg.n_shared_experts.unwrap_or(0),
+        score_fn: router_cfg.score_fn,
         hidden_size: h,
         vocab_size: cfg.vocab_size,
         max_position_embeddings: cfg.max_position_embeddings,

@@ -1,5 +1,8 @@
 //! DeepSeek-V2 and V2-Lite (`DeepseekV2ForCausalLM`, e.g. deepseek-ai/DeepSeek-V2-Lite), as
-//! transformers 4.57's native `models/deepseek_v2/modeling_deepseek_v2.py` computes them.
+//! transformers 4.57's native `models/deepseek_v2/modeling_deepseek_v2.py` computes them, and
+//! DeepSeek-V3 / R1 and Kimi-K2 (`DeepseekV3ForCausalLM`; Kimi's config says `model_type:
+//! kimi_k2`), as transformers 5's `modeling_deepseek_v3.py` does: the same decoder with
+//! V3's router (below).
 //!
 //! - Pre-norm decoder. Layers `0..first_k_dense_replace` have a dense SwiGLU MLP
 //!   (`intermediate_size`), every later layer an MoE block (transformers ignores the remote
@@ -22,6 +25,15 @@
 //!   group-limited top-k (groups scored by their max score, `topk_group` groups kept, others
 //!   zeroed), weights = chosen scores × `routed_scaling_factor`. transformers 4.57 never
 //!   renormalises (`norm_topk_prob` is read but unused), so neither do we.
+//! - V3 router: `mlp.gate.weight` in fp32, sigmoid scores (`scoring_func`), plus
+//!   `mlp.gate.e_score_correction_bias` for choosing only; the `topk_group` groups (of
+//!   `n_group`) with the largest sum of their two best biased scores are kept, the others ruled
+//!   out; top-k of the biased scores; weights = the unbiased scores, renormalised if
+//!   `norm_topk_prob`, × `routed_scaling_factor`. `topk_method` is ignored (always `noaux_tc`).
+//!   RoPE is interleaved unless `rope_interleave` is false; the YaRN softmax-scale correction
+//!   always applies. Kimi-K2 is the single-group case (`n_group` 1).
+//! - Multi-token-prediction layers in hub checkpoints (`model.layers.N`, `N ≥
+//!   num_hidden_layers`) are not part of the causal LM and are not read.
 //! - Shared experts: one ungated SwiGLU `mlp.shared_experts` of width
 //!   `moe_intermediate_size × n_shared_experts`, added to the routed output.
 
@@ -30,7 +42,7 @@ pub mod load;
 pub mod mla;
 
 pub use config::{Config, rope_parameters};
-pub use load::{Options, load, load_with};
+pub use load::{Options, load, load_v3, load_with};
 pub use mla::MlaAttention;
 
 #[cfg(test)]
