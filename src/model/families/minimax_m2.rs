@@ -52,7 +52,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         .head_dim
         .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
     let rotary_dim = c.rotary_dim.unwrap_or(head_dim);
-    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
         return Err(ModelError::msg(format!(
             "MiniMaxM2ForCausalLM config.json: rotary_dim {rotary_dim} must be even, positive \
              and at most head_dim {head_dim}"
