@@ -168,6 +168,11 @@ fn deepseek_v2_group_limited_matches_reference() {
     check_family("deepseek_v2_group");
 }
 
+#[test]
+fn gemma4() {
+    check_family("gemma4");
+}
+
 fn run_alone(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
     let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
     let mut hook = RecordingHook::default();
@@ -192,6 +197,7 @@ fn batched_equals_one_at_a_time_in_every_family() {
         "mixtral",
         "deepseek_v2_lite",
         "deepseek_v2_group",
+        "gemma4",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;
@@ -265,6 +271,7 @@ fn steering_masks_and_forces_experts_in_every_family() {
         "mixtral",
         "deepseek_v2_lite",
         "deepseek_v2_group",
+        "gemma4",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;
