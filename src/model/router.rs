@@ -65,7 +65,8 @@ pub struct RouterConfig {
     pub correction_bias: Option<Vec<f32>>,
     /// One factor per expert, multiplied into a chosen expert's weight after renormalisation
     /// and scaling (Gemma 4 `router.per_expert_scale`); the weights then need not sum to 1.
-    pub expert_scale: Option<Vec<f32>>,
+    /// Shared behind one pointer, which keeps the config (held by every MoE layer) small.
+    pub expert_scale: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl RouterConfig {
@@ -343,7 +344,7 @@ pub fn expert_weights(
     }
     if let Some(scale) = &cfg.expert_scale {
         let (tokens, k) = indices.dims2()?;
-        let scale = Tensor::from_slice(scale, scale.len(), weights.device())?;
+        let scale = Tensor::from_slice(scale.as_slice(), scale.len(), weights.device())?;
         let chosen = scale
             .index_select(&indices.flatten_all()?, 0)?
             .reshape((tokens, k))?;
@@ -507,7 +508,7 @@ mod tests {
         // the chosen experts' scales 0.5 and 3: [2/7, 9/7] (summing to 11/7, not 1).
         let z = [0.0, 2f32.ln(), 3f32.ln(), 4f32.ln()];
         let mut cfg = RouterConfig::softmax_topk(4, 2, true);
-        cfg.expert_scale = Some(vec![7.0, 11.0, 3.0, 0.5]);
+        cfg.expert_scale = Some(std::sync::Arc::new(vec![7.0, 11.0, 3.0, 0.5]));
         let r = run(&z, 4, &cfg, None);
         assert_eq!(r.topk_indices, vec![3, 2]);
         assert!((r.topk_weights[0] - 2.0 / 7.0).abs() < 1e-6);

@@ -172,7 +172,7 @@ impl TextConfig {
         }
         for li in 0..self.num_hidden_layers {
             let a = self.layer_attention(li);
-            if a.num_kv_heads == 0 || self.num_attention_heads % a.num_kv_heads != 0 {
+            if a.num_kv_heads == 0 || !self.num_attention_heads.is_multiple_of(a.num_kv_heads) {
                 return refuse(format!(
                     "layer {li}: {} attention heads do not group over {} KV heads",
                     self.num_attention_heads, a.num_kv_heads
@@ -207,7 +207,7 @@ impl TextConfig {
         }
         match &self.layer_types {
             Some(types) => types.get(li).is_some_and(|t| t == "sliding_attention"),
-            None => (li + 1) % 6 != 0,
+            None => !(li + 1).is_multiple_of(6),
         }
     }
 

@@ -148,7 +148,7 @@ mod tests {
         // [1.2, 0.4, 1.6].
         let dev = Device::Cpu;
         let mut cfg = RouterConfig::softmax_topk(3, 2, true);
-        cfg.expert_scale = Some(vec![1.0, 1.0, 2.0]);
+        cfg.expert_scale = Some(std::sync::Arc::new(vec![1.0, 1.0, 2.0]));
         let moe = Gemma4Moe {
             layer: 0,
             router_norm: RmsNorm {

@@ -199,7 +199,7 @@ fn load_moe(
         .to_dtype(DType::F32)?
         .to_vec1()?;
     let mut router_cfg = RouterConfig::softmax_topk(e, m.top_k, true);
-    router_cfg.expert_scale = Some(per_expert_scale);
+    router_cfg.expert_scale = Some(Arc::new(per_expert_scale));
     let experts = match skip_experts {
         true => Vec::new(),
         false => {
