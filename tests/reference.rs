@@ -8,6 +8,7 @@ mod common;
 use common::{fixture, load};
 use std::collections::BTreeMap;
 
+use moescope::model::info::AttentionKind;
 use moescope::model::router::{
     ExpertForce, LayerSteering, RecordedRoute, RecordingHook, RouteCtx, Steering,
 };
@@ -195,6 +196,23 @@ fn minimax_m2_matches_reference() {
     check_family("minimax_m2");
 }
 
+#[test]
+fn gemma4() {
+    check_family("gemma4");
+    // The parameter counts are the language model's (the fixture also holds a vision tower of
+    // 18,080 parameters): 524,580 with the four `layer_scalar`s; 12 of 16 experts idle in each
+    // of the 4 MoE layers, 3·32·64 parameters each.
+    let m = load("gemma4");
+    let info = m.model.info();
+    assert_eq!(info.total_params, 524_580);
+    assert_eq!(info.active_params, 524_580 - 4 * 12 * 3 * 32 * 64);
+    let sliding = AttentionKind::Sliding { window: 4 };
+    assert_eq!(
+        info.attention_kinds,
+        [sliding, sliding, sliding, AttentionKind::Full]
+    );
+}
+
 fn run_alone(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
     let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
     let mut hook = RecordingHook::default();
@@ -223,6 +241,7 @@ fn batched_equals_one_at_a_time_in_every_family() {
         "kimi_k2",
         "glm4_moe",
         "minimax_m2",
+        "gemma4",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;
@@ -300,6 +319,7 @@ fn steering_masks_and_forces_experts_in_every_family() {
         "kimi_k2",
         "glm4_moe",
         "minimax_m2",
+        "gemma4",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;

@@ -20,10 +20,11 @@ pub enum Family {
     Glm4Moe,
     #[serde(rename = "minimax_m2")]
     MiniMaxM2,
+    Gemma4,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
@@ -32,6 +33,7 @@ impl Family {
         Family::DeepseekV3,
         Family::Glm4Moe,
         Family::MiniMaxM2,
+        Family::Gemma4,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -45,6 +47,7 @@ impl Family {
             Family::DeepseekV3 => "DeepseekV3ForCausalLM",
             Family::Glm4Moe => "Glm4MoeForCausalLM",
             Family::MiniMaxM2 => "MiniMaxM2ForCausalLM",
+            Family::Gemma4 => "Gemma4ForConditionalGeneration",
         }
     }
 
@@ -59,6 +62,7 @@ impl Family {
             Family::DeepseekV3 => "deepseek_v3",
             Family::Glm4Moe => "glm4_moe",
             Family::MiniMaxM2 => "minimax_m2",
+            Family::Gemma4 => "gemma4",
         }
     }
 

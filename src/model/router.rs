@@ -63,6 +63,10 @@ pub struct RouterConfig {
     pub routed_scaling_factor: f64,
     /// Added to the scores for choosing only (DeepSeek-V3 `e_score_correction_bias`).
     pub correction_bias: Option<Vec<f32>>,
+    /// One factor per expert, multiplied into a chosen expert's weight after renormalisation
+    /// and scaling (Gemma 4 `router.per_expert_scale`); the weights then need not sum to 1.
+    /// Shared behind one pointer, which keeps the config (held by every MoE layer) small.
+    pub expert_scale: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl RouterConfig {
@@ -76,6 +80,7 @@ impl RouterConfig {
             norm_topk_prob,
             routed_scaling_factor: 1.0,
             correction_bias: None,
+            expert_scale: None,
         }
     }
 }
@@ -348,7 +353,7 @@ pub fn choose_experts_forced(
 
 /// The weights the chosen experts' outputs are multiplied by (`[tokens, top_k]`): their scores
 /// gathered from `scores` (so gradients flow back into the router), renormalised and scaled as
-/// the config says.
+/// the config says, then multiplied by each chosen expert's own scale if the config has one.
 pub fn expert_weights(
     scores: &Tensor,
     indices: &Tensor,
@@ -361,6 +366,14 @@ pub fn expert_weights(
     }
     if cfg.routed_scaling_factor != 1.0 {
         weights = (weights * cfg.routed_scaling_factor)?;
+    }
+    if let Some(scale) = &cfg.expert_scale {
+        let (tokens, k) = indices.dims2()?;
+        let scale = Tensor::from_slice(scale.as_slice(), scale.len(), weights.device())?;
+        let chosen = scale
+            .index_select(&indices.flatten_all()?, 0)?
+            .reshape((tokens, k))?;
+        weights = (weights * chosen)?;
     }
     Ok(weights)
 }
@@ -514,6 +527,21 @@ mod tests {
         let z: Vec<f32> = p.iter().map(|x| x.ln()).collect();
         let r = run(&z, 4, &cfg, None);
         assert_eq!(r.topk_indices, vec![1, 0]);
+    }
+
+    #[test]
+    fn expert_scale_multiplies_the_renormalised_weights() {
+        // softmax [0.1, 0.2, 0.3, 0.4]; top-2 {3, 2} renormalised to [4/7, 3/7], then times
+        // the chosen experts' scales 0.5 and 3: [2/7, 9/7] (summing to 11/7, not 1).
+        let z = [0.0, 2f32.ln(), 3f32.ln(), 4f32.ln()];
+        let mut cfg = RouterConfig::softmax_topk(4, 2, true);
+        cfg.expert_scale = Some(std::sync::Arc::new(vec![7.0, 11.0, 3.0, 0.5]));
+        let r = run(&z, 4, &cfg, None);
+        assert_eq!(r.topk_indices, vec![3, 2]);
+        assert!((r.topk_weights[0] - 2.0 / 7.0).abs() < 1e-6);
+        assert!((r.topk_weights[1] - 9.0 / 7.0).abs() < 1e-6);
+        // The scores stay the plain softmax.
+        assert!((r.scores[3] - 0.4).abs() < 1e-6);
     }
 
     #[test]

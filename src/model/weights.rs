@@ -117,6 +117,15 @@ impl MmapWeights {
         self.total_params
     }
 
+    /// Number of parameters in the tensors whose names start with `prefix`.
+    pub fn params_under(&self, prefix: &str) -> u64 {
+        self.index
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, e)| e.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
     /// Checks a `model.safetensors.index.json` against the shards: every tensor its
     /// `weight_map` names must be in the shard it names.
     pub fn check_index(&self, index: &Path) -> Result<()> {
@@ -382,12 +391,18 @@ impl candle_nn::var_builder::SimpleBackend for SharedWeights {
 pub struct WeightSource {
     vb: VarBuilder<'static>,
     mapped: Option<Arc<MmapWeights>>,
+    /// The checkpoint the tensors come from, when they come from one.
+    checkpoint: Option<Arc<MmapWeights>>,
 }
 
 impl From<VarBuilder<'static>> for WeightSource {
     /// A source of tensors only (tests, and weights that are not in a mapped checkpoint).
     fn from(vb: VarBuilder<'static>) -> Self {
-        Self { vb, mapped: None }
+        Self {
+            vb,
+            mapped: None,
+            checkpoint: None,
+        }
     }
 }
 
@@ -399,7 +414,8 @@ impl WeightSource {
             Box::new(SharedWeights(weights.clone()));
         Self {
             vb: VarBuilder::from_backend(backend, dtype, device.clone()),
-            mapped: (map && device.is_cpu()).then_some(weights),
+            mapped: (map && device.is_cpu()).then_some(weights.clone()),
+            checkpoint: Some(weights),
         }
     }
 
@@ -408,7 +424,20 @@ impl WeightSource {
         Self {
             vb: self.vb.pp(prefix),
             mapped: self.mapped.clone(),
+            checkpoint: self.checkpoint.clone(),
         }
+    }
+
+    /// Number of checkpoint parameters under this source's prefix (a multimodal checkpoint's
+    /// language model alone, say); `None` when the tensors do not come from a checkpoint.
+    pub fn params_here(&self) -> Option<u64> {
+        let prefix = self.vb.prefix();
+        let prefix = if prefix.is_empty() {
+            prefix
+        } else {
+            format!("{prefix}.")
+        };
+        Some(self.checkpoint.as_ref()?.params_under(&prefix))
     }
 
     /// Tensor `name` of `shape`, copied in the compute dtype.

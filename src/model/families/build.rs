@@ -3,7 +3,7 @@
 use crate::model::weights::WeightSource;
 
 use super::common::BuildCtx;
-use super::{deepseek_v2, glm4_moe, minimax_m2, mixtral, olmoe, qwen2_moe, qwen3_moe};
+use super::{deepseek_v2, gemma4, glm4_moe, minimax_m2, mixtral, olmoe, qwen2_moe, qwen3_moe};
 use crate::model::error::Result;
 use crate::model::info::Family;
 use crate::model::moe_model::MoeModel;
@@ -24,5 +24,6 @@ pub fn build(
         Family::DeepseekV3 => deepseek_v2::load_v3(config_json, vb, ctx),
         Family::Glm4Moe => glm4_moe::load(config_json, vb, ctx),
         Family::MiniMaxM2 => minimax_m2::load(config_json, vb, ctx),
+        Family::Gemma4 => gemma4::load(config_json, vb, ctx),
     }
 }

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod common;
 pub mod deepseek_v2;
+pub mod gemma4;
 pub mod glm4_moe;
 pub mod minimax_m2;
 pub mod mixtral;

@@ -190,6 +190,7 @@ pub fn build_standard(
                         norm_topk_prob: s.norm_topk_prob,
                         routed_scaling_factor,
                         correction_bias: Some(bias),
+                        expert_scale: None,
                     };
                     // The router runs in fp32 whatever the model dtype.
                     let fp32 = Linear::new(router.weight.tensor_as(DType::F32)?, None);

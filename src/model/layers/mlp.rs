@@ -1,4 +1,5 @@
-//! [`SwiGlu`] MLPs: the routed experts, dense feed-forward layers and shared experts.
+//! [`SwiGlu`] MLPs (gated, with a SiLU or tanh-GELU gate [`Activation`]): the routed experts,
+//! dense feed-forward layers and shared experts.
 
 use crate::model::weights::WeightSource;
 use candle_core::Tensor;
@@ -7,7 +8,26 @@ use super::linear::Linear;
 use crate::model::error::Result;
 use crate::model::weight::Weight;
 
-/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+/// The nonlinearity on a gated MLP's gate projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// `x·σ(x)` (SwiGLU; HF `silu`).
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (GeGLU; HF `gelu_pytorch_tanh`, Gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Silu => candle_nn::ops::silu(x)?,
+            Activation::GeluTanh => x.gelu()?,
+        })
+    }
+}
+
+/// A gated MLP: `down(act(gate(x)) * up(x))`, SwiGLU when `act` is SiLU.
 #[derive(Debug, Clone)]
 pub struct SwiGlu {
     pub gate: Linear,
@@ -15,6 +35,7 @@ pub struct SwiGlu {
     pub down: Linear,
     /// Module names of gate, up and down in the checkpoint (`gate_proj`… or Mixtral's `w1`…).
     pub names: [&'static str; 3],
+    pub act: Activation,
 }
 
 impl SwiGlu {
@@ -35,6 +56,7 @@ impl SwiGlu {
             up: Linear::load(&vb.pp(names[1]), hidden, inter, false)?,
             down: Linear::load(&vb.pp(names[2]), inter, hidden, false)?,
             names,
+            act: Activation::Silu,
         })
     }
 
@@ -45,13 +67,17 @@ impl SwiGlu {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        let g = self.act.apply(&self.gate.forward(x)?)?;
         self.down.forward(&(g * self.up.forward(x)?)?)
     }
 
     /// The gate, up and down weights when the expert is exactly `down(silu(gate·x) * up·x)`
-    /// with plain projections (no bias, no LoRA update), for the kernels that read them directly.
+    /// with plain projections (no bias, no LoRA update), for the kernels that read them directly
+    /// (which compute SiLU only: other activations run on tensor ops).
     pub fn plain_weights(&self) -> Option<[&Weight; 3]> {
+        if self.act != Activation::Silu {
+            return None;
+        }
         Some([
             self.gate.plain_weight()?,
             self.up.plain_weight()?,

@@ -21,7 +21,7 @@ pub use attention::{
 };
 pub use decoder::{DecoderLayer, DecoderStack, FeedForward};
 pub use linear::Linear;
-pub use mlp::{SharedExpert, SwiGlu};
+pub use mlp::{Activation, SharedExpert, SwiGlu};
 pub use moe::{MoeBlock, dispatch_experts};
 pub use norm::RmsNorm;
 pub use rotary::Rotary;

@@ -13,8 +13,8 @@ use crate::model::families::{
 };
 use crate::model::info::{Family, ModuleLayout};
 use crate::model::layers::{
-    DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, RmsNorm, Rotary, SharedExpert,
-    SwiGlu,
+    Activation, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, RmsNorm, Rotary,
+    SharedExpert, SwiGlu,
 };
 use crate::model::moe_model::MoeModel;
 use crate::model::router::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
@@ -26,6 +26,7 @@ fn load_mlp(vb: &WeightSource, hidden: usize, inter: usize, bias: bool) -> Resul
         up: Linear::load(&vb.pp("up_proj"), hidden, inter, bias)?,
         down: Linear::load(&vb.pp("down_proj"), inter, hidden, bias)?,
         names: ["gate_proj", "up_proj", "down_proj"],
+        act: Activation::Silu,
     })
 }
 
@@ -120,6 +121,7 @@ fn v3_router(cfg: &Config, top_k: usize) -> Result<RouterConfig> {
         norm_topk_prob: cfg.norm_topk_prob,
         routed_scaling_factor: cfg.routed_scaling_factor,
         correction_bias: None,
+        expert_scale: None,
     })
 }
 
@@ -155,6 +157,7 @@ fn build(
             norm_topk_prob: false,
             routed_scaling_factor: cfg.routed_scaling_factor,
             correction_bias: None,
+            expert_scale: None,
         }
     };
     let (inv_freq, attention_factor) = rope_parameters(&cfg)?;
