@@ -186,6 +186,12 @@ fn deepseek_v3_fp8_matches_reference() {
     check_family("deepseek_v3_fp8");
 }
 
+/// Sparsemixer routing, LayerNorm with bias, attention and LM-head biases, longrope.
+#[test]
+fn phimoe_matches_reference() {
+    check_family("phimoe");
+}
+
 #[test]
 fn glm4_moe_matches_reference() {
     check_family("glm4_moe");
@@ -242,6 +248,7 @@ fn batched_equals_one_at_a_time_in_every_family() {
         "glm4_moe",
         "minimax_m2",
         "gemma4",
+        "phimoe",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;
@@ -320,6 +327,7 @@ fn steering_masks_and_forces_experts_in_every_family() {
         "glm4_moe",
         "minimax_m2",
         "gemma4",
+        "phimoe",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;

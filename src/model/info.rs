@@ -21,10 +21,11 @@ pub enum Family {
     #[serde(rename = "minimax_m2")]
     MiniMaxM2,
     Gemma4,
+    PhiMoe,
 }
 
 impl Family {
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
@@ -34,6 +35,7 @@ impl Family {
         Family::Glm4Moe,
         Family::MiniMaxM2,
         Family::Gemma4,
+        Family::PhiMoe,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -48,6 +50,7 @@ impl Family {
             Family::Glm4Moe => "Glm4MoeForCausalLM",
             Family::MiniMaxM2 => "MiniMaxM2ForCausalLM",
             Family::Gemma4 => "Gemma4ForConditionalGeneration",
+            Family::PhiMoe => "PhiMoEForCausalLM",
         }
     }
 
@@ -63,6 +66,7 @@ impl Family {
             Family::Glm4Moe => "glm4_moe",
             Family::MiniMaxM2 => "minimax_m2",
             Family::Gemma4 => "gemma4",
+            Family::PhiMoe => "phimoe",
         }
     }
 

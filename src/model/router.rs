@@ -37,7 +37,7 @@ pub enum GroupScore {
 }
 
 /// How the experts of a token are chosen from its scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TopkMethod {
     /// Top-k over all experts.
     Greedy,
@@ -48,6 +48,11 @@ pub enum TopkMethod {
         topk_group: usize,
         group_score: GroupScore,
     },
+    /// PhiMoE's sparsemixer (eval mode): experts chosen greedily by score (= by logit); the
+    /// j-th chosen expert `i_j` is weighted by its softmax over the experts not chosen before it
+    /// whose logit `z_e` is within the threshold of its own, `(z_{i_j} − z_e) / max(|z_e|,
+    /// z_{i_j}) ≤ 2·jitter_eps`. The weights need not sum to 1.
+    SparseMixer { jitter_eps: f64 },
 }
 
 /// Everything that distinguishes one family's router from another's.
@@ -272,7 +277,12 @@ pub fn route(
         .map_or(&[][..], |s| s.force.as_slice());
     let indices_host = choose_experts_forced(&scores_host, cfg, forced);
     let indices = Tensor::from_slice(&indices_host, (num_tokens, k), &device)?;
-    let weights = expert_weights(&scores, &indices, cfg)?;
+    let weights = match cfg.method {
+        TopkMethod::SparseMixer { jitter_eps } => {
+            sparsemixer_weights(&logits_host, &scores, &indices_host, cfg, jitter_eps)?
+        }
+        _ => expert_weights(&scores, &indices, cfg)?,
+    };
     let weights_host: Vec<f32> = weights.flatten_all()?.to_vec1()?;
 
     ctx.hook.on_route_tensors(layer, &logits, &scores, &indices);
@@ -349,6 +359,44 @@ pub fn choose_experts_forced(
         indices.extend(top_k_indices(&choice_scores, k));
     }
     indices
+}
+
+/// Sparsemixer weights (`[tokens, top_k]`, see [`TopkMethod::SparseMixer`]) from the router
+/// `logits` (host, row-major), softmax `scores` and chosen `indices`: the chosen expert's
+/// probability over the sum of the probabilities of the experts its mask keeps, which is the
+/// softmax of the masked logits HF takes. Differentiable through `scores`; the masks are
+/// constants, as in HF.
+pub fn sparsemixer_weights(
+    logits: &[f32],
+    scores: &Tensor,
+    indices: &[u32],
+    cfg: &RouterConfig,
+    jitter_eps: f64,
+) -> Result<Tensor, ModelError> {
+    let (n, k) = (cfg.num_experts, cfg.top_k);
+    let tokens = indices.len() / k.max(1);
+    let threshold = (2.0 * jitter_eps) as f32;
+    let mut keep = vec![0f32; tokens * k * n];
+    for t in 0..tokens {
+        let z = &logits[t * n..(t + 1) * n];
+        let chosen = &indices[t * k..(t + 1) * k];
+        for (j, &i) in chosen.iter().enumerate() {
+            let top = z[i as usize];
+            let row = &mut keep[(t * k + j) * n..(t * k + j + 1) * n];
+            for (e, keep_e) in row.iter_mut().enumerate() {
+                let earlier = chosen[..j].contains(&(e as u32));
+                let factor = z[e].abs().max(top);
+                // A NaN (0 / 0) comparison keeps the expert, as in torch.
+                let masked = (top - z[e]) / factor > threshold;
+                *keep_e = if earlier || masked { 0.0 } else { 1.0 };
+            }
+        }
+    }
+    let device = scores.device();
+    let keep = Tensor::from_vec(keep, (tokens, k, n), device)?;
+    let kept_mass = scores.unsqueeze(1)?.broadcast_mul(&keep)?.sum(D::Minus1)?;
+    let idx = Tensor::from_slice(indices, (tokens, k), device)?;
+    Ok(scores.gather(&idx, D::Minus1)?.div(&kept_mass)?)
 }
 
 /// The weights the chosen experts' outputs are multiplied by (`[tokens, top_k]`): their scores
@@ -491,6 +539,30 @@ mod tests {
         let mut ctx = RouteCtx::new(&mut hook).with_steering(steering);
         route(3, &t, cfg, &mut ctx).unwrap();
         hook.layers.pop().unwrap()
+    }
+
+    #[test]
+    fn sparsemixer_weights_each_pick_over_the_experts_near_it() {
+        // z = [2.0, 1.9, 0.0, -1.0], 2·eps = 0.2. First pick 0 keeps {0, 1} ((2 − 1.9) / 2 =
+        // 0.05), masks 2 and 3 (1.0, 1.5): w = 1 / (1 + e^-0.1). Second pick 1 (0 excluded)
+        // keeps only itself: w = 1.
+        let cfg = RouterConfig {
+            method: TopkMethod::SparseMixer { jitter_eps: 0.1 },
+            ..RouterConfig::softmax_topk(4, 2, false)
+        };
+        let r = run(&[2.0, 1.9, 0.0, -1.0], 4, &cfg, None);
+        assert_eq!(r.topk_indices, [0, 1]);
+        let w0 = 1.0 / (1.0 + (-0.1f32).exp());
+        assert!(
+            (r.topk_weights[0] - w0).abs() < 1e-6,
+            "{:?}",
+            r.topk_weights
+        );
+        assert!(
+            (r.topk_weights[1] - 1.0).abs() < 1e-6,
+            "{:?}",
+            r.topk_weights
+        );
     }
 
     #[test]

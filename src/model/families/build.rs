@@ -3,7 +3,9 @@
 use crate::model::weights::WeightSource;
 
 use super::common::BuildCtx;
-use super::{deepseek_v2, gemma4, glm4_moe, minimax_m2, mixtral, olmoe, qwen2_moe, qwen3_moe};
+use super::{
+    deepseek_v2, gemma4, glm4_moe, minimax_m2, mixtral, olmoe, phimoe, qwen2_moe, qwen3_moe,
+};
 use crate::model::error::Result;
 use crate::model::info::Family;
 use crate::model::moe_model::MoeModel;
@@ -25,5 +27,6 @@ pub fn build(
         Family::Glm4Moe => glm4_moe::load(config_json, vb, ctx),
         Family::MiniMaxM2 => minimax_m2::load(config_json, vb, ctx),
         Family::Gemma4 => gemma4::load(config_json, vb, ctx),
+        Family::PhiMoe => phimoe::load(config_json, vb, ctx),
     }
 }

@@ -125,29 +125,44 @@ pub fn rotary_dtype(ctx: &BuildCtx) -> (DType, &Device) {
     (ctx.dtype, &ctx.device)
 }
 
+/// What [`load_embed_norm_head`] loads: the vocabulary and hidden sizes, the final norm, and
+/// how the LM head is stored.
+pub struct HeadSpec {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub eps: f64,
+    pub norm: crate::model::layers::NormKind,
+    pub tie_word_embeddings: bool,
+    /// `lm_head.bias` exists (PhiMoE's `lm_head_bias`).
+    pub lm_head_bias: bool,
+}
+
 /// The token embedding, final norm and LM head (`model.embed_tokens`, `model.norm`, `lm_head`);
 /// the head falls back to the embedding when the checkpoint ties them.
 pub fn load_embed_norm_head(
     vb: &WeightSource,
-    vocab: usize,
-    hidden: usize,
-    eps: f64,
-    tie_word_embeddings: bool,
+    spec: &HeadSpec,
     routing_only: bool,
 ) -> Result<(
     crate::model::weight::Weight,
-    crate::model::layers::RmsNorm,
+    crate::model::layers::Norm,
     Option<crate::model::layers::Linear>,
 )> {
-    use crate::model::layers::{Linear, RmsNorm};
+    use crate::model::layers::Linear;
+    let (vocab, hidden) = (spec.vocab, spec.hidden);
     let embed = vb
         .pp("model.embed_tokens")
         .weight((vocab, hidden), "weight")?;
-    let norm = RmsNorm::load(&vb.pp("model.norm"), hidden, eps)?;
+    let norm = spec.norm.load(&vb.pp("model.norm"), hidden, spec.eps)?;
     let lm_head = if routing_only {
         None
-    } else if !tie_word_embeddings || vb.contains_tensor("lm_head.weight") {
-        Some(Linear::load(&vb.pp("lm_head"), hidden, vocab, false)?)
+    } else if !spec.tie_word_embeddings || vb.contains_tensor("lm_head.weight") {
+        Some(Linear::load(
+            &vb.pp("lm_head"),
+            hidden,
+            vocab,
+            spec.lm_head_bias,
+        )?)
     } else {
         Some(Linear::new(embed.clone(), None))
     };

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::standard::{QkNormKind, RouterRule, SharedSpec, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
 use crate::model::error::ModelError;
+use crate::model::layers::NormKind;
 use crate::model::weights::WeightSource;
 use crate::model::{Family, MoeModel, Result};
 
@@ -100,6 +101,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         rms_norm_eps: c.rms_norm_eps,
         rope_theta: c.rope_theta,
         rotary_dim,
+        longrope: None,
+        norm: NormKind::Rms,
+        lm_head_bias: false,
         qkv_bias: c.attention_bias,
         o_bias: false,
         clip_qkv: None,

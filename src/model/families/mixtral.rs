@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::standard::{QkNormKind, RouterRule, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
+use crate::model::layers::NormKind;
 use crate::model::{Family, MoeModel, Result};
 
 /// `config.json` of a Mixtral checkpoint (HF field names).
@@ -58,6 +59,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         rms_norm_eps: c.rms_norm_eps,
         rope_theta: c.rope_theta,
         rotary_dim: head_dim,
+        longrope: None,
+        norm: NormKind::Rms,
+        lm_head_bias: false,
         qkv_bias: false,
         o_bias: false,
         clip_qkv: None,

@@ -10,12 +10,13 @@ pub mod glm4_moe;
 pub mod minimax_m2;
 pub mod mixtral;
 pub mod olmoe;
+pub mod phimoe;
 pub mod qwen2_moe;
 pub mod qwen3_moe;
 pub mod standard;
 
 pub use build::build;
 pub use common::{
-    BuildCtx, InfoParts, load_embed_norm_head, parse_config, rotary_dtype,
+    BuildCtx, HeadSpec, InfoParts, load_embed_norm_head, parse_config, rotary_dtype,
     standard_attention_projections, swiglu_projections,
 };

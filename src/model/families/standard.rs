@@ -8,12 +8,13 @@ use std::sync::Arc;
 use crate::model::weights::WeightSource;
 
 use super::{
-    BuildCtx, InfoParts, load_embed_norm_head, standard_attention_projections, swiglu_projections,
+    BuildCtx, HeadSpec, InfoParts, load_embed_norm_head, standard_attention_projections,
+    swiglu_projections,
 };
 use crate::model::info::AttentionKind;
 use crate::model::layers::{
-    Attention, AttentionConfig, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, QkNorm,
-    RmsNorm, Rotary, SharedExpert, SwiGlu,
+    Attention, AttentionConfig, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock,
+    NormKind, QkNorm, RmsNorm, Rotary, SharedExpert, SwiGlu,
 };
 use crate::model::router::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
 use crate::model::{Family, ModuleLayout, MoeModel, Result};
@@ -39,6 +40,13 @@ pub struct SharedSpec {
     pub gated: bool,
 }
 
+/// Phi-3.5's `longrope` RoPE scaling as transformers 5 applies it (the short factors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub factors: Vec<f64>,
+    pub mscale: f64,
+}
+
 /// How a family's router turns logits into chosen experts and weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RouterRule {
@@ -54,6 +62,9 @@ pub enum RouterRule {
         topk_group: usize,
         routed_scaling_factor: f64,
     },
+    /// PhiMoE's sparsemixer: top-2 by logit, each chosen expert weighted by its softmax over
+    /// the experts within `2·jitter_eps` (relatively) of its own logit ([`TopkMethod::SparseMixer`]).
+    SparseMixer { jitter_eps: f64 },
 }
 
 /// Everything [`build_standard`] needs to know about a family and a config.
@@ -70,6 +81,12 @@ pub struct StandardSpec {
     pub rope_theta: f64,
     /// Channels of each head that RoPE turns (the first ones); the rest pass through.
     pub rotary_dim: usize,
+    /// Phi's `longrope` scaling: the inverse frequencies divided by these factors (one per
+    /// rotated channel pair) and cos / sin multiplied by `mscale`.
+    pub longrope: Option<LongRope>,
+    /// RMSNorm everywhere, or LayerNorm with bias (PhiMoE).
+    pub norm: NormKind,
+    pub lm_head_bias: bool,
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub clip_qkv: Option<f64>,
@@ -98,13 +115,32 @@ pub fn build_standard(
 ) -> Result<Box<dyn MoeModel>> {
     let s = &spec;
     let (h, nh, nkv, hd) = (s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim);
-    let rotary = Arc::new(Rotary::new(
-        s.rotary_dim,
-        s.max_position_embeddings,
-        s.rope_theta,
-        ctx.dtype,
-        &ctx.device,
-    )?);
+    let rotary = Arc::new(match &s.longrope {
+        None => Rotary::new(
+            s.rotary_dim,
+            s.max_position_embeddings,
+            s.rope_theta,
+            ctx.dtype,
+            &ctx.device,
+        )?,
+        Some(long) => {
+            let dim = s.rotary_dim;
+            let inv: Vec<f32> = (0..dim / 2)
+                .map(|i| {
+                    let exponent = f64::from((2 * i) as f32 / dim as f32);
+                    (1.0 / (long.factors[i] * s.rope_theta.powf(exponent))) as f32
+                })
+                .collect();
+            Rotary::from_inv_freq(
+                &inv,
+                long.mscale as f32,
+                s.max_position_embeddings,
+                false,
+                ctx.dtype,
+                &ctx.device,
+            )?
+        }
+    });
     let attn_cfg = AttentionConfig {
         hidden_size: h,
         num_heads: nh,
@@ -163,6 +199,14 @@ pub fn build_standard(
                     RouterConfig::softmax_topk(s.num_experts, s.top_k, s.norm_topk_prob),
                     false,
                 ),
+                RouterRule::SparseMixer { jitter_eps } => (
+                    router,
+                    RouterConfig {
+                        method: TopkMethod::SparseMixer { jitter_eps },
+                        ..RouterConfig::softmax_topk(s.num_experts, s.top_k, false)
+                    },
+                    false,
+                ),
                 RouterRule::SigmoidBiased {
                     correction_bias,
                     n_group,
@@ -209,9 +253,9 @@ pub fn build_standard(
             FeedForward::Dense(SwiGlu::load(&lvb.pp("mlp"), h, s.dense_intermediate_size)?)
         };
         layers.push(DecoderLayer {
-            input_norm: RmsNorm::load(&lvb.pp("input_layernorm"), h, s.rms_norm_eps)?,
+            input_norm: s.norm.load(&lvb.pp("input_layernorm"), h, s.rms_norm_eps)?,
             attn: Box::new(attn),
-            post_attention_norm: RmsNorm::load(
+            post_attention_norm: s.norm.load(
                 &lvb.pp("post_attention_layernorm"),
                 h,
                 s.rms_norm_eps,
@@ -219,14 +263,15 @@ pub fn build_standard(
             ff,
         });
     }
-    let (embed, norm, lm_head) = load_embed_norm_head(
-        &vb,
-        s.vocab_size,
-        h,
-        s.rms_norm_eps,
-        s.tie_word_embeddings,
-        ctx.routing_only,
-    )?;
+    let head = HeadSpec {
+        vocab: s.vocab_size,
+        hidden: h,
+        eps: s.rms_norm_eps,
+        norm: s.norm,
+        tie_word_embeddings: s.tie_word_embeddings,
+        lm_head_bias: s.lm_head_bias,
+    };
+    let (embed, norm, lm_head) = load_embed_norm_head(&vb, &head, ctx.routing_only)?;
     let attention_projections = standard_attention_projections(h, nh, nkv, hd);
     let layout = ModuleLayout {
         expert_prefix: format!("model.layers.{{layer}}.{}.experts.{{expert}}", s.moe_prefix),
@@ -266,6 +311,7 @@ pub fn build_standard(
         score_fn: match s.router {
             RouterRule::Softmax => ScoreFn::Softmax,
             RouterRule::SigmoidBiased { .. } => ScoreFn::Sigmoid,
+            RouterRule::SparseMixer { .. } => ScoreFn::Softmax,
         },
         hidden_size: h,
         vocab_size: s.vocab_size,

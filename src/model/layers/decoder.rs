@@ -10,7 +10,7 @@ use super::attention::{AttentionLayer, attention_mask};
 use super::linear::Linear;
 use super::mlp::SwiGlu;
 use super::moe::MoeBlock;
-use super::norm::RmsNorm;
+use super::norm::Norm;
 use crate::model::batch::{Batch, Output};
 use crate::model::error::{ModelError, Result};
 use crate::model::info::ModelInfo;
@@ -30,9 +30,9 @@ pub enum FeedForward {
 /// A pre-norm decoder layer: `x + attn(norm₁(x))`, then `x + ff(norm₂(x))`.
 #[derive(Debug)]
 pub struct DecoderLayer {
-    pub input_norm: RmsNorm,
+    pub input_norm: Norm,
     pub attn: Box<dyn AttentionLayer>,
-    pub post_attention_norm: RmsNorm,
+    pub post_attention_norm: Norm,
     pub ff: FeedForward,
 }
 
@@ -43,7 +43,7 @@ pub struct DecoderStack {
     /// `[vocab, hidden]`.
     pub embed: Weight,
     pub layers: Vec<DecoderLayer>,
-    pub norm: RmsNorm,
+    pub norm: Norm,
     /// `None` when loaded for routing only.
     pub lm_head: Option<Linear>,
     pub sliding_window: Option<usize>,

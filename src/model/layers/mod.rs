@@ -23,5 +23,5 @@ pub use decoder::{DecoderLayer, DecoderStack, FeedForward};
 pub use linear::Linear;
 pub use mlp::{Activation, SharedExpert, SwiGlu};
 pub use moe::{MoeBlock, dispatch_experts};
-pub use norm::RmsNorm;
+pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};
 pub use rotary::Rotary;

@@ -9,12 +9,12 @@ use super::config::{Config, bad, rope_parameters, softmax_mscale, topk_method, v
 use super::mla::{MlaAttention, attention_projections};
 use crate::model::error::Result;
 use crate::model::families::{
-    BuildCtx, InfoParts, load_embed_norm_head, parse_config, swiglu_projections,
+    BuildCtx, HeadSpec, InfoParts, load_embed_norm_head, parse_config, swiglu_projections,
 };
 use crate::model::info::{Family, ModuleLayout};
 use crate::model::layers::{
-    Activation, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, RmsNorm, Rotary,
-    SharedExpert, SwiGlu,
+    Activation, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, NormKind, RmsNorm,
+    Rotary, SharedExpert, SwiGlu,
 };
 use crate::model::moe_model::MoeModel;
 use crate::model::router::{GroupScore, RouterConfig, ScoreFn, TopkMethod};
@@ -236,24 +236,26 @@ fn build(
             FeedForward::Dense(load_mlp(&mvb, h, cfg.intermediate_size, cfg.mlp_bias)?)
         };
         layers.push(DecoderLayer {
-            input_norm: RmsNorm::load(&lvb.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
+            input_norm: RmsNorm::load(&lvb.pp("input_layernorm"), h, cfg.rms_norm_eps)?.into(),
             attn: Box::new(attn),
             post_attention_norm: RmsNorm::load(
                 &lvb.pp("post_attention_layernorm"),
                 h,
                 cfg.rms_norm_eps,
-            )?,
+            )?
+            .into(),
             ff,
         });
     }
-    let (embed, norm, lm_head) = load_embed_norm_head(
-        &vb,
-        cfg.vocab_size,
-        h,
-        cfg.rms_norm_eps,
-        cfg.tie_word_embeddings,
-        ctx.routing_only,
-    )?;
+    let head = HeadSpec {
+        vocab: cfg.vocab_size,
+        hidden: h,
+        eps: cfg.rms_norm_eps,
+        norm: NormKind::Rms,
+        tie_word_embeddings: cfg.tie_word_embeddings,
+        lm_head_bias: false,
+    };
+    let (embed, norm, lm_head) = load_embed_norm_head(&vb, &head, ctx.routing_only)?;
     let names = ["gate_proj", "up_proj", "down_proj"];
     let layout = ModuleLayout {
         expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
