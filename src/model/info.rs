@@ -15,15 +15,17 @@ pub enum Family {
     Qwen3Moe,
     Mixtral,
     DeepseekV2,
+    GptOss,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
         Family::Mixtral,
         Family::DeepseekV2,
+        Family::GptOss,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -34,6 +36,7 @@ impl Family {
             Family::Qwen3Moe => "Qwen3MoeForCausalLM",
             Family::Mixtral => "MixtralForCausalLM",
             Family::DeepseekV2 => "DeepseekV2ForCausalLM",
+            Family::GptOss => "GptOssForCausalLM",
         }
     }
 
@@ -45,6 +48,7 @@ impl Family {
             Family::Qwen3Moe => "qwen3_moe",
             Family::Mixtral => "mixtral",
             Family::DeepseekV2 => "deepseek_v2",
+            Family::GptOss => "gpt_oss",
         }
     }
 

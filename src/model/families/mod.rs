@@ -5,6 +5,7 @@
 pub mod build;
 pub mod common;
 pub mod deepseek_v2;
+pub mod gpt_oss;
 pub mod mixtral;
 pub mod olmoe;
 pub mod qwen2_moe;

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::model::layers::{
-    Linear, RmsNorm, SwiGlu, attention_mask, dispatch_experts, scaled_attention,
+    GluActivation, Linear, RmsNorm, SwiGlu, attention_mask, dispatch_experts, scaled_attention,
 };
 use crate::model::test_support::{max_diff, randn, tracked};
 
@@ -40,6 +40,7 @@ fn cpu_kernels_match_the_tensor_path() {
         up: Linear::new(w(&randn(&[inter, hidden], 20 + i)), None),
         down: Linear::new(w(&randn(&[hidden, inter], 30 + i)), None),
         names: ["gate_proj", "up_proj", "down_proj"],
+        act: GluActivation::Silu,
     };
     let fast_experts: Vec<_> = (0..n_exp as u64)
         .map(|i| expert(i, &|t| t.clone()))
@@ -116,6 +117,7 @@ fn half_precision_weights_compute_in_f32() {
                 up: Linear::new(pick(u), None),
                 down: Linear::new(pick(d), None),
                 names: ["gate_proj", "up_proj", "down_proj"],
+                act: GluActivation::Silu,
             })
             .collect()
     };
@@ -183,6 +185,7 @@ fn large_half_precision_experts_run_in_chunks() {
         up: Linear::new(tracked(&u.1), None),
         down: Linear::new(tracked(&d.1), None),
         names: ["gate_proj", "up_proj", "down_proj"],
+        act: GluActivation::Silu,
     }
     .forward(&randn(&[n, hidden], 4))
     .unwrap();

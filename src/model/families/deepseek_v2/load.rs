@@ -13,8 +13,8 @@ use crate::model::families::{
 };
 use crate::model::info::{Family, ModuleLayout};
 use crate::model::layers::{
-    DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, RmsNorm, Rotary, SharedExpert,
-    SwiGlu,
+    DecoderLayer, DecoderStack, FeedForward, GluActivation, Linear, MoeBlock, RmsNorm, Rotary,
+    SharedExpert, SwiGlu,
 };
 use crate::model::moe_model::MoeModel;
 use crate::model::router::{RouterConfig, ScoreFn};
@@ -26,6 +26,7 @@ fn load_mlp(vb: &WeightSource, hidden: usize, inter: usize, bias: bool) -> Resul
         up: Linear::load(&vb.pp("up_proj"), hidden, inter, bias)?,
         down: Linear::load(&vb.pp("down_proj"), inter, hidden, bias)?,
         names: ["gate_proj", "up_proj", "down_proj"],
+        act: GluActivation::Silu,
     })
 }
 
