@@ -520,3 +520,77 @@ fn file_name(p: &Path) -> String {
         |f| f.to_string_lossy().into_owned(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file with `tensors` (name, dtype, shape, bytes).
+    fn write(tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> tempfile::TempPath {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| {
+                let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+                (n.to_string(), view)
+            })
+            .collect();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        safetensors::serialize_to_file(views, None, file.path()).unwrap();
+        file.into_temp_path()
+    }
+
+    #[test]
+    fn mxfp4_blocks_without_scales_are_refused_naming_both() {
+        use safetensors::Dtype::U8;
+        let name = "model.layers.0.mlp.experts.down_proj";
+        let path = write(&[(
+            &format!("{name}_blocks"),
+            U8,
+            vec![1, 2, 1, 16],
+            vec![0; 32],
+        )]);
+        let err = MmapWeights::open(&[path.to_path_buf()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&format!("{name}_blocks")), "{err}");
+        assert!(err.contains(&format!("{name}_scales")), "{err}");
+        // Other u8 tensors are still refused.
+        let path = write(&[("model.norm.weight", U8, vec![4], vec![0; 4])]);
+        let err = MmapWeights::open(&[path.to_path_buf()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("model.norm.weight"), "{err}");
+    }
+
+    #[test]
+    fn mxfp4_pair_is_read_packed_when_mapped_and_dequantised_otherwise() {
+        use safetensors::Dtype::U8;
+        let name = "w";
+        // [1 expert, 2 rows, 32 cols]: all nibbles 2 (1.0); scales 128 and 126.
+        let path = write(&[
+            ("w_blocks", U8, vec![1, 2, 1, 16], vec![0x22; 32]),
+            ("w_scales", U8, vec![1, 2, 1], vec![128, 126]),
+        ]);
+        let weights = Arc::new(MmapWeights::open(&[path.to_path_buf()]).unwrap());
+        assert_eq!(weights.total_params(), 64);
+        let want = [vec![2.0f32; 32], vec![0.5; 32]];
+        for map in [true, false] {
+            let vb = WeightSource::new(weights.clone(), DType::F32, &Device::Cpu, map);
+            assert!(vb.contains_mxfp4(name));
+            let w = vb.mxfp4(&[1, 2, 32], name).unwrap();
+            assert_eq!(matches!(w, Weight::Mxfp4(_)), map);
+            let got = w
+                .to_tensor()
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(got, want);
+            let err = vb.mxfp4(&[1, 2, 64], name).unwrap_err().to_string();
+            assert!(err.contains("w_blocks"), "{err}");
+        }
+    }
+}

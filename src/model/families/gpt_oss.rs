@@ -473,3 +473,81 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         dtype: ctx.dtype,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        serde_json::from_str(&format!("{{{extra}}}")).unwrap()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(((g - w) / w).abs() < 1e-6, "inv_freq[{i}]: {g} vs {w}");
+        }
+    }
+
+    /// Values printed by transformers 5.24's `ROPE_INIT_FUNCTIONS["yarn"]` for the default
+    /// `GptOssConfig()` (gpt-oss-20b: head_dim 64, theta 150000, factor 32, original 4096,
+    /// truncate false) and for a 16-channel head with `truncate: true`.
+    #[test]
+    fn yarn_parameters_match_transformers() {
+        let (inv, att) = rope_parameters(&config("")).unwrap();
+        assert_eq!(inv.len(), 32);
+        assert!((att - 1.346_573_6).abs() < 1e-6);
+        let picked: Vec<f32> = [0, 5, 10, 15, 20, 31].iter().map(|&i| inv[i]).collect();
+        assert_close(
+            &picked,
+            &[
+                1.0,
+                0.155_322_98,
+                0.019_334_999,
+                0.001_052_602_2,
+                1.818_833_7e-5,
+                3.023_511_4e-7,
+            ],
+        );
+        let cfg = config(
+            r#""head_dim": 16, "hidden_size": 64, "num_attention_heads": 4,
+               "rope_parameters": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+               "beta_slow": 1.0, "original_max_position_embeddings": 512, "truncate": true,
+               "rope_theta": 150000.0}"#,
+        );
+        let (inv, _) = rope_parameters(&cfg).unwrap();
+        assert_close(
+            &inv,
+            &[
+                1.0,
+                0.152_626_77,
+                0.017_996_367,
+                0.000_357_944_58,
+                8.068_715_4e-5,
+                1.818_833_7e-5,
+                4.099_978_5e-6,
+                9.242_089_6e-7,
+            ],
+        );
+    }
+
+    #[test]
+    fn layer_types_give_each_layer_its_attention() {
+        let kinds = config(r#""num_hidden_layers": 3, "sliding_window": 8"#)
+            .attention_kinds()
+            .unwrap();
+        let sliding = AttentionKind::Sliding { window: 8 };
+        assert_eq!(kinds, vec![sliding, AttentionKind::Full, sliding]);
+        let kinds = config(
+            r#""num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]"#,
+        )
+        .attention_kinds()
+        .unwrap();
+        let default_window = AttentionKind::Sliding { window: 128 };
+        assert_eq!(kinds, vec![AttentionKind::Full, default_window]);
+        let e = config(r#""num_hidden_layers": 1, "layer_types": ["linear_attention"]"#)
+            .attention_kinds()
+            .unwrap_err();
+        assert!(e.to_string().contains("linear_attention"), "{e}");
+    }
+}

@@ -82,7 +82,7 @@ impl<'a> ExpertData<'a> {
 
     /// [`ExpertData::of`] for an expert with biases (f32 CPU tensors of the projections' output
     /// widths) and any gating; `None` when something does not qualify.
-    fn of_kernel(e: &KernelExpert<'a>, hidden: usize) -> Option<Self> {
+    pub(crate) fn of_kernel(e: &KernelExpert<'a>, hidden: usize) -> Option<Self> {
         let mut data = Self::of(e.weights, hidden)?;
         let widths = [data.inter, data.inter, hidden];
         let mut biases = [None, None, None];

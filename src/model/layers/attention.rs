@@ -550,6 +550,53 @@ mod tests {
     }
 
     #[test]
+    fn sinks_take_a_share_of_the_softmax_and_are_dropped() {
+        let dev = Device::Cpu;
+        // One head, one query, two keys with logits q·k·scale = 0 and ln 2 (scale 1), values
+        // 1 and 3, sink logit ln 3: weights 1/6 and 2/6 (the sink takes 3/6), output 7/6.
+        let q = Tensor::new(&[[[[1f32]]]], &dev).unwrap();
+        let k = Tensor::new(&[[[[0f32], [2f32.ln()]]]], &dev).unwrap();
+        let v = Tensor::new(&[[[[1f32], [3.0]]]], &dev).unwrap();
+        let sinks = Tensor::new(&[3f32.ln()], &dev).unwrap();
+        let y = scaled_attention_with_sinks(&q, &k, &v, None, 1.0, &sinks)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((y[0] - 7.0 / 6.0).abs() < 1e-6, "{y:?}");
+        // A masked key gets nothing; a fully masked row is all sink (zeros, no NaN).
+        let ninf = f32::NEG_INFINITY;
+        let mask = Tensor::new(&[[[[0f32, ninf]]]], &dev).unwrap();
+        let y = scaled_attention_with_sinks(&q, &k, &v, Some(&mask), 1.0, &sinks).unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!((y[0] - 0.25).abs() < 1e-6, "{y:?}");
+        let mask = Tensor::new(&[[[[ninf, ninf]]]], &dev).unwrap();
+        let y = scaled_attention_with_sinks(&q, &k, &v, Some(&mask), 1.0, &sinks).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.0]);
+    }
+
+    #[test]
+    fn window_mask_hides_keys_a_window_or_more_behind() {
+        let ninf = f32::NEG_INFINITY;
+        // Queries at positions 2 and 3 (offset 2), window 2: position 3 sees keys 2 and 3.
+        let m = window_mask(2, 2, 2, DType::F32, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(&m[..4], &[ninf, 0.0, 0.0, 0.0]);
+        assert_eq!(&m[4..], &[ninf, ninf, 0.0, 0.0]);
+        assert!(
+            window_mask(3, 0, 3, DType::F32, &Device::Cpu)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn mask_is_causal_padded_and_windowed() {
         let ninf = f32::NEG_INFINITY;
         let m = attention_mask(&[3, 2], 3, 0, None, DType::F32, &Device::Cpu)
