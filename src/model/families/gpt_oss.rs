@@ -276,7 +276,7 @@ pub fn rope_parameters(cfg: &Config) -> Result<(Vec<f32>, f32)> {
             if low == high {
                 high += 0.001;
             }
-            let (low, span, factor) = (low as f32, (high - low as f64) as f32, factor as f32);
+            let (low, span, factor) = (low as f32, (high - low) as f32, factor as f32);
             let inv = pos_freqs
                 .iter()
                 .enumerate()
@@ -503,7 +503,7 @@ mod tests {
             &[
                 1.0,
                 0.155_322_98,
-                0.019_334_999,
+                0.019_335,
                 0.001_052_602_2,
                 1.818_833_7e-5,
                 3.023_511_4e-7,
