@@ -219,6 +219,19 @@ fn gemma4() {
     );
 }
 
+/// gpt-oss with MXFP4 experts (kept packed, dequantised as the kernels read them), YaRN,
+/// attention sinks and alternating sliding / full attention.
+#[test]
+fn gpt_oss() {
+    check_family("gpt_oss");
+}
+
+/// The same model with dequantised (`x·W` layout, f32) expert tensors.
+#[test]
+fn gpt_oss_dequantised_matches_reference() {
+    check_family("gpt_oss_bf16");
+}
+
 fn run_alone(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
     let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
     let mut hook = RecordingHook::default();
@@ -249,6 +262,7 @@ fn batched_equals_one_at_a_time_in_every_family() {
         "minimax_m2",
         "gemma4",
         "phimoe",
+        "gpt_oss",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;
@@ -328,6 +342,7 @@ fn steering_masks_and_forces_experts_in_every_family() {
         "minimax_m2",
         "gemma4",
         "phimoe",
+        "gpt_oss",
     ] {
         let mut m = load(name);
         let ids = reference(name).input_ids;

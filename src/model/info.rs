@@ -22,10 +22,11 @@ pub enum Family {
     MiniMaxM2,
     Gemma4,
     PhiMoe,
+    GptOss,
 }
 
 impl Family {
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 11] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
@@ -36,6 +37,7 @@ impl Family {
         Family::MiniMaxM2,
         Family::Gemma4,
         Family::PhiMoe,
+        Family::GptOss,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -51,6 +53,7 @@ impl Family {
             Family::MiniMaxM2 => "MiniMaxM2ForCausalLM",
             Family::Gemma4 => "Gemma4ForConditionalGeneration",
             Family::PhiMoe => "PhiMoEForCausalLM",
+            Family::GptOss => "GptOssForCausalLM",
         }
     }
 
@@ -67,6 +70,7 @@ impl Family {
             Family::MiniMaxM2 => "minimax_m2",
             Family::Gemma4 => "gemma4",
             Family::PhiMoe => "phimoe",
+            Family::GptOss => "gpt_oss",
         }
     }
 

@@ -278,7 +278,8 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
 }
 
 /// Reads `config.json`'s `quantization_config`: block-scaled float8 (`quant_method: fp8`,
-/// DeepSeek-V3's layout) sets the weights' block size; other methods are refused by name.
+/// DeepSeek-V3's layout) sets the weights' block size; MXFP4 (gpt-oss) needs nothing more;
+/// other methods are refused by name.
 fn apply_quantization_config(
     cfg_path: &Path,
     json: &serde_json::Value,
@@ -318,8 +319,11 @@ fn apply_quantization_config(
             weights.set_fp8_block_size(block);
             Ok(())
         }
+        // gpt-oss: the MXFP4 tensors describe themselves (`*_blocks` with `*_scales`).
+        "mxfp4" => Ok(()),
         other => Err(ModelError::msg(format!(
-            "{}: quantization_config.quant_method {other:?} is not supported (supported: fp8)",
+            "{}: quantization_config.quant_method {other:?} is not supported (supported: fp8, \
+             mxfp4)",
             cfg_path.display()
         ))),
     }

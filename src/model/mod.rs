@@ -25,6 +25,7 @@ pub mod lora;
 pub mod memory;
 pub mod module_names;
 pub mod moe_model;
+pub mod mxfp4;
 pub mod router;
 pub mod weight;
 pub mod weights;

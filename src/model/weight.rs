@@ -1,6 +1,7 @@
-//! [`Weight`]: a layer's weight matrix, either a Candle tensor (on any device, in any dtype) or
+//! [`Weight`]: a layer's weight matrix, either a Candle tensor (on any device, in any dtype),
 //! a zero-copy [`MappedTensor`], a view of a memory-mapped checkpoint in the checkpoint's own
-//! dtype (f32, f16 or bf16) that the CPU kernels read directly.
+//! dtype (f32, f16 or bf16) that the CPU kernels read directly, or an MXFP4 weight
+//! ([`Mxfp4Tensor`]) that they dequantise as they read it.
 //!
 //! A mapped weight costs no memory of its own: its pages belong to the OS page cache, are read
 //! the first time a kernel touches them, and can be given back ([`Weight::release`]) once a
@@ -13,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use super::error::Result;
+use super::mxfp4::Mxfp4Tensor;
 
 /// A byte range of a memory-mapped file holding one tensor, with its dtype and shape.
 #[derive(Clone)]
@@ -133,6 +135,8 @@ pub(crate) fn release_pages(map: &Mmap, start: usize, end: usize) {
 pub enum Weight {
     Tensor(Tensor),
     Mapped(Box<MappedTensor>),
+    /// Packed FP4 values with block scales, kept in that format.
+    Mxfp4(Box<Mxfp4Tensor>),
 }
 
 impl From<Tensor> for Weight {
@@ -146,21 +150,32 @@ impl Weight {
         match self {
             Weight::Tensor(t) => t.dims(),
             Weight::Mapped(m) => m.shape(),
+            Weight::Mxfp4(m) => m.shape(),
         }
     }
 
+    /// The stored dtype; `U8` for MXFP4 (packed bytes).
     pub fn dtype(&self) -> DType {
         match self {
             Weight::Tensor(t) => t.dtype(),
             Weight::Mapped(m) => m.dtype(),
+            Weight::Mxfp4(_) => DType::U8,
         }
     }
 
-    /// The device the weight lives on (mapped weights are in host memory).
+    /// The dtype of [`Weight::to_tensor`]'s copy: the stored one, f32 for MXFP4.
+    pub fn dense_dtype(&self) -> DType {
+        match self {
+            Weight::Mxfp4(_) => DType::F32,
+            w => w.dtype(),
+        }
+    }
+
+    /// The device the weight lives on (mapped and MXFP4 weights are in host memory).
     pub fn device(&self) -> Device {
         match self {
             Weight::Tensor(t) => t.device().clone(),
-            Weight::Mapped(_) => Device::Cpu,
+            Weight::Mapped(_) | Weight::Mxfp4(_) => Device::Cpu,
         }
     }
 
@@ -168,16 +183,17 @@ impl Weight {
     pub fn as_tensor(&self) -> Option<&Tensor> {
         match self {
             Weight::Tensor(t) => Some(t),
-            Weight::Mapped(_) => None,
+            Weight::Mapped(_) | Weight::Mxfp4(_) => None,
         }
     }
 
     /// The weight as a Candle tensor in its own dtype: the tensor itself, or a copy of the
-    /// mapped data on the CPU.
+    /// mapped data on the CPU (MXFP4 dequantised to f32).
     pub fn to_tensor(&self) -> Result<Tensor> {
         match self {
             Weight::Tensor(t) => Ok(t.clone()),
             Weight::Mapped(m) => m.to_tensor(&Device::Cpu),
+            Weight::Mxfp4(m) => m.to_tensor(&Device::Cpu),
         }
     }
 
@@ -188,18 +204,28 @@ impl Weight {
 
     /// Bytes of the weight's data.
     pub fn byte_len(&self) -> u64 {
-        (self.dims().iter().product::<usize>() * self.dtype().size_in_bytes()) as u64
+        match self {
+            Weight::Mxfp4(m) => m.byte_len(),
+            w => (w.dims().iter().product::<usize>() * w.dtype().size_in_bytes()) as u64,
+        }
     }
 
     /// Gives a mapped weight's pages back to the OS (a no-op for tensors).
     pub fn release(&self) {
-        if let Weight::Mapped(m) = self {
-            m.release();
+        match self {
+            Weight::Mapped(m) => m.release(),
+            Weight::Mxfp4(m) => m.release(),
+            Weight::Tensor(_) => {}
         }
     }
 
+    /// The weight is read in place from the mapped checkpoint.
     pub fn is_mapped(&self) -> bool {
-        matches!(self, Weight::Mapped(_))
+        match self {
+            Weight::Mapped(_) => true,
+            Weight::Mxfp4(m) => m.is_mapped(),
+            Weight::Tensor(_) => false,
+        }
     }
 
     /// The sub-matrix `[index, rows, ..]` of a stacked weight (one expert's rows of a fused
@@ -210,6 +236,9 @@ impl Weight {
             Weight::Mapped(m) => m
                 .slice(index, rows.clone())
                 .map(|v| Weight::Mapped(Box::new(v))),
+            Weight::Mxfp4(m) => m
+                .select_rows(index, rows.start, 1, rows.len())
+                .map(|v| Weight::Mxfp4(Box::new(v))),
             Weight::Tensor(t) => Some(Weight::Tensor(
                 t.get(index)?
                     .narrow(0, rows.start, rows.len())?
@@ -224,6 +253,37 @@ impl Weight {
                 self.dims()
             ))
         })
+    }
+}
+
+impl Weight {
+    /// Rows `first, first + 2, ..` (`count` of them) of matrix `index` of a stacked weight
+    /// `[experts, rows, cols]`: one expert's gate (or up) rows when they are interleaved with
+    /// the other's. A view of the same bytes for MXFP4; a copy otherwise.
+    pub fn every_other_row(&self, index: usize, first: usize, count: usize) -> Result<Weight> {
+        let bad = || {
+            super::error::ModelError::msg(format!(
+                "cannot take every other row from {first} ({count} rows) of [{index}] of a \
+                 weight of shape {:?}",
+                self.dims()
+            ))
+        };
+        if let Weight::Mxfp4(m) = self {
+            return m
+                .select_rows(index, first, 2, count)
+                .map(|v| Weight::Mxfp4(Box::new(v)))
+                .ok_or_else(bad);
+        }
+        let &[outer, inner, cols] = self.dims() else {
+            return Err(bad());
+        };
+        if index >= outer || first > 1 || 2 * count + first > inner + 1 || inner % 2 != 0 {
+            return Err(bad());
+        }
+        let t = self.to_tensor()?.get(index)?;
+        let pairs = t.reshape((inner / 2, 2, cols))?;
+        let rows = pairs.narrow(1, first, 1)?.squeeze(1)?.narrow(0, 0, count)?;
+        Ok(Weight::Tensor(rows.contiguous()?))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Memory-mapped safetensors checkpoints ([`MmapWeights`]) and the [`WeightSource`] the
 //! family builders read them through.
 //!
-//! Every file is validated up front (complete, offsets in bounds, float tensors only) and
-//! indexed by tensor name; only the headers are read. A builder then either takes a weight
+//! Every file is validated up front (complete, offsets in bounds, float tensors only — plus
+//! the u8 `*_blocks` / `*_scales` pairs of MXFP4 weights) and indexed by tensor name; only the
+//! headers are read. A builder then either takes a weight
 //! matrix as a zero-copy [`MappedTensor`] view (the CPU default: no copy, pages shared with
 //! the OS cache) or copies a tensor out of the map in the dtype it asks for, releasing the
 //! pages it came from (`MADV_DONTNEED`) so that loading never holds the checkpoint twice.
@@ -16,6 +17,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use memmap2::Mmap;
 
+use super::mxfp4::{BLOCK, ByteView, Mxfp4Tensor};
 use super::weight::{MappedTensor, Weight, release_pages};
 use super::{ModelError, Result};
 
@@ -66,17 +68,27 @@ impl MmapWeights {
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 use safetensors::Dtype as D;
-                if !matches!(info.dtype, D::F32 | D::F16 | D::BF16 | D::F64 | D::F8_E4M3) {
+                let mxfp4_part = info.dtype == D::U8
+                    && (name.ends_with(MXFP4_BLOCKS) || name.ends_with(MXFP4_SCALES));
+                if !mxfp4_part
+                    && !matches!(info.dtype, D::F32 | D::F16 | D::BF16 | D::F64 | D::F8_E4M3)
+                {
                     return Err(ModelError::msg(format!(
                         "{}: tensor {name} has dtype {:?}; MoEScope reads float (f32/f16/bf16) \
-                         weights and block-scaled float8 (e4m3)",
+                         weights, block-scaled float8 (e4m3) and MXFP4 (u8 \
+                         *{MXFP4_BLOCKS} with *{MXFP4_SCALES})",
                         path.display(),
                         info.dtype
                     )));
                 }
-                if !name.ends_with(FP8_SCALE_SUFFIX) {
-                    total_params += info.shape.iter().product::<usize>() as u64;
-                }
+                let elems = info.shape.iter().product::<usize>() as u64;
+                // Two parameters per MXFP4 block byte; scales are not parameters.
+                total_params += match (mxfp4_part, name.ends_with(MXFP4_BLOCKS)) {
+                    (true, true) => 2 * elems,
+                    (true, false) => 0,
+                    (false, _) if name.ends_with(FP8_SCALE_SUFFIX) => 0,
+                    (false, _) => elems,
+                };
                 let (a, b) = info.data_offsets;
                 index.insert(
                     name,
@@ -91,6 +103,7 @@ impl MmapWeights {
             }
             maps.push(Arc::new(mmap));
         }
+        check_mxfp4_pairs(&index, files)?;
         Ok(Self {
             maps,
             paths: files.to_vec(),
@@ -190,6 +203,19 @@ impl MmapWeights {
         )
     }
 
+    /// The bytes and shape of tensor `name` as stored, if the checkpoint holds it as u8.
+    fn u8_tensor(&self, name: &str) -> Option<(ByteView, &[usize])> {
+        let e = self.index.get(name)?;
+        (e.dtype == safetensors::Dtype::U8).then(|| {
+            let view = ByteView::Mapped {
+                map: self.maps[e.file].clone(),
+                start: e.start,
+                end: e.end,
+            };
+            (view, e.shape.as_slice())
+        })
+    }
+
     /// Refuses tensor `name` when the checkpoint holds it in another shape than `dims`, the
     /// shape the config implies.
     fn check_shape(&self, name: &str, dims: &[usize]) -> std::result::Result<(), String> {
@@ -262,6 +288,38 @@ impl MmapWeights {
         dequantize_blocks(&mut values, cols, &scales, want[1], [br, bc]);
         Tensor::from_vec(values, (rows, cols), &Device::Cpu)
     }
+}
+
+/// Name suffixes of an MXFP4 weight's two tensors.
+const MXFP4_BLOCKS: &str = "_blocks";
+const MXFP4_SCALES: &str = "_scales";
+
+/// Every u8 `X_blocks` tensor has its `X_scales` (and the other way round), wherever the
+/// shards put them.
+fn check_mxfp4_pairs(index: &HashMap<String, Entry>, files: &[PathBuf]) -> Result<()> {
+    let is_u8 = |name: &str| {
+        index
+            .get(name)
+            .is_some_and(|e| e.dtype == safetensors::Dtype::U8)
+    };
+    let mut names: Vec<&String> = index.keys().filter(|n| is_u8(n)).collect();
+    names.sort();
+    for name in names {
+        let (other, what) = match name.strip_suffix(MXFP4_BLOCKS) {
+            Some(base) => (format!("{base}{MXFP4_SCALES}"), "scales"),
+            None => match name.strip_suffix(MXFP4_SCALES) {
+                Some(base) => (format!("{base}{MXFP4_BLOCKS}"), "blocks"),
+                None => continue,
+            },
+        };
+        if !is_u8(&other) {
+            let file = file_name(&files[index[name.as_str()].file]);
+            return Err(ModelError::msg(format!(
+                "{file}: MXFP4 tensor {name} has no {what} tensor {other} (u8) in the checkpoint"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Why `bytes` is not a valid safetensors file, in terms of the file: which tensor's shape and
@@ -391,7 +449,7 @@ impl candle_nn::var_builder::SimpleBackend for SharedWeights {
 pub struct WeightSource {
     vb: VarBuilder<'static>,
     mapped: Option<Arc<MmapWeights>>,
-    /// The checkpoint the tensors come from, when they come from one.
+    /// The checkpoint, mapped or not (for the raw bytes of quantised weights).
     checkpoint: Option<Arc<MmapWeights>>,
 }
 
@@ -414,7 +472,7 @@ impl WeightSource {
             Box::new(SharedWeights(weights.clone()));
         Self {
             vb: VarBuilder::from_backend(backend, dtype, device.clone()),
-            mapped: (map && device.is_cpu()).then_some(weights.clone()),
+            mapped: (map && device.is_cpu()).then(|| weights.clone()),
             checkpoint: Some(weights),
         }
     }
@@ -470,6 +528,74 @@ impl WeightSource {
     }
 }
 
+impl WeightSource {
+    fn full_name(&self, name: &str) -> String {
+        let prefix = self.vb.prefix();
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        }
+    }
+
+    /// The checkpoint holds `name` as an MXFP4 pair (`{name}_blocks`, `{name}_scales`).
+    pub fn contains_mxfp4(&self, name: &str) -> bool {
+        let blocks = format!("{}{MXFP4_BLOCKS}", self.full_name(name));
+        self.checkpoint
+            .as_ref()
+            .is_some_and(|w| w.u8_tensor(&blocks).is_some())
+    }
+
+    /// The MXFP4 weight `name` (`{name}_blocks` `[.., cols/32, 16]` and `{name}_scales`
+    /// `[.., cols/32]`, u8) of logical `shape` (`[.., cols]`): kept packed, read in place, when
+    /// mapping is on; else dequantised into a tensor of the compute dtype.
+    pub fn mxfp4(&self, shape: &[usize], name: &str) -> Result<Weight> {
+        let full = self.full_name(name);
+        let (blocks_name, scales_name) = (
+            format!("{full}{MXFP4_BLOCKS}"),
+            format!("{full}{MXFP4_SCALES}"),
+        );
+        let checkpoint = self.checkpoint.as_ref().ok_or_else(|| {
+            ModelError::msg(format!(
+                "{blocks_name}: MXFP4 weights are read from a safetensors checkpoint"
+            ))
+        })?;
+        let (Some(&cols), true) = (shape.last(), shape.len() >= 2) else {
+            return Err(ModelError::msg(format!(
+                "{blocks_name}: an MXFP4 weight has at least two axes, not {shape:?}"
+            )));
+        };
+        let lead = &shape[..shape.len() - 1];
+        let blocks_shape = [lead, &[cols / BLOCK, BLOCK / 2]].concat();
+        let scales_shape = [lead, &[cols / BLOCK]].concat();
+        let get = |n: &str, want: &[usize]| -> Result<ByteView> {
+            let (view, dims) = checkpoint.u8_tensor(n).ok_or_else(|| {
+                ModelError::msg(format!(
+                    "cannot find tensor {n} (u8, part of the MXFP4 weight {full}) in the checkpoint"
+                ))
+            })?;
+            if dims != want {
+                return Err(ModelError::msg(format!(
+                    "tensor {n} has shape {dims:?}, the config implies {want:?}"
+                )));
+            }
+            Ok(view)
+        };
+        let blocks = get(&blocks_name, &blocks_shape)?;
+        let scales = get(&scales_name, &scales_shape)
+            .map_err(|e| ModelError::msg(format!("{e} (the scales of {blocks_name})")))?;
+        let packed = Mxfp4Tensor::new(blocks, scales, shape.to_vec(), &full)?;
+        if self.mapped.is_some() {
+            return Ok(Weight::Mxfp4(Box::new(packed)));
+        }
+        let dense = packed
+            .to_tensor(self.vb.device())?
+            .to_dtype(self.vb.dtype())?;
+        packed.release();
+        Ok(Weight::Tensor(dense))
+    }
+}
+
 impl candle_nn::var_builder::SimpleBackend for MmapWeights {
     fn get(
         &self,
@@ -502,7 +628,76 @@ fn file_name(p: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::dequantize_blocks;
+    use super::*;
+
+    /// A safetensors file with `tensors` (name, dtype, shape, bytes).
+    fn write(tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> tempfile::TempPath {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| {
+                let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+                (n.to_string(), view)
+            })
+            .collect();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        safetensors::serialize_to_file(views, None, file.path()).unwrap();
+        file.into_temp_path()
+    }
+
+    #[test]
+    fn mxfp4_blocks_without_scales_are_refused_naming_both() {
+        use safetensors::Dtype::U8;
+        let name = "model.layers.0.mlp.experts.down_proj";
+        let path = write(&[(
+            &format!("{name}_blocks"),
+            U8,
+            vec![1, 2, 1, 16],
+            vec![0; 32],
+        )]);
+        let err = MmapWeights::open(&[path.to_path_buf()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&format!("{name}_blocks")), "{err}");
+        assert!(err.contains(&format!("{name}_scales")), "{err}");
+        // Other u8 tensors are still refused.
+        let path = write(&[("model.norm.weight", U8, vec![4], vec![0; 4])]);
+        let err = MmapWeights::open(&[path.to_path_buf()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("model.norm.weight"), "{err}");
+    }
+
+    #[test]
+    fn mxfp4_pair_is_read_packed_when_mapped_and_dequantised_otherwise() {
+        use safetensors::Dtype::U8;
+        let name = "w";
+        // [1 expert, 2 rows, 32 cols]: all nibbles 2 (1.0); scales 128 and 126.
+        let path = write(&[
+            ("w_blocks", U8, vec![1, 2, 1, 16], vec![0x22; 32]),
+            ("w_scales", U8, vec![1, 2, 1], vec![128, 126]),
+        ]);
+        let weights = Arc::new(MmapWeights::open(&[path.to_path_buf()]).unwrap());
+        assert_eq!(weights.total_params(), 64);
+        let want = [vec![2.0f32; 32], vec![0.5; 32]];
+        for map in [true, false] {
+            let vb = WeightSource::new(weights.clone(), DType::F32, &Device::Cpu, map);
+            assert!(vb.contains_mxfp4(name));
+            let w = vb.mxfp4(&[1, 2, 32], name).unwrap();
+            assert_eq!(matches!(w, Weight::Mxfp4(_)), map);
+            let got = w
+                .to_tensor()
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(got, want);
+            let err = vb.mxfp4(&[1, 2, 64], name).unwrap_err().to_string();
+            assert!(err.contains("w_blocks"), "{err}");
+        }
+    }
 
     #[test]
     fn fp8_blocks_scale_their_own_elements_with_a_short_last_block() {

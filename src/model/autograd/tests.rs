@@ -3,7 +3,7 @@
 use candle_core::{D, Device, Tensor, Var};
 
 use super::{causal_softmax, cross_entropy_rows, rms_norm, softmax_detached_max};
-use crate::model::layers::{Activation, Linear, RmsNorm, SwiGlu, dispatch_experts};
+use crate::model::layers::{GluActivation, Linear, RmsNorm, SwiGlu, dispatch_experts};
 use crate::model::test_support::{input_grads, randn, rel_diff, tracked};
 
 #[test]
@@ -15,7 +15,7 @@ fn frozen_experts_op_matches_the_tensor_path() {
         up: Linear::new(w(&randn(&[inter, hidden], 20 + i)), None),
         down: Linear::new(w(&randn(&[hidden, inter], 30 + i)), None),
         names: ["gate_proj", "up_proj", "down_proj"],
-        act: Activation::Silu,
+        act: GluActivation::Silu,
     };
     let plain: Vec<_> = (0..n_exp as u64).map(|i| expert(i, &tracked)).collect();
     // All frozen (one op), and experts 1 and 3 on the tensor path beside the op.

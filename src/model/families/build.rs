@@ -4,7 +4,8 @@ use crate::model::weights::WeightSource;
 
 use super::common::BuildCtx;
 use super::{
-    deepseek_v2, gemma4, glm4_moe, minimax_m2, mixtral, olmoe, phimoe, qwen2_moe, qwen3_moe,
+    deepseek_v2, gemma4, glm4_moe, gpt_oss, minimax_m2, mixtral, olmoe, phimoe, qwen2_moe,
+    qwen3_moe,
 };
 use crate::model::error::Result;
 use crate::model::info::Family;
@@ -28,5 +29,6 @@ pub fn build(
         Family::MiniMaxM2 => minimax_m2::load(config_json, vb, ctx),
         Family::Gemma4 => gemma4::load(config_json, vb, ctx),
         Family::PhiMoe => phimoe::load(config_json, vb, ctx),
+        Family::GptOss => gpt_oss::load(config_json, vb, ctx),
     }
 }

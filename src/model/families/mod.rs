@@ -7,6 +7,7 @@ pub mod common;
 pub mod deepseek_v2;
 pub mod gemma4;
 pub mod glm4_moe;
+pub mod gpt_oss;
 pub mod minimax_m2;
 pub mod mixtral;
 pub mod olmoe;

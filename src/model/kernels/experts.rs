@@ -1,13 +1,48 @@
-//! SwiGLU experts: each expert on just the tokens routed to it, the experts side by side on the
+//! Gated experts: each expert on just the tokens routed to it, the experts side by side on the
 //! thread pool, forward (inference and training) and backward (`∂L/∂x` and `∂L/∂w` for the
-//! routing weights; none for the experts' frozen weights).
+//! routing weights; none for the experts' frozen weights). Inference also runs experts with
+//! biases and another gating than SwiGLU (gpt-oss's clamped one, see [`GluActivation`]).
 
 use candle_core::Tensor;
 
 use super::gemm::{F32Data, Mat, gemm_into, matmul, par_each, with_scratch};
 use super::weights::{WeightData, gemv_rows, with_tiles};
 use crate::model::error::Result;
+use crate::model::layers::GluActivation;
 use crate::model::weight::Weight;
+
+/// What the inference kernel needs of one expert: its gate, up and down weights, their biases
+/// (if any) and its gating.
+#[derive(Clone, Copy)]
+pub(crate) struct KernelExpert<'a> {
+    pub(crate) weights: [&'a Weight; 3],
+    pub(crate) biases: [Option<&'a Tensor>; 3],
+    pub(crate) act: GluActivation,
+}
+
+/// An expert's biases (read locks on f32 CPU tensors) and gating.
+struct Extras<'a> {
+    biases: [Option<F32Data<'a>>; 3],
+    act: GluActivation,
+}
+
+/// Borrowed [`Extras`]: the bias values of gate, up and down, and the gating.
+#[derive(Clone, Copy)]
+struct ExtraSlices<'a> {
+    biases: [Option<&'a [f32]>; 3],
+    act: GluActivation,
+}
+
+/// Adds `bias[j0 + j]` to every value of feature `j` of a column-major `[n, features]` block
+/// (`features` runs of `n` values).
+fn add_feature_bias(y: &mut [f32], n: usize, bias: Option<&[f32]>, j0: usize) {
+    let Some(bias) = bias else {
+        return;
+    };
+    for (run, &b) in y.chunks_exact_mut(n.max(1)).zip(&bias[j0..]) {
+        run.iter_mut().for_each(|v| *v += b);
+    }
+}
 
 /// Floats of f32 tiles one thread converts a half-precision expert into (64 MiB): a whole
 /// expert of the common MoE shapes (OLMoE, Qwen3-MoE, DeepSeek-V2-Lite), a chunk of a larger
@@ -20,6 +55,7 @@ pub(crate) struct ExpertData<'a> {
     up: WeightData<'a>,
     down: WeightData<'a>,
     inter: usize,
+    extras: Extras<'a>,
 }
 
 impl<'a> ExpertData<'a> {
@@ -37,7 +73,35 @@ impl<'a> ExpertData<'a> {
             up: WeightData::of(u)?,
             down: WeightData::of(d)?,
             inter,
+            extras: Extras {
+                biases: [None, None, None],
+                act: GluActivation::Silu,
+            },
         })
+    }
+
+    /// [`ExpertData::of`] for an expert with biases (f32 CPU tensors of the projections' output
+    /// widths) and any gating; `None` when something does not qualify.
+    pub(crate) fn of_kernel(e: &KernelExpert<'a>, hidden: usize) -> Option<Self> {
+        let mut data = Self::of(e.weights, hidden)?;
+        let widths = [data.inter, data.inter, hidden];
+        let mut biases = [None, None, None];
+        for ((dst, b), width) in biases.iter_mut().zip(e.biases).zip(widths) {
+            if let Some(b) = b {
+                let d = F32Data::of(b).filter(|d| d.slice().len() == width)?;
+                *dst = Some(d);
+            }
+        }
+        data.extras = Extras { biases, act: e.act };
+        Some(data)
+    }
+
+    fn extras(&self) -> ExtraSlices<'_> {
+        let [g, u, d] = &self.extras.biases;
+        ExtraSlices {
+            biases: [g, u, d].map(|b| b.as_ref().map(F32Data::slice)),
+            act: self.extras.act,
+        }
     }
 
     /// [`ExpertData::of`] for weights stored as f32 (what the training kernels read).
@@ -53,13 +117,13 @@ impl<'a> ExpertData<'a> {
 
 /// [`dispatch_experts`](crate::model::layers::dispatch_experts) with the experts side by side on
 /// the thread pool; `slots[e]` lists the positions in the row-major `[tokens, k]` choice of the
-/// tokens routed to `e`, `experts[e]` its gate, up and down weights when it is a plain SwiGLU.
+/// tokens routed to `e`, `experts[e]` its weights, biases and gating when it has no LoRA update.
 pub(crate) fn dispatch_experts(
     x: &Tensor,
     k: usize,
     slots: &[Vec<u32>],
     weights: &Tensor,
-    experts: &[Option<[&Weight; 3]>],
+    experts: &[Option<KernelExpert<'_>>],
     decoding: bool,
 ) -> Result<Option<Tensor>> {
     let Ok((tokens, hidden)) = x.dims2() else {
@@ -74,7 +138,18 @@ pub(crate) fn dispatch_experts(
     if weights.elem_count() != tokens * k {
         return Ok(None);
     }
-    let Some(data) = expert_data(experts, slots, hidden) else {
+    let data: Option<Vec<Option<ExpertData<'_>>>> = experts
+        .iter()
+        .zip(slots)
+        .map(|(e, s)| match s.is_empty() {
+            true => Some(None),
+            false => e
+                .as_ref()
+                .and_then(|e| ExpertData::of_kernel(e, hidden))
+                .map(Some),
+        })
+        .collect();
+    let Some(data) = data else {
         return Ok(None);
     };
     let out = experts_forward(xd.slice(), wd.slice(), hidden, k, slots, &data, decoding);
@@ -167,7 +242,7 @@ pub(crate) fn experts_forward(
             return expert_forward_gemv(xs, ws, hidden, k, s, d, block);
         }
         let run = |s: &[u32], block: &mut [f32]| match d.f32() {
-            Some(w) => expert_forward_f32(xs, ws, hidden, k, s, w, d.inter, block),
+            Some(w) => expert_forward_f32(xs, ws, hidden, k, s, w, d.inter, d.extras(), block),
             None => expert_forward_tiled(xs, ws, hidden, k, s, d, block, EXPERT_TILE_FLOATS),
         };
         // A single token would take `gemm`'s matrix-vector path, which sums in another order
@@ -182,13 +257,6 @@ pub(crate) fn experts_forward(
         }
     });
     sum_rows_per_token(&ys, &row_of_slot, hidden, k)
-}
-
-/// `g = silu(g) · u` elementwise: candle's silu, then the product, as in `SwiGlu::forward`.
-fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
-    for (g, &u) in g.iter_mut().zip(u) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
 }
 
 /// Tokens per block of the transposes below: sixteen f32 values fill one 64-byte cache line,
@@ -254,14 +322,19 @@ fn expert_forward_gemv(
     block: &mut [f32],
 ) {
     let inter = d.inter;
+    let ex = d.extras();
+    let [bg, bu, bd] = ex.biases;
     let (mut g, mut u) = (vec![0f32; inter], vec![0f32; inter]);
     for (dst, &pos) in block.chunks_exact_mut(hidden).zip(s) {
         let t = pos as usize / k;
         let x = &xs[t * hidden..(t + 1) * hidden];
         gemv_rows(d.gate.slice(), hidden, 0..inter, &[x], &mut [&mut g]);
         gemv_rows(d.up.slice(), hidden, 0..inter, &[x], &mut [&mut u]);
-        swiglu_in_place(&mut g, &u);
+        add_feature_bias(&mut g, 1, bg, 0);
+        add_feature_bias(&mut u, 1, bu, 0);
+        ex.act.apply_in_place(&mut g, &u);
         gemv_rows(d.down.slice(), inter, 0..hidden, &[&g], &mut [&mut *dst]);
+        add_feature_bias(dst, 1, bd, 0);
         let w = ws[pos as usize];
         dst.iter_mut().for_each(|v| *v *= w);
     }
@@ -277,11 +350,22 @@ fn expert_forward_f32(
     s: &[u32],
     [gate, up, down]: [&[f32]; 3],
     inter: usize,
+    ex: ExtraSlices<'_>,
     block: &mut [f32],
 ) {
     for piece in pieces(s.len(), EXPERT_PIECE_TOKENS) {
         let rows = &mut block[piece.start * hidden..piece.end * hidden];
-        expert_piece_f32(xs, ws, hidden, k, &s[piece], [gate, up, down], inter, rows);
+        expert_piece_f32(
+            xs,
+            ws,
+            hidden,
+            k,
+            &s[piece],
+            [gate, up, down],
+            inter,
+            ex,
+            rows,
+        );
     }
 }
 
@@ -315,9 +399,11 @@ fn expert_piece_f32(
     s: &[u32],
     [gate, up, down]: [&[f32]; 3],
     inter: usize,
+    ex: ExtraSlices<'_>,
     block: &mut [f32],
 ) {
     let n = s.len();
+    let [bg, bu, bd] = ex.biases;
     with_scratch(n * (hidden + 2 * inter), |scratch| {
         let (xe, rest) = scratch.split_at_mut(n * hidden);
         let (g, u) = rest.split_at_mut(n * inter);
@@ -327,12 +413,15 @@ fn expert_piece_f32(
         let (gw, uw) = (Mat::t(gate, hidden), Mat::t(up, hidden));
         matmul(g, col_major, xm, gw, (n, inter, hidden));
         matmul(u, col_major, xm, uw, (n, inter, hidden));
-        swiglu_in_place(g, u);
+        add_feature_bias(g, n, bg, 0);
+        add_feature_bias(u, n, bu, 0);
+        ex.act.apply_in_place(g, u);
         // The output column-major too (in `xe`'s space), then weighted into `block`'s
         // rows: a row-major destination would make the kernels repack the weight.
         let y = xe;
         let dw = Mat::t(down, inter);
         matmul(y, col_major, Mat::cols(g, n), dw, (n, hidden, inter));
+        add_feature_bias(y, n, bd, 0);
         write_weighted(y, ws, hidden, s, block);
     });
 }
@@ -355,6 +444,8 @@ pub(super) fn expert_forward_tiled(
 ) {
     let (n, inter) = (s.len(), d.inter);
     let (gate, up, down) = (d.gate.slice(), d.up.slice(), d.down.slice());
+    let ex = d.extras();
+    let [bg, bu, bd] = ex.biases;
     let size = inter * hidden;
     if 3 * size <= tile_floats {
         return with_tiles(3 * size, |tiles| {
@@ -363,7 +454,7 @@ pub(super) fn expert_forward_tiled(
             gate.read_f32(0..size, gt);
             up.read_f32(0..size, ut);
             down.read_f32(0..size, dt);
-            expert_forward_f32(xs, ws, hidden, k, s, [gt, ut, dt], inter, block);
+            expert_forward_f32(xs, ws, hidden, k, s, [gt, ut, dt], inter, ex, block);
         });
     }
     let chunk = (tile_floats / (3 * hidden).max(1)).clamp(16, inter.max(16));
@@ -386,7 +477,9 @@ pub(super) fn expert_forward_tiled(
                 let (g, u) = (&mut g[..n * c], &mut u[..n * c]);
                 matmul(g, col_major, xm, Mat::t(gt, hidden), (n, c, hidden));
                 matmul(u, col_major, xm, Mat::t(ut, hidden), (n, c, hidden));
-                swiglu_in_place(g, u);
+                add_feature_bias(g, n, bg, i0);
+                add_feature_bias(u, n, bu, i0);
+                ex.act.apply_in_place(g, u);
                 let acc = i0 > 0;
                 gemm_into(
                     y,
@@ -398,6 +491,7 @@ pub(super) fn expert_forward_tiled(
                 );
             }
         });
+        add_feature_bias(y, n, bd, 0);
         write_weighted(y, ws, hidden, s, block);
     });
 }

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::model::layers::{
-    Activation, Linear, RmsNorm, SwiGlu, attention_mask, dispatch_experts, scaled_attention,
+    GluActivation, Linear, RmsNorm, SwiGlu, attention_mask, dispatch_experts, scaled_attention,
 };
 use crate::model::test_support::{max_diff, randn, tracked};
 
@@ -40,7 +40,7 @@ fn cpu_kernels_match_the_tensor_path() {
         up: Linear::new(w(&randn(&[inter, hidden], 20 + i)), None),
         down: Linear::new(w(&randn(&[hidden, inter], 30 + i)), None),
         names: ["gate_proj", "up_proj", "down_proj"],
-        act: Activation::Silu,
+        act: GluActivation::Silu,
     };
     let fast_experts: Vec<_> = (0..n_exp as u64)
         .map(|i| expert(i, &|t| t.clone()))
@@ -117,7 +117,7 @@ fn half_precision_weights_compute_in_f32() {
                 up: Linear::new(pick(u), None),
                 down: Linear::new(pick(d), None),
                 names: ["gate_proj", "up_proj", "down_proj"],
-                act: Activation::Silu,
+                act: GluActivation::Silu,
             })
             .collect()
     };
@@ -185,7 +185,7 @@ fn large_half_precision_experts_run_in_chunks() {
         up: Linear::new(tracked(&u.1), None),
         down: Linear::new(tracked(&d.1), None),
         names: ["gate_proj", "up_proj", "down_proj"],
-        act: Activation::Silu,
+        act: GluActivation::Silu,
     }
     .forward(&randn(&[n, hidden], 4))
     .unwrap();
@@ -198,4 +198,98 @@ fn large_half_precision_experts_run_in_chunks() {
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "{name}: {diff}");
     }
+}
+
+/// gpt-oss experts: MXFP4 weights (gate and up interleaved in one fused tensor), biases and the
+/// clamped gating, on the expert kernel (whole, in chunks, and as a decoding step) against the
+/// tensor-op path over the dequantised weights.
+#[test]
+fn biased_clamped_mxfp4_experts_match_the_tensor_path() {
+    use super::experts::{ExpertData, KernelExpert, expert_forward_tiled};
+    use crate::model::layers::moe::dispatch_experts_with;
+    use crate::model::mxfp4::{ByteView, Mxfp4Tensor};
+    use crate::model::weight::Weight;
+    use rand::{Rng, SeedableRng};
+    let (tokens, hidden, inter, n_exp, k) = (21, 64, 32, 4, 2);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut packed = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        let blocks: Vec<u8> = (0..n / 2).map(|_| rng.random()).collect();
+        let scales: Vec<u8> = (0..n / 32).map(|_| rng.random_range(122..128)).collect();
+        let t = Mxfp4Tensor::new(ByteView::owned(blocks), ByteView::owned(scales), shape, "w");
+        Weight::Mxfp4(Box::new(t.unwrap()))
+    };
+    let gate_up = packed(vec![n_exp, 2 * inter, hidden]);
+    let down = packed(vec![n_exp, hidden, inter]);
+    let act = GluActivation::ClampedSwish {
+        alpha: 1.702,
+        limit: 1.5,
+    };
+    let experts = |dense: bool| -> Vec<SwiGlu> {
+        let w = |w: Weight| match dense {
+            true => Weight::Tensor(tracked(&w.to_tensor().unwrap())),
+            false => w,
+        };
+        (0..n_exp)
+            .map(|e| {
+                let b = |width: usize, seed: u64| Some(randn(&[width], 100 + 3 * e as u64 + seed));
+                SwiGlu {
+                    gate: Linear::new(
+                        w(gate_up.every_other_row(e, 0, inter).unwrap()),
+                        b(inter, 0),
+                    ),
+                    up: Linear::new(
+                        w(gate_up.every_other_row(e, 1, inter).unwrap()),
+                        b(inter, 1),
+                    ),
+                    down: Linear::new(w(down.slice(e, 0..hidden).unwrap()), b(hidden, 2)),
+                    names: ["gate_proj", "up_proj", "down_proj"],
+                    act,
+                }
+            })
+            .collect()
+    };
+    let (packed_experts, dense_experts) = (experts(false), experts(true));
+    let indices: Vec<u32> = (0..tokens * k).map(|p| ((p * 3) % n_exp) as u32).collect();
+    let x = randn(&[tokens, hidden], 5);
+    let weights = randn(&[tokens, k], 6);
+    let fast = dispatch_experts(&x, &indices, &weights, &packed_experts).unwrap();
+    let plain = dispatch_experts(&x, &indices, &weights, &dense_experts).unwrap();
+    assert!(
+        max_diff(&fast, &plain) < 1e-4,
+        "{}",
+        max_diff(&fast, &plain)
+    );
+    let (few, few_w) = (x.narrow(0, 0, 2).unwrap(), weights.narrow(0, 0, 2).unwrap());
+    let decoded = dispatch_experts_with(&few, &indices[..2 * k], &few_w, &packed_experts, true);
+    let decoded = decoded.unwrap();
+    assert!(max_diff(&decoded, &plain.narrow(0, 0, 2).unwrap()) < 1e-4);
+
+    // One expert in chunks of 16 intermediate rows against it whole.
+    let e = &packed_experts[1];
+    let kernel = KernelExpert {
+        weights: [&e.gate.weight, &e.up.weight, &e.down.weight],
+        biases: [
+            e.gate.bias.as_ref(),
+            e.up.bias.as_ref(),
+            e.down.bias.as_ref(),
+        ],
+        act,
+    };
+    let data = ExpertData::of_kernel(&kernel, hidden).unwrap();
+    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let ws = vec![1.0f32; tokens];
+    let slots: Vec<u32> = (0..tokens as u32).collect();
+    let run = |tile_floats: usize| {
+        let mut out = vec![0f32; tokens * hidden];
+        expert_forward_tiled(&xs, &ws, hidden, 1, &slots, &data, &mut out, tile_floats);
+        out
+    };
+    let (whole, chunked) = (run(1 << 20), run(3 * 16 * hidden));
+    let diff = whole
+        .iter()
+        .zip(&chunked)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "chunked: {diff}");
 }

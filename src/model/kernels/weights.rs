@@ -1,6 +1,7 @@
-//! Weight data the kernels read in place: an f32 / f16 / bf16 CPU tensor or a mapped
-//! checkpoint view ([`WeightData`]), and the conversion of half-precision rows to f32 tiles
-//! (the kernels accumulate in f32 whatever the weights are stored in).
+//! Weight data the kernels read in place: an f32 / f16 / bf16 CPU tensor, a mapped
+//! checkpoint view or an MXFP4 weight ([`WeightData`]), and the conversion of half-precision
+//! and MXFP4 rows to f32 tiles (the kernels accumulate in f32 whatever the weights are stored
+//! in).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -8,6 +9,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, DType, Storage, StorageRef};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
+use crate::model::mxfp4::Mxfp4Rows;
 use crate::model::weight::Weight;
 
 /// A weight's elements in their stored dtype.
@@ -16,6 +18,8 @@ pub(crate) enum WeightSlice<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     BF16(&'a [bf16]),
+    /// MXFP4 blocks and scales, dequantised as they are read.
+    Mxfp4(Mxfp4Rows<'a>),
 }
 
 impl WeightSlice<'_> {
@@ -25,6 +29,7 @@ impl WeightSlice<'_> {
             WeightSlice::F32(s) => dst.copy_from_slice(&s[range]),
             WeightSlice::F16(s) => s[range].convert_to_f32_slice(dst),
             WeightSlice::BF16(s) => bf16_to_f32(&s[range], dst),
+            WeightSlice::Mxfp4(m) => m.read_f32(range, dst),
         }
     }
 
@@ -49,10 +54,13 @@ pub(crate) struct WeightData<'a> {
 }
 
 impl<'a> WeightData<'a> {
-    /// `None` unless `w` is a mapped view, or an f32 / f16 / bf16 CPU tensor that is
-    /// contiguous and tracks no gradient.
+    /// `None` unless `w` is a mapped view, an MXFP4 weight, or an f32 / f16 / bf16 CPU tensor
+    /// that is contiguous and tracks no gradient.
     pub(crate) fn of(w: &'a Weight) -> Option<Self> {
         match w {
+            Weight::Mxfp4(m) => Some(Self {
+                source: Source::Mapped(WeightSlice::Mxfp4(m.rows())),
+            }),
             Weight::Mapped(m) => {
                 let bytes = m.bytes();
                 // SAFETY: `MappedTensor::new` checked that the range holds whole, aligned

@@ -1,6 +1,7 @@
 //! Attention: the additive mask for padded, causal, windowed batches; scaled dot-product
-//! attention; the KV cache; grouped-query [`Attention`] with rotary positions and q / k norms;
-//! and the [`AttentionLayer`] trait the decoder stack holds (DeepSeek's MLA implements it too).
+//! attention, also with attention sinks; the KV cache; grouped-query [`Attention`] with rotary
+//! positions, q / k norms, optional per-head sinks and a per-layer sliding window; and the
+//! [`AttentionLayer`] trait the decoder stack holds (DeepSeek's MLA implements it too).
 //!
 //! Shapes are annotated as `[b, t, h]` = batch, tokens, hidden.
 
@@ -95,6 +96,69 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// [`scaled_attention`] with attention sinks (gpt-oss): each head's learned logit `sinks[h]`
+/// joins every query's row as one more column of the softmax and is dropped after it, so the
+/// weights of the real keys sum to less than one. Computed as transformers'
+/// `eager_attention_forward` does: the row's maximum (sink included) subtracted first, the
+/// softmax in fp32.
+pub fn scaled_attention_with_sinks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    sinks: &Tensor,
+) -> Result<Tensor> {
+    let (b, h, t, _) = q.dims4()?;
+    let n_rep = h / k.dim(1)?;
+    let k = repeat_kv(k, n_rep)?;
+    let v = repeat_kv(v, n_rep)?;
+    let mut att = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(m) = mask {
+        att = att.broadcast_add(m)?;
+    }
+    let dtype = att.dtype();
+    let s = att.dim(3)?;
+    let sink_col = sinks
+        .to_dtype(DType::F32)?
+        .reshape((1, h, 1, 1))?
+        .broadcast_as((b, h, t, 1))?;
+    let combined = Tensor::cat(&[&att.to_dtype(DType::F32)?, &sink_col], 3)?;
+    let combined = combined.broadcast_sub(&combined.max_keepdim(3)?)?;
+    let probs = softmax_last_dim(&combined)?.narrow(3, 0, s)?;
+    Ok(probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?)
+}
+
+/// The additive sliding-window mask `[1, 1, t, offset + t]` for queries at positions
+/// `offset..offset + t` (a query at i sees keys j with i − j < window; causality and padding
+/// are the stack's mask's), or `None` when the window hides nothing.
+pub fn window_mask(
+    t: usize,
+    offset: usize,
+    window: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = offset + t;
+    if total <= window {
+        return Ok(None);
+    }
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if offset + i >= j + window {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Some(
+        Tensor::from_vec(m, (1, 1, t, total), device)?.to_dtype(dtype)?,
+    ))
+}
+
 fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     if n_rep == 1 {
         return Ok(x.clone());
@@ -160,6 +224,11 @@ pub struct Attention {
     cfg: AttentionConfig,
     rotary: Arc<Rotary>,
     cache: Option<(Tensor, Tensor)>,
+    /// Per-head attention-sink logits `[heads]` (gpt-oss `self_attn.sinks`).
+    sinks: Option<Tensor>,
+    /// This layer's own sliding window, on top of the stack's mask (for models whose layers
+    /// alternate between windowed and full attention).
+    window: Option<usize>,
 }
 
 impl Attention {
@@ -184,7 +253,21 @@ impl Attention {
             cfg,
             rotary,
             cache: None,
+            sinks: None,
+            window: None,
         })
+    }
+
+    /// The attention with per-head sink logits `sinks` `[heads]` in its softmax.
+    pub fn with_sinks(mut self, sinks: Tensor) -> Self {
+        self.sinks = Some(sinks);
+        self
+    }
+
+    /// The attention limited to the last `window` positions, whatever the stack's mask.
+    pub fn with_sliding_window(mut self, window: Option<usize>) -> Self {
+        self.window = window;
+        self
     }
 
     pub fn forward(
@@ -237,7 +320,19 @@ impl Attention {
         } else {
             (k, v)
         };
-        let y = scaled_attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?;
+        let window = match self.window {
+            Some(w) => window_mask(t, offset, w, q.dtype(), q.device())?,
+            None => None,
+        };
+        let mask = match (mask, &window) {
+            (Some(m), Some(w)) => Some(m.broadcast_add(w)?),
+            (m, w) => m.or(w.as_ref()).cloned(),
+        };
+        let scale = 1.0 / (d as f64).sqrt();
+        let y = match &self.sinks {
+            Some(sinks) => scaled_attention_with_sinks(&q, &k, &v, mask.as_ref(), scale, sinks)?,
+            None => scaled_attention(&q, &k, &v, mask.as_ref(), scale)?,
+        };
         let y = y.transpose(1, 2)?.reshape((b, t, nh * d))?;
         self.o.forward(&y)
     }
@@ -249,8 +344,8 @@ impl Attention {
     /// Where [`Attention::forward`] runs on `x` `[b, t, hidden]`: the block as one
     /// [`FrozenAttention`] op while training on the CPU (f32) with all four projections frozen,
     /// tensor ops (whose parts choose their own paths) when `x` tracks no gradient, a projection
-    /// is adapted or has a bias, on another device or dtype, with a KV cache, per-head norms or
-    /// clamping.
+    /// is adapted or has a bias, on another device or dtype, with a KV cache, per-head norms,
+    /// clamping, sinks or a layer's own window.
     fn path(
         &self,
         x: &Tensor,
@@ -266,7 +361,14 @@ impl Attention {
                 .filter(|w| f32_cpu(w) && !w.track_op())
                 .cloned()
         };
-        if !x.track_op() || !f32_cpu(x) || use_cache || offset != 0 || attn.cfg.clip_qkv.is_some() {
+        let plain_softmax = attn.sinks.is_none() && attn.window.is_none();
+        if !x.track_op()
+            || !f32_cpu(x)
+            || use_cache
+            || offset != 0
+            || attn.cfg.clip_qkv.is_some()
+            || !plain_softmax
+        {
             return Ok(Path::TensorOps);
         }
         let Ok((b, t, hidden)) = x.dims3() else {
@@ -416,6 +518,8 @@ mod tests {
                             .unwrap(),
                     ),
                     cache: None,
+                    sinks: None,
+                    window: None,
                 }
             };
             let mask = match masked {
@@ -443,6 +547,53 @@ mod tests {
                 rel_diff(&g[0], &g0[0])
             );
         }
+    }
+
+    #[test]
+    fn sinks_take_a_share_of_the_softmax_and_are_dropped() {
+        let dev = Device::Cpu;
+        // One head, one query, two keys with logits q·k·scale = 0 and ln 2 (scale 1), values
+        // 1 and 3, sink logit ln 3: weights 1/6 and 2/6 (the sink takes 3/6), output 7/6.
+        let q = Tensor::new(&[[[[1f32]]]], &dev).unwrap();
+        let k = Tensor::new(&[[[[0f32], [2f32.ln()]]]], &dev).unwrap();
+        let v = Tensor::new(&[[[[1f32], [3.0]]]], &dev).unwrap();
+        let sinks = Tensor::new(&[3f32.ln()], &dev).unwrap();
+        let y = scaled_attention_with_sinks(&q, &k, &v, None, 1.0, &sinks)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((y[0] - 7.0 / 6.0).abs() < 1e-6, "{y:?}");
+        // A masked key gets nothing; a fully masked row is all sink (zeros, no NaN).
+        let ninf = f32::NEG_INFINITY;
+        let mask = Tensor::new(&[[[[0f32, ninf]]]], &dev).unwrap();
+        let y = scaled_attention_with_sinks(&q, &k, &v, Some(&mask), 1.0, &sinks).unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!((y[0] - 0.25).abs() < 1e-6, "{y:?}");
+        let mask = Tensor::new(&[[[[ninf, ninf]]]], &dev).unwrap();
+        let y = scaled_attention_with_sinks(&q, &k, &v, Some(&mask), 1.0, &sinks).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0.0]);
+    }
+
+    #[test]
+    fn window_mask_hides_keys_a_window_or_more_behind() {
+        let ninf = f32::NEG_INFINITY;
+        // Queries at positions 2 and 3 (offset 2), window 2: position 3 sees keys 2 and 3.
+        let m = window_mask(2, 2, 2, DType::F32, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(&m[..4], &[ninf, 0.0, 0.0, 0.0]);
+        assert_eq!(&m[4..], &[ninf, ninf, 0.0, 0.0]);
+        assert!(
+            window_mask(3, 0, 3, DType::F32, &Device::Cpu)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

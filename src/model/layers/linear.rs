@@ -114,9 +114,9 @@ impl Linear {
     }
 
     /// Folds `delta` into the weight (`W + (α/r)·B·A`, computed in f32, stored in the weight's
-    /// dtype) and removes any unmerged delta.
+    /// dtype, f32 for an MXFP4 one) and removes any unmerged delta.
     pub fn merge_lora(&mut self, delta: &LoraDelta) -> Result<()> {
-        let dtype = self.weight.dtype();
+        let dtype = self.weight.dense_dtype();
         let merged = (self.weight.tensor_as(DType::F32)? + delta.delta_weight()?)?;
         self.weight = Weight::Tensor(merged.to_dtype(dtype)?);
         self.lora = None;

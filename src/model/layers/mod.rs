@@ -17,11 +17,11 @@ pub mod rotary;
 
 pub use attention::{
     Attention, AttentionConfig, AttentionLayer, QkNorm, append_kv, attention_mask,
-    scaled_attention, softmax_last_dim,
+    scaled_attention, scaled_attention_with_sinks, softmax_last_dim, window_mask,
 };
 pub use decoder::{DecoderLayer, DecoderStack, FeedForward};
 pub use linear::Linear;
-pub use mlp::{Activation, SharedExpert, SwiGlu};
+pub use mlp::{GluActivation, SharedExpert, SwiGlu};
 pub use moe::{MoeBlock, dispatch_experts};
 pub use norm::{LayerNorm, Norm, NormKind, RmsNorm};
 pub use rotary::Rotary;

@@ -9,6 +9,7 @@ use super::path::Path;
 use crate::model::autograd::experts::frozen_experts;
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels;
+use crate::model::kernels::experts::KernelExpert;
 use crate::model::router::{RouteCtx, RouterConfig, RoutingDecision, route};
 use crate::model::weight::Weight;
 
@@ -128,7 +129,8 @@ pub fn dispatch_experts_with(
         slots[e].push(pos as u32);
     }
     let plain: Vec<Option<[&Weight; 3]>> = experts.iter().map(SwiGlu::plain_weights).collect();
-    let frozen = match dispatch_path(x, k, &slots, weights, &plain, decoding)? {
+    let kernel: Vec<_> = experts.iter().map(SwiGlu::kernel_expert).collect();
+    let frozen = match dispatch_path(x, k, &slots, weights, &plain, &kernel, decoding)? {
         Path::Kernel(y) => return Ok(y),
         Path::Frozen(covered) => Some(covered),
         Path::TensorOps => None,
@@ -171,7 +173,7 @@ pub fn dispatch_experts_with(
 }
 
 /// Where [`dispatch_experts`] runs the experts: all on the direct kernel (untracked f32 CPU
-/// inputs, every expert with tokens plain), or — while training on the CPU — the plain experts
+/// inputs, every expert with tokens without LoRA update, its biases f32 on the CPU), or — while training on the CPU — the plain experts
 /// as one frozen op, whose output and covered experts this returns, with the others on tensor
 /// ops beside it; or all on tensor ops.
 fn dispatch_path(
@@ -180,9 +182,10 @@ fn dispatch_path(
     slots: &[Vec<u32>],
     weights: &Tensor,
     plain: &[Option<[&Weight; 3]>],
+    kernel: &[Option<KernelExpert<'_>>],
     decoding: bool,
 ) -> Result<Path<(Tensor, Vec<bool>)>> {
-    if let Some(y) = kernels::experts::dispatch_experts(x, k, slots, weights, plain, decoding)? {
+    if let Some(y) = kernels::experts::dispatch_experts(x, k, slots, weights, kernel, decoding)? {
         return Ok(Path::Kernel(y));
     }
     Ok(match frozen_experts(x, k, slots, weights, plain)? {

@@ -13,7 +13,7 @@ use crate::model::families::{
 };
 use crate::model::info::{Family, ModuleLayout};
 use crate::model::layers::{
-    Activation, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, NormKind, RmsNorm,
+    DecoderLayer, DecoderStack, FeedForward, GluActivation, Linear, MoeBlock, NormKind, RmsNorm,
     Rotary, SharedExpert, SwiGlu,
 };
 use crate::model::moe_model::MoeModel;
@@ -26,7 +26,7 @@ fn load_mlp(vb: &WeightSource, hidden: usize, inter: usize, bias: bool) -> Resul
         up: Linear::load(&vb.pp("up_proj"), hidden, inter, bias)?,
         down: Linear::load(&vb.pp("down_proj"), inter, hidden, bias)?,
         names: ["gate_proj", "up_proj", "down_proj"],
-        act: Activation::Silu,
+        act: GluActivation::Silu,
     })
 }
 

@@ -49,7 +49,7 @@ pub use model::{Gemma4Model, TEXT_PREFIX};
 use super::{BuildCtx, InfoParts};
 use crate::model::error::Result;
 use crate::model::info::{AttentionKind, Family, ModuleLayout, Projection};
-use crate::model::layers::{Activation, Linear, RmsNorm, Rotary, SwiGlu};
+use crate::model::layers::{GluActivation, Linear, RmsNorm, Rotary, SwiGlu};
 use crate::model::moe_model::MoeModel;
 use crate::model::router::RouterConfig;
 use crate::model::weights::WeightSource;
@@ -174,7 +174,7 @@ fn embed_scale(hidden: usize, dtype: DType) -> Result<f64> {
 }
 
 fn gelu_mlp(mut mlp: SwiGlu) -> SwiGlu {
-    mlp.act = Activation::GeluTanh;
+    mlp.act = GluActivation::GeluTanh;
     mlp
 }
 
@@ -214,7 +214,7 @@ fn load_moe(
                         up: Linear::new(gate_up.slice(x, inter..2 * inter)?, None),
                         down: Linear::new(down.slice(x, 0..h)?, None),
                         names: ["gate_proj", "up_proj", "down_proj"],
-                        act: Activation::GeluTanh,
+                        act: GluActivation::GeluTanh,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?
