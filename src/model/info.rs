@@ -15,15 +15,17 @@ pub enum Family {
     Qwen3Moe,
     Mixtral,
     DeepseekV2,
+    Qwen3_5Moe,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
         Family::Mixtral,
         Family::DeepseekV2,
+        Family::Qwen3_5Moe,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -34,6 +36,7 @@ impl Family {
             Family::Qwen3Moe => "Qwen3MoeForCausalLM",
             Family::Mixtral => "MixtralForCausalLM",
             Family::DeepseekV2 => "DeepseekV2ForCausalLM",
+            Family::Qwen3_5Moe => "Qwen3_5MoeForConditionalGeneration",
         }
     }
 
@@ -45,15 +48,31 @@ impl Family {
             Family::Qwen3Moe => "qwen3_moe",
             Family::Mixtral => "mixtral",
             Family::DeepseekV2 => "deepseek_v2",
+            Family::Qwen3_5Moe => "qwen3_5_moe",
         }
     }
 
     pub fn from_architecture(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.architecture() == name)
+        match name {
+            "Qwen3_5MoeForCausalLM" => Some(Family::Qwen3_5Moe),
+            _ => Self::ALL.into_iter().find(|f| f.architecture() == name),
+        }
     }
 
     pub fn from_model_type(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.model_type() == name)
+        match name {
+            "qwen3_5_moe_text" => Some(Family::Qwen3_5Moe),
+            _ => Self::ALL.into_iter().find(|f| f.model_type() == name),
+        }
+    }
+
+    /// Checkpoint tensors outside the language model that the family never loads (a vision
+    /// tower, a multi-token-prediction head), by name prefix: not counted in its parameters.
+    pub fn unused_weight_prefixes(self) -> &'static [&'static str] {
+        match self {
+            Family::Qwen3_5Moe => &["model.visual.", "mtp."],
+            _ => &[],
+        }
     }
 }
 

@@ -94,6 +94,18 @@ impl MmapWeights {
         self.total_params
     }
 
+    /// Number of parameters in the tensors whose names start with none of `prefixes`.
+    pub fn params_excluding(&self, prefixes: &[&str]) -> u64 {
+        if prefixes.is_empty() {
+            return self.total_params;
+        }
+        self.index
+            .iter()
+            .filter(|(name, _)| !prefixes.iter().any(|p| name.starts_with(p)))
+            .map(|(_, e)| e.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
     /// Checks a `model.safetensors.index.json` against the shards: every tensor its
     /// `weight_map` names must be in the shard it names.
     pub fn check_index(&self, index: &Path) -> Result<()> {

@@ -3,7 +3,7 @@
 use crate::model::weights::WeightSource;
 
 use super::common::BuildCtx;
-use super::{deepseek_v2, mixtral, olmoe, qwen2_moe, qwen3_moe};
+use super::{deepseek_v2, mixtral, olmoe, qwen2_moe, qwen3_5_moe, qwen3_moe};
 use crate::model::error::Result;
 use crate::model::info::Family;
 use crate::model::moe_model::MoeModel;
@@ -21,5 +21,6 @@ pub fn build(
         Family::Qwen3Moe => qwen3_moe::load(config_json, vb, ctx),
         Family::Mixtral => mixtral::load(config_json, vb, ctx),
         Family::DeepseekV2 => deepseek_v2::load(config_json, vb, ctx),
+        Family::Qwen3_5Moe => qwen3_5_moe::load(config_json, vb, ctx),
     }
 }

@@ -8,6 +8,7 @@ pub mod deepseek_v2;
 pub mod mixtral;
 pub mod olmoe;
 pub mod qwen2_moe;
+pub mod qwen3_5_moe;
 pub mod qwen3_moe;
 pub mod standard;
 
