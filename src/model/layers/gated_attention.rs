@@ -61,7 +61,11 @@ impl GatedAttention {
             cfg.num_kv_heads,
             cfg.head_dim,
         );
-        if nkv == 0 || nh % nkv != 0 || cfg.rotary_dim % 2 != 0 || cfg.rotary_dim > d {
+        if nkv == 0
+            || !nh.is_multiple_of(nkv)
+            || !cfg.rotary_dim.is_multiple_of(2)
+            || cfg.rotary_dim > d
+        {
             return Err(ModelError::msg(format!(
                 "attention with {nh} heads over {nkv} key/value heads and {} rotary channels of \
                  {d}: heads must be a multiple of the key/value heads and the rotary channels \

@@ -287,7 +287,10 @@ impl GatedDeltaNet {
     /// (`rms_norm_eps`).
     pub fn load(vb: &WeightSource, cfg: GatedDeltaNetConfig, eps: f64) -> Result<Self> {
         let (h, nv) = (cfg.hidden_size, cfg.num_value_heads);
-        if nv == 0 || cfg.num_key_heads == 0 || nv % cfg.num_key_heads != 0 || cfg.conv_kernel == 0
+        if nv == 0
+            || cfg.num_key_heads == 0
+            || !nv.is_multiple_of(cfg.num_key_heads)
+            || cfg.conv_kernel == 0
         {
             return Err(ModelError::msg(format!(
                 "linear attention with {nv} value heads over {} key heads and a kernel of {}: \
