@@ -20,7 +20,8 @@
 //! convolution and recurrence run on the host in f32, one tight loop over a sequence's tokens
 //! per head, whatever device the model is on. A right-padded batch runs each sequence over its
 //! real tokens only, so padding never enters a state and every sequence gets exactly what it
-//! gets alone; padding positions come out as zeros.
+//! gets alone; padding positions come out as zeros. Inputs that carry gradients are refused:
+//! the host loop is not differentiable.
 //!
 //! Shapes are annotated as `[b, t, h]` = batch, tokens, hidden.
 
@@ -338,6 +339,12 @@ impl GatedDeltaNet {
         seq_lens: &[usize],
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        if x.track_op() {
+            // The recurrence runs on the host, outside candle's graph: gradients would stop here.
+            return Err(ModelError::msg(
+                "training through linear-attention (gated DeltaNet) layers is not supported",
+            ));
+        }
         if seq_lens.len() != b || seq_lens.iter().any(|&l| l > t) {
             return Err(ModelError::msg(
                 "linear attention: sequence lengths do not match the batch",
