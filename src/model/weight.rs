@@ -207,13 +207,9 @@ impl Weight {
     /// otherwise.
     pub fn slice(&self, index: usize, rows: std::ops::Range<usize>) -> Result<Weight> {
         match self {
-            Weight::Mapped(m) => m
-                .slice(index, rows.clone())
-                .map(|v| Weight::Mapped(Box::new(v))),
+            Weight::Mapped(m) => m.slice(index, rows.clone()).map(|v| Weight::Mapped(Box::new(v))),
             Weight::Tensor(t) => Some(Weight::Tensor(
-                t.get(index)?
-                    .narrow(0, rows.start, rows.len())?
-                    .contiguous()?,
+                t.get(index)?.narrow(0, rows.start, rows.len())?.contiguous()?,
             )),
         }
         .ok_or_else(|| {

@@ -9,11 +9,11 @@ use crate::model::weights::WeightSource;
 use super::{
     BuildCtx, InfoParts, load_embed_norm_head, standard_attention_projections, swiglu_projections,
 };
-use crate::model::info::AttentionKind;
 use crate::model::layers::{
     Attention, AttentionConfig, DecoderLayer, DecoderStack, FeedForward, Linear, MoeBlock, QkNorm,
     RmsNorm, Rotary, SharedExpert, SwiGlu,
 };
+use crate::model::info::AttentionKind;
 use crate::model::router::RouterConfig;
 use crate::model::{Family, ModuleLayout, MoeModel, Result};
 
