@@ -79,6 +79,7 @@ fn layer_major_profiles_equal_batch_major_ones_for_every_family() {
         "mixtral",
         "deepseek_v2_lite",
         "deepseek_v2_group",
+        "qwen3_5_moe",
     ] {
         let model = fixture(name);
         let run = |tag: &str, extra: &[&str], env: &[(&str, &str)]| {

@@ -23,10 +23,11 @@ pub enum Family {
     Gemma4,
     PhiMoe,
     GptOss,
+    Qwen3_5Moe,
 }
 
 impl Family {
-    pub const ALL: [Family; 11] = [
+    pub const ALL: [Family; 12] = [
         Family::Olmoe,
         Family::Qwen2Moe,
         Family::Qwen3Moe,
@@ -38,6 +39,7 @@ impl Family {
         Family::Gemma4,
         Family::PhiMoe,
         Family::GptOss,
+        Family::Qwen3_5Moe,
     ];
 
     /// The HF `architectures[0]` name of the family's causal LM.
@@ -54,6 +56,7 @@ impl Family {
             Family::Gemma4 => "Gemma4ForConditionalGeneration",
             Family::PhiMoe => "PhiMoEForCausalLM",
             Family::GptOss => "GptOssForCausalLM",
+            Family::Qwen3_5Moe => "Qwen3_5MoeForConditionalGeneration",
         }
     }
 
@@ -71,19 +74,33 @@ impl Family {
             Family::Gemma4 => "gemma4",
             Family::PhiMoe => "phimoe",
             Family::GptOss => "gpt_oss",
+            Family::Qwen3_5Moe => "qwen3_5_moe",
         }
     }
 
     pub fn from_architecture(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.architecture() == name)
+        match name {
+            "Qwen3_5MoeForCausalLM" => Some(Family::Qwen3_5Moe),
+            _ => Self::ALL.into_iter().find(|f| f.architecture() == name),
+        }
     }
 
     pub fn from_model_type(name: &str) -> Option<Self> {
-        if name == "kimi_k2" {
+        match name {
             // Kimi-K2's config names its own model_type over DeepSeek-V3's architecture.
-            return Some(Family::DeepseekV3);
+            "kimi_k2" => Some(Family::DeepseekV3),
+            "qwen3_5_moe_text" => Some(Family::Qwen3_5Moe),
+            _ => Self::ALL.into_iter().find(|f| f.model_type() == name),
         }
-        Self::ALL.into_iter().find(|f| f.model_type() == name)
+    }
+
+    /// Checkpoint tensors outside the language model that the family never loads (a vision
+    /// tower, a multi-token-prediction head), by name prefix: not counted in its parameters.
+    pub fn unused_weight_prefixes(self) -> &'static [&'static str] {
+        match self {
+            Family::Qwen3_5Moe => &["model.visual.", "mtp."],
+            _ => &[],
+        }
     }
 }
 

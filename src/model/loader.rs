@@ -233,7 +233,8 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
     if let Some(index) = &files.index {
         weights.check_index(index)?;
     }
-    let total_params = weights.total_params();
+    // The language model's parameters: not a vision tower or prediction head beside it.
+    let total_params = weights.params_excluding(family.unused_weight_prefixes());
 
     let device = super::device::open(opts.device)?;
     let plan = LoadPlan::new(&weights, &device, opts);

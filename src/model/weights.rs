@@ -81,14 +81,7 @@ impl MmapWeights {
                         info.dtype
                     )));
                 }
-                let elems = info.shape.iter().product::<usize>() as u64;
-                // Two parameters per MXFP4 block byte; scales are not parameters.
-                total_params += match (mxfp4_part, name.ends_with(MXFP4_BLOCKS)) {
-                    (true, true) => 2 * elems,
-                    (true, false) => 0,
-                    (false, _) if name.ends_with(FP8_SCALE_SUFFIX) => 0,
-                    (false, _) => elems,
-                };
+                total_params += tensor_params(&name, info.dtype, &info.shape);
                 let (a, b) = info.data_offsets;
                 index.insert(
                     name,
@@ -132,10 +125,20 @@ impl MmapWeights {
 
     /// Number of parameters in the tensors whose names start with `prefix`.
     pub fn params_under(&self, prefix: &str) -> u64 {
+        self.params_where(|name| name.starts_with(prefix))
+    }
+
+    /// Number of parameters in the tensors whose names start with none of `prefixes`.
+    pub fn params_excluding(&self, prefixes: &[&str]) -> u64 {
+        self.params_where(|name| !prefixes.iter().any(|p| name.starts_with(p)))
+    }
+
+    /// Number of parameters in the tensors whose names pass `keep`.
+    fn params_where(&self, keep: impl Fn(&str) -> bool) -> u64 {
         self.index
             .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, e)| e.shape.iter().product::<usize>() as u64)
+            .filter(|(name, _)| keep(name))
+            .map(|(name, e)| tensor_params(name, e.dtype, &e.shape))
             .sum()
     }
 
@@ -388,6 +391,20 @@ fn explain_invalid(bytes: &[u8], error: &dyn std::fmt::Display) -> String {
         );
     }
     format!("not a valid safetensors file ({error})")
+}
+
+/// Parameters a stored tensor holds: its elements, two per MXFP4 block byte, none for MXFP4
+/// or float8 scales.
+fn tensor_params(name: &str, dtype: safetensors::Dtype, shape: &[usize]) -> u64 {
+    let elems = shape.iter().product::<usize>() as u64;
+    let u8_part = dtype == safetensors::Dtype::U8;
+    if u8_part && name.ends_with(MXFP4_BLOCKS) {
+        2 * elems
+    } else if (u8_part && name.ends_with(MXFP4_SCALES)) || name.ends_with(FP8_SCALE_SUFFIX) {
+        0
+    } else {
+        elems
+    }
 }
 
 /// Multiplies row-major `values` (`cols` wide) by their block's scale from row-major `scales`

@@ -5,7 +5,7 @@ use crate::model::weights::WeightSource;
 use super::common::BuildCtx;
 use super::{
     deepseek_v2, gemma4, glm4_moe, gpt_oss, minimax_m2, mixtral, olmoe, phimoe, qwen2_moe,
-    qwen3_moe,
+    qwen3_5_moe, qwen3_moe,
 };
 use crate::model::error::Result;
 use crate::model::info::Family;
@@ -30,5 +30,6 @@ pub fn build(
         Family::Gemma4 => gemma4::load(config_json, vb, ctx),
         Family::PhiMoe => phimoe::load(config_json, vb, ctx),
         Family::GptOss => gpt_oss::load(config_json, vb, ctx),
+        Family::Qwen3_5Moe => qwen3_5_moe::load(config_json, vb, ctx),
     }
 }

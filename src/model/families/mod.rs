@@ -13,6 +13,7 @@ pub mod mixtral;
 pub mod olmoe;
 pub mod phimoe;
 pub mod qwen2_moe;
+pub mod qwen3_5_moe;
 pub mod qwen3_moe;
 pub mod standard;
 

@@ -438,8 +438,24 @@ pub trait AttentionLayer: Send + std::fmt::Debug {
         offset: usize,
         use_cache: bool,
     ) -> Result<Tensor>;
+    /// [`AttentionLayer::forward`] on a right-padded batch whose sequences hold `seq_lens` real
+    /// tokens. Softmax attention ignores the lengths (the mask hides the padding); a layer that
+    /// carries a state along the sequence (linear attention) stops each sequence at its length
+    /// so that the padding never enters the state.
+    fn forward_padded(
+        &mut self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        use_cache: bool,
+        seq_lens: &[usize],
+    ) -> Result<Tensor> {
+        let _ = seq_lens;
+        self.forward(x, mask, offset, use_cache)
+    }
     fn clear_cache(&mut self);
-    /// Every projection with its module name relative to `self_attn`.
+    /// Every projection with its module name relative to the layout's `attention_prefix`
+    /// (`self_attn` for most families).
     fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)>;
 }
 

@@ -60,6 +60,7 @@ struct BatchLayout {
     b: usize,
     t: usize,
     offset: usize,
+    seq_lens: Vec<usize>,
     mask: Option<Tensor>,
     real_rows: Option<Tensor>,
 }
@@ -137,6 +138,7 @@ impl DecoderStack {
             b,
             t,
             offset,
+            seq_lens: batch.seq_lens.clone(),
             mask,
             real_rows,
         })
@@ -194,9 +196,13 @@ impl DecoderStack {
         let use_cache = self.use_kv_cache;
         let layer = &mut self.layers[li];
         let h = layer.input_norm.forward(&x)?;
-        let h = layer
-            .attn
-            .forward(&h, lay.mask.as_ref(), lay.offset, use_cache)?;
+        let h = layer.attn.forward_padded(
+            &h,
+            lay.mask.as_ref(),
+            lay.offset,
+            use_cache,
+            &lay.seq_lens,
+        )?;
         let x = (x + h)?;
         let h = layer.post_attention_norm.forward(&x)?;
         Ok((x, h))

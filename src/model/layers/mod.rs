@@ -8,6 +8,8 @@
 
 pub mod attention;
 pub mod decoder;
+pub mod gated_attention;
+pub mod gated_delta_net;
 pub mod linear;
 pub mod mlp;
 pub mod moe;
@@ -20,6 +22,8 @@ pub use attention::{
     scaled_attention, scaled_attention_with_sinks, softmax_last_dim, window_mask,
 };
 pub use decoder::{DecoderLayer, DecoderStack, FeedForward};
+pub use gated_attention::{GatedAttention, GatedAttentionConfig};
+pub use gated_delta_net::{GatedDeltaNet, GatedDeltaNetConfig};
 pub use linear::Linear;
 pub use mlp::{GluActivation, SharedExpert, SwiGlu};
 pub use moe::{MoeBlock, dispatch_experts};
