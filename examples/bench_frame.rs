@@ -41,6 +41,7 @@ fn synthetic_profile() -> RoutingProfile {
         .collect();
     RoutingProfile::new(
         ProfileModel {
+            attention_kinds: Vec::new(),
             id: "synthetic-48x128".into(),
             architecture: "Qwen3MoeForCausalLM".into(),
             moe_layers: (0..LAYERS).collect(),

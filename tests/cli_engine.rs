@@ -65,6 +65,18 @@ fn info_describes_every_fixture() {
         ("kimi_k2", "DeepseekV3ForCausalLM", "dense: [0]"),
         ("glm4_moe", "Glm4MoeForCausalLM", "dense: [0]"),
         ("minimax_m2", "MiniMaxM2ForCausalLM", "3 (3 MoE"),
+        ("phimoe", "PhiMoEForCausalLM", "3 (3 MoE"),
+        ("gpt_oss", "GptOssForCausalLM", "sliding 4 attention, MoE"),
+        (
+            "gemma4",
+            "Gemma4ForConditionalGeneration",
+            "full attention, MoE",
+        ),
+        (
+            "qwen3_5_moe",
+            "Qwen3_5MoeForConditionalGeneration",
+            "linear attention, MoE",
+        ),
     ] {
         let o = moescope(&["info", "--model", &s(&fixture(name))]);
         let out = stdout(&o);

@@ -301,6 +301,7 @@ mod tests {
 
     fn model(num_experts: usize) -> ProfileModel {
         ProfileModel {
+            attention_kinds: Vec::new(),
             id: "m".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![0, 1],

@@ -186,6 +186,7 @@ mod tests {
 
     fn profile() -> RoutingProfile {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "t".into(),
             architecture: "X".into(),
             moe_layers: vec![2, 4],

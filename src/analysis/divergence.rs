@@ -151,6 +151,7 @@ mod tests {
 
     fn profile() -> RoutingProfile {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "t".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![1, 3, 5],

@@ -211,6 +211,7 @@ mod tests {
     #[test]
     fn jaccard_matrix_across_subjects() {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "t".into(),
             architecture: "X".into(),
             moe_layers: vec![0, 1],

@@ -378,6 +378,7 @@ pub(crate) mod tests {
 
     pub(crate) fn profile() -> RoutingProfile {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "tiny".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![0, 1],

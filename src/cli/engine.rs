@@ -178,7 +178,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
         }
     );
     for (kind, layers) in layer_groups(i) {
-        println!("  {kind:<26} layers {}", layer_ranges(&layers));
+        println!(
+            "  {kind:<26} layers {}",
+            crate::model::info::layer_ranges(&layers)
+        );
     }
     println!(
         "experts          {} routed per MoE layer, {} per token",
@@ -249,25 +252,6 @@ fn layer_groups(info: &crate::model::ModelInfo) -> Vec<(String, Vec<usize>)> {
         }
     }
     groups
-}
-
-/// `0-2, 5, 7-9`: ascending layer indices as ranges.
-fn layer_ranges(layers: &[usize]) -> String {
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < layers.len() {
-        let mut j = i;
-        while j + 1 < layers.len() && layers[j + 1] == layers[j] + 1 {
-            j += 1;
-        }
-        parts.push(if j == i {
-            layers[i].to_string()
-        } else {
-            format!("{}-{}", layers[i], layers[j])
-        });
-        i = j + 1;
-    }
-    parts.join(", ")
 }
 
 fn human(n: u64) -> String {
@@ -546,16 +530,4 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::layer_ranges;
-
-    #[test]
-    fn layer_ranges_join_consecutive_layers() {
-        assert_eq!(layer_ranges(&[0, 1, 2, 5, 7, 8, 9]), "0-2, 5, 7-9");
-        assert_eq!(layer_ranges(&[3]), "3");
-        assert_eq!(layer_ranges(&[]), "");
-    }
 }

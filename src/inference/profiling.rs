@@ -120,6 +120,7 @@ pub enum ProfileError {
 /// The profile-file description of a model.
 pub fn profile_model(info: &ModelInfo) -> ProfileModel {
     ProfileModel {
+        attention_kinds: info.attention_kinds.clone(),
         id: info.id.clone(),
         architecture: info.architecture.clone(),
         moe_layers: info.moe_layers.clone(),

@@ -178,6 +178,58 @@ impl AttentionKind {
     }
 }
 
+/// What the routing heatmap's rows (the MoE layers) leave out or differ in: the dense layers
+/// and the linear-attention layers, e.g. `dense (no routing): 0-2 · linear attention: 3-5,
+/// 7-9`; empty when every layer is an MoE layer with softmax attention. `kinds` is each
+/// layer's token mixing (empty: unknown, all softmax attention).
+pub fn layer_kinds_caption(
+    num_layers: usize,
+    moe_layers: &[usize],
+    kinds: &[AttentionKind],
+) -> String {
+    let mut parts = Vec::new();
+    let dense: Vec<usize> = (0..num_layers)
+        .filter(|l| !moe_layers.contains(l))
+        .collect();
+    if !dense.is_empty() {
+        parts.push(format!("dense (no routing): {}", layer_ranges(&dense)));
+    }
+    let linear: Vec<usize> = (0..kinds.len())
+        .filter(|&l| kinds[l] == AttentionKind::Linear)
+        .collect();
+    if !linear.is_empty() {
+        parts.push(format!("linear attention: {}", layer_ranges(&linear)));
+    }
+    parts.join(" · ")
+}
+
+/// A heatmap row label for MoE layer `layer`: `L12`, or `L12 lin` for a linear-attention layer.
+pub fn row_label(layer: usize, kinds: &[AttentionKind]) -> String {
+    match kinds.get(layer) {
+        Some(AttentionKind::Linear) => format!("L{layer} lin"),
+        _ => format!("L{layer}"),
+    }
+}
+
+/// `0-2, 5, 7-9`: ascending layer indices as ranges.
+pub fn layer_ranges(layers: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < layers.len() {
+        let mut j = i;
+        while j + 1 < layers.len() && layers[j + 1] == layers[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j == i {
+            layers[i].to_string()
+        } else {
+            format!("{}-{}", layers[i], layers[j])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
+}
+
 /// What `moescope info` shows and the profile file records about a model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -218,6 +270,23 @@ impl ModelInfo {
             .unwrap_or(AttentionKind::Full)
     }
 
+    /// Decoder layers without routed experts.
+    pub fn dense_layers(&self) -> Vec<usize> {
+        (0..self.num_layers)
+            .filter(|l| !self.moe_layers.contains(l))
+            .collect()
+    }
+
+    /// See [`layer_kinds_caption`].
+    pub fn layer_kinds_caption(&self) -> String {
+        layer_kinds_caption(self.num_layers, &self.moe_layers, &self.attention_kinds)
+    }
+
+    /// See [`row_label`].
+    pub fn row_label(&self, layer: usize) -> String {
+        row_label(layer, &self.attention_kinds)
+    }
+
     /// One word per layer kind for tables: `full attention, MoE` etc.
     pub fn layer_description(&self, layer: usize) -> String {
         let ff = if self.moe_layers.contains(&layer) {
@@ -241,5 +310,36 @@ impl ModelInfo {
             .map(|p| (p.in_features * p.out_features) as u64)
             .sum();
         self.moe_layers.len() as u64 * (self.num_experts - self.top_k) as u64 * per_expert
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_ranges_join_consecutive_layers() {
+        assert_eq!(layer_ranges(&[0, 1, 2, 5, 7, 8, 9]), "0-2, 5, 7-9");
+        assert_eq!(layer_ranges(&[3]), "3");
+        assert_eq!(layer_ranges(&[]), "");
+    }
+
+    #[test]
+    fn heatmap_caption_names_dense_and_linear_attention_layers() {
+        // Three layers, MoE at 1 and 2.
+        let mut info = crate::steering::spec::tests::info();
+        assert_eq!(info.layer_kinds_caption(), "dense (no routing): 0");
+        assert_eq!(info.row_label(1), "L1");
+        info.attention_kinds = vec![
+            AttentionKind::Linear,
+            AttentionKind::Linear,
+            AttentionKind::Full,
+        ];
+        assert_eq!(
+            info.layer_kinds_caption(),
+            "dense (no routing): 0 · linear attention: 0-1"
+        );
+        assert_eq!(info.row_label(1), "L1 lin");
+        assert_eq!(info.layer_description(2), "full attention, MoE");
     }
 }

@@ -20,8 +20,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::FormatError;
-use crate::model::ModuleLayout;
 use crate::model::router::ScoreFn;
+use crate::model::{AttentionKind, ModuleLayout};
 
 pub const PROFILE_FORMAT: &str = "moescope-profile";
 pub const PROFILE_VERSION: u32 = 1;
@@ -40,6 +40,27 @@ pub struct ProfileModel {
     /// Module names and projection shapes, for parameter accounting and PEFT export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<ModuleLayout>,
+    /// Every decoder layer's token mixing (so also the number of decoder layers); empty in
+    /// profiles that predate it and in imported ones that do not know it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_kinds: Vec<AttentionKind>,
+}
+
+impl ProfileModel {
+    /// The heatmap caption naming dense and linear-attention layers
+    /// ([`crate::model::info::layer_kinds_caption`]).
+    pub fn layer_kinds_caption(&self) -> String {
+        let num_layers = self
+            .attention_kinds
+            .len()
+            .max(self.moe_layers.last().map_or(0, |l| l + 1));
+        crate::model::info::layer_kinds_caption(num_layers, &self.moe_layers, &self.attention_kinds)
+    }
+
+    /// The heatmap row label of MoE layer `layer` (`L3`, `L3 lin`).
+    pub fn row_label(&self, layer: usize) -> String {
+        crate::model::info::row_label(layer, &self.attention_kinds)
+    }
 }
 
 fn default_score_fn() -> ScoreFn {
@@ -215,6 +236,7 @@ mod tests {
 
     fn tiny() -> RoutingProfile {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "t".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![0, 2],

@@ -298,6 +298,7 @@ pub(crate) mod tests {
 
     pub(crate) fn profile_with_layout() -> RoutingProfile {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "tiny-olmoe".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![0, 1],

@@ -321,6 +321,7 @@ pub(crate) mod tests {
 
         let s = Selection::explicit(model(), [(3, 7)]).unwrap();
         let mut other = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "smaller".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![1, 2, 3],

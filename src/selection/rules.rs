@@ -314,6 +314,7 @@ mod tests {
 
     fn profile() -> RoutingProfile {
         let model = ProfileModel {
+            attention_kinds: Vec::new(),
             id: "tiny".into(),
             architecture: "OlmoeForCausalLM".into(),
             moe_layers: vec![1, 3],

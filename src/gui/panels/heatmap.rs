@@ -114,7 +114,7 @@ impl HeatmapPanel {
                 .model
                 .moe_layers
                 .iter()
-                .map(|l| format!("L{l}"))
+                .map(|&l| profile.model.row_label(l))
                 .collect();
             self.cache = Some((key, m));
         }
@@ -154,6 +154,10 @@ impl HeatmapPanel {
                 state.selected.len()
             ));
         });
+        let caption = profile.model.layer_kinds_caption();
+        if !caption.is_empty() {
+            ui.weak(format!("Rows are the MoE layers. {caption}"));
+        }
         let mask = state.selection_mask();
         let mut view = state.ui.heatmap_view;
         let resp = Heatmap::new("main_heatmap", &matrix)
