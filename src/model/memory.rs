@@ -3,7 +3,7 @@
 //! (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`), so that a 24 GB machine running
 //! MoEScope in an 8 GiB container plans for 8 GiB. `MOESCOPE_MEMORY_BUDGET` (bytes, or with a
 //! `K`/`M`/`G` suffix: `6G`) caps it further, to keep room for other work or to try how a run
-//! behaves on a smaller machine.
+//! behaves on a smaller machine. Also: giving a mapped range's pages back ([`release_pages`]).
 
 use std::path::{Path, PathBuf};
 
@@ -145,6 +145,24 @@ pub fn human_bytes(n: u64) -> String {
         n if n >= 1e3 => format!("{:.1} KB", n / 1e3),
         n => format!("{n} B"),
     }
+}
+
+/// Drops the whole pages inside `[start, end)` of `map` from this process's resident set.
+pub(crate) fn release_pages(map: &memmap2::Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let last = end / PAGE * PAGE;
+    if last > first {
+        // SAFETY: the map is a private read-only file mapping; MADV_DONTNEED only drops clean
+        // pages, which are re-read from the file on the next access, so no reader ever sees
+        // different data.
+        #[cfg(unix)]
+        unsafe {
+            let _ =
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first);
+        }
+    }
+    let _ = (map, first, last);
 }
 
 #[cfg(test)]

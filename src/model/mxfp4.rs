@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use memmap2::Mmap;
 
 use super::error::{ModelError, Result};
-use super::weight::release_pages;
+use super::memory::release_pages;
 
 /// The sixteen e2m1 values a nibble indexes (transformers' `FP4_VALUES`).
 pub const FP4_VALUES: [f32; 16] = [

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use super::error::Result;
+use super::memory::release_pages;
 use super::mxfp4::Mxfp4Tensor;
 
 /// A byte range of a memory-mapped file holding one tensor, with its dtype and shape.
@@ -110,24 +111,6 @@ impl MappedTensor {
     pub fn release(&self) {
         release_pages(&self.map, self.start, self.end);
     }
-}
-
-/// Drops the whole pages inside `[start, end)` of `map` from this process's resident set.
-pub(crate) fn release_pages(map: &Mmap, start: usize, end: usize) {
-    const PAGE: usize = 4096;
-    let first = start.div_ceil(PAGE) * PAGE;
-    let last = end / PAGE * PAGE;
-    if last > first {
-        // SAFETY: the map is a private read-only file mapping; MADV_DONTNEED only drops clean
-        // pages, which are re-read from the file on the next access, so no reader ever sees
-        // different data.
-        #[cfg(unix)]
-        unsafe {
-            let _ =
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first);
-        }
-    }
-    let _ = (map, first, last);
 }
 
 /// A weight matrix: a Candle tensor, or a view of the memory-mapped checkpoint.

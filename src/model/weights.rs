@@ -17,8 +17,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use memmap2::Mmap;
 
+use super::memory::release_pages;
 use super::mxfp4::{BLOCK, ByteView, Mxfp4Tensor};
-use super::weight::{MappedTensor, Weight, release_pages};
+use super::weight::{MappedTensor, Weight};
 use super::{ModelError, Result};
 
 struct Entry {

@@ -5,10 +5,10 @@
 
 use candle_core::Tensor;
 
+use super::activation::GluActivation;
 use super::gemm::{F32Data, Mat, gemm_into, matmul, par_each, with_scratch};
 use super::weights::{WeightData, gemv_rows, with_tiles};
 use crate::model::error::Result;
-use crate::model::layers::GluActivation;
 use crate::model::weight::Weight;
 
 /// What the inference kernel needs of one expert: its gate, up and down weights, their biases

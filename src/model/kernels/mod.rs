@@ -11,12 +11,14 @@
 //! matmul running on one thread inside a task of the thread pool instead of split across all
 //! threads.
 //!
+//! - [`activation`]: the gated MLPs' activations;
 //! - [`gemm`]: tensor data locks, thread-pool tasks, scratch space, matrix products, `x·Wᵀ`;
 //! - [`norm`]: RMSNorm rows forward and backward;
 //! - [`attention`]: scaled dot-product attention, and a frozen attention block's passes;
 //! - [`experts`]: SwiGLU experts on their routed tokens, forward and backward;
 //! - [`weights`]: weight data read in place, half-precision tiles converted to f32.
 
+pub mod activation;
 pub mod attention;
 pub mod experts;
 pub mod gemm;
