@@ -192,7 +192,18 @@ fn profile_writes_a_valid_profile_and_traces() {
             "{\"subject\": \"code\", \"text\": \"fn main() { println!(\\\"hi\\\"); }\"}\n",
         ),
     );
-    for model in ["olmoe_sharded", "deepseek_v2_group"] {
+    for model in [
+        "olmoe_sharded",
+        "deepseek_v2_group",
+        "deepseek_v3_fp8",
+        "kimi_k2",
+        "glm4_moe",
+        "minimax_m2",
+        "phimoe",
+        "gpt_oss",
+        "gemma4",
+        "qwen3_5_moe",
+    ] {
         let out = dir.path().join(format!("{model}.json"));
         let traces = dir.path().join(format!("{model}.jsonl"));
         let o = moescope(&[
@@ -220,6 +231,20 @@ fn profile_writes_a_valid_profile_and_traces() {
                 "{model} row {row}"
             );
         }
+        let report = moescope(&["report", &s(&out)]);
+        assert!(report.status.success(), "{model}: {}", stderr(&report));
+        // Generation runs the KV-cached decoding path of every layer kind.
+        let o = moescope(&[
+            "generate",
+            "-m",
+            &s(&fixture(model)),
+            "-p",
+            "The court held",
+            "--max-new-tokens",
+            "3",
+            "--no-stop",
+        ]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
         let (_, t) = moescope::profile::traces::read_traces(&traces).unwrap();
         assert_eq!(t.len(), 3);
         assert_eq!(
