@@ -270,23 +270,6 @@ impl ModelInfo {
             .unwrap_or(AttentionKind::Full)
     }
 
-    /// Decoder layers without routed experts.
-    pub fn dense_layers(&self) -> Vec<usize> {
-        (0..self.num_layers)
-            .filter(|l| !self.moe_layers.contains(l))
-            .collect()
-    }
-
-    /// See [`layer_kinds_caption`].
-    pub fn layer_kinds_caption(&self) -> String {
-        layer_kinds_caption(self.num_layers, &self.moe_layers, &self.attention_kinds)
-    }
-
-    /// See [`row_label`].
-    pub fn row_label(&self, layer: usize) -> String {
-        row_label(layer, &self.attention_kinds)
-    }
-
     /// One word per layer kind for tables: `full attention, MoE` etc.
     pub fn layer_description(&self, layer: usize) -> String {
         let ff = if self.moe_layers.contains(&layer) {
@@ -327,19 +310,20 @@ mod tests {
     #[test]
     fn heatmap_caption_names_dense_and_linear_attention_layers() {
         // Three layers, MoE at 1 and 2.
-        let mut info = crate::steering::spec::tests::info();
-        assert_eq!(info.layer_kinds_caption(), "dense (no routing): 0");
-        assert_eq!(info.row_label(1), "L1");
-        info.attention_kinds = vec![
+        assert_eq!(
+            layer_kinds_caption(3, &[1, 2], &[]),
+            "dense (no routing): 0"
+        );
+        assert_eq!(row_label(1, &[]), "L1");
+        let kinds = [
             AttentionKind::Linear,
             AttentionKind::Linear,
             AttentionKind::Full,
         ];
         assert_eq!(
-            info.layer_kinds_caption(),
+            layer_kinds_caption(3, &[1, 2], &kinds),
             "dense (no routing): 0 · linear attention: 0-1"
         );
-        assert_eq!(info.row_label(1), "L1 lin");
-        assert_eq!(info.layer_description(2), "full attention, MoE");
+        assert_eq!(row_label(1, &kinds), "L1 lin");
     }
 }

@@ -390,7 +390,7 @@ impl SteeringSpec {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::model::router::ScoreFn;
     use crate::model::{Family, ModuleLayout};

@@ -17,7 +17,6 @@ use serde::Deserialize;
 
 use super::standard::{QkNormKind, RouterRule, SharedSpec, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
-use crate::model::error::ModelError;
 use crate::model::layers::NormKind;
 use crate::model::weights::WeightSource;
 use crate::model::{Family, MoeModel, Result};
@@ -82,13 +81,6 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         .head_dim
         .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
     let rotary_dim = (head_dim as f64 * c.partial_rotary_factor) as usize;
-    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
-        return Err(ModelError::msg(format!(
-            "Glm4MoeForCausalLM config.json: head_dim {head_dim} × partial_rotary_factor {} \
-             must give an even number of rotary channels, at most head_dim",
-            c.partial_rotary_factor
-        )));
-    }
     let spec = StandardSpec {
         family: Family::Glm4Moe,
         vocab_size: c.vocab_size,

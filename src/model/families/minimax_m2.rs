@@ -13,7 +13,6 @@ use serde::Deserialize;
 
 use super::standard::{QkNormKind, RouterRule, StandardSpec, build_standard};
 use super::{BuildCtx, parse_config};
-use crate::model::error::ModelError;
 use crate::model::layers::NormKind;
 use crate::model::weights::WeightSource;
 use crate::model::{Family, MoeModel, Result};
@@ -53,12 +52,6 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         .head_dim
         .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
     let rotary_dim = c.rotary_dim.unwrap_or(head_dim);
-    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
-        return Err(ModelError::msg(format!(
-            "MiniMaxM2ForCausalLM config.json: rotary_dim {rotary_dim} must be even, positive \
-             and at most head_dim {head_dim}"
-        )));
-    }
     let spec = StandardSpec {
         family: Family::MiniMaxM2,
         vocab_size: c.vocab_size,

@@ -115,6 +115,14 @@ pub fn build_standard(
 ) -> Result<Box<dyn MoeModel>> {
     let s = &spec;
     let (h, nh, nkv, hd) = (s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim);
+    if s.rotary_dim == 0 || !s.rotary_dim.is_multiple_of(2) || s.rotary_dim > hd {
+        return Err(crate::model::error::ModelError::msg(format!(
+            "{} config.json: {} rotary channels per head (partial_rotary_factor / rotary_dim) \
+             must be even, positive and at most head_dim {hd}",
+            s.family.architecture(),
+            s.rotary_dim
+        )));
+    }
     let rotary = Arc::new(match &s.longrope {
         None => Rotary::new(
             s.rotary_dim,
