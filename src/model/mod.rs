@@ -16,6 +16,7 @@ pub mod batch;
 pub mod device;
 pub mod error;
 pub mod families;
+pub mod gguf;
 pub mod hub;
 pub mod info;
 pub mod kernels;

@@ -31,7 +31,7 @@ pub const BLOCK: usize = 32;
 /// `FP4_VALUES[n] · 2^(s − 127)` at `[s · 16 + n]`, for every scale byte `s`, computed as
 /// `torch.ldexp` does: the power of two as an f32 (infinite for `s` = 255, subnormal for
 /// `s` = 0), times the value.
-fn scaled_values() -> &'static [f32] {
+pub(crate) fn scaled_values() -> &'static [f32] {
     static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
     TABLE.get_or_init(|| {
         (0..256i32)
@@ -76,7 +76,7 @@ impl ByteView {
     }
 
     /// Bytes `range` of this view (relative to its start).
-    fn narrow(&self, range: Range<usize>) -> Self {
+    pub(crate) fn narrow(&self, range: Range<usize>) -> Self {
         match self {
             ByteView::Mapped { map, start, .. } => ByteView::Mapped {
                 map: map.clone(),
@@ -89,13 +89,13 @@ impl ByteView {
         }
     }
 
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         if let ByteView::Mapped { map, start, end } = self {
             release_pages(map, *start, *end);
         }
     }
 
-    fn is_mapped(&self) -> bool {
+    pub(crate) fn is_mapped(&self) -> bool {
         matches!(self, ByteView::Mapped { .. })
     }
 }

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use super::error::Result;
+use super::gguf::GgmlTensor;
 use super::memory::release_pages;
 use super::mxfp4::Mxfp4Tensor;
 
@@ -120,6 +121,8 @@ pub enum Weight {
     Mapped(Box<MappedTensor>),
     /// Packed FP4 values with block scales, kept in that format.
     Mxfp4(Box<Mxfp4Tensor>),
+    /// ggml quantised blocks of a GGUF file (Q8_0, Q4_K, …), kept in that format.
+    Ggml(Box<GgmlTensor>),
 }
 
 impl From<Tensor> for Weight {
@@ -134,22 +137,23 @@ impl Weight {
             Weight::Tensor(t) => t.dims(),
             Weight::Mapped(m) => m.shape(),
             Weight::Mxfp4(m) => m.shape(),
+            Weight::Ggml(q) => q.shape(),
         }
     }
 
-    /// The stored dtype; `U8` for MXFP4 (packed bytes).
+    /// The stored dtype; `U8` for MXFP4 and ggml blocks (packed bytes).
     pub fn dtype(&self) -> DType {
         match self {
             Weight::Tensor(t) => t.dtype(),
             Weight::Mapped(m) => m.dtype(),
-            Weight::Mxfp4(_) => DType::U8,
+            Weight::Mxfp4(_) | Weight::Ggml(_) => DType::U8,
         }
     }
 
-    /// The dtype of [`Weight::to_tensor`]'s copy: the stored one, f32 for MXFP4.
+    /// The dtype of [`Weight::to_tensor`]'s copy: the stored one, f32 for packed formats.
     pub fn dense_dtype(&self) -> DType {
         match self {
-            Weight::Mxfp4(_) => DType::F32,
+            Weight::Mxfp4(_) | Weight::Ggml(_) => DType::F32,
             w => w.dtype(),
         }
     }
@@ -158,7 +162,7 @@ impl Weight {
     pub fn device(&self) -> Device {
         match self {
             Weight::Tensor(t) => t.device().clone(),
-            Weight::Mapped(_) | Weight::Mxfp4(_) => Device::Cpu,
+            Weight::Mapped(_) | Weight::Mxfp4(_) | Weight::Ggml(_) => Device::Cpu,
         }
     }
 
@@ -166,7 +170,7 @@ impl Weight {
     pub fn as_tensor(&self) -> Option<&Tensor> {
         match self {
             Weight::Tensor(t) => Some(t),
-            Weight::Mapped(_) | Weight::Mxfp4(_) => None,
+            Weight::Mapped(_) | Weight::Mxfp4(_) | Weight::Ggml(_) => None,
         }
     }
 
@@ -177,6 +181,7 @@ impl Weight {
             Weight::Tensor(t) => Ok(t.clone()),
             Weight::Mapped(m) => m.to_tensor(&Device::Cpu),
             Weight::Mxfp4(m) => m.to_tensor(&Device::Cpu),
+            Weight::Ggml(q) => q.to_tensor(&Device::Cpu),
         }
     }
 
@@ -189,6 +194,7 @@ impl Weight {
     pub fn byte_len(&self) -> u64 {
         match self {
             Weight::Mxfp4(m) => m.byte_len(),
+            Weight::Ggml(q) => q.byte_len(),
             w => (w.dims().iter().product::<usize>() * w.dtype().size_in_bytes()) as u64,
         }
     }
@@ -198,6 +204,7 @@ impl Weight {
         match self {
             Weight::Mapped(m) => m.release(),
             Weight::Mxfp4(m) => m.release(),
+            Weight::Ggml(q) => q.release(),
             Weight::Tensor(_) => {}
         }
     }
@@ -207,6 +214,7 @@ impl Weight {
         match self {
             Weight::Mapped(_) => true,
             Weight::Mxfp4(m) => m.is_mapped(),
+            Weight::Ggml(q) => q.is_mapped(),
             Weight::Tensor(_) => false,
         }
     }
@@ -222,6 +230,9 @@ impl Weight {
             Weight::Mxfp4(m) => m
                 .select_rows(index, rows.start, 1, rows.len())
                 .map(|v| Weight::Mxfp4(Box::new(v))),
+            Weight::Ggml(q) => q
+                .slice(index, rows.clone())
+                .map(|v| Weight::Ggml(Box::new(v))),
             Weight::Tensor(t) => Some(Weight::Tensor(
                 t.get(index)?
                     .narrow(0, rows.start, rows.len())?

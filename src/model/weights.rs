@@ -208,7 +208,7 @@ impl MmapWeights {
     }
 
     /// The bytes and shape of tensor `name` as stored, if the checkpoint holds it as u8.
-    fn u8_tensor(&self, name: &str) -> Option<(ByteView, &[usize])> {
+    fn stored_u8(&self, name: &str) -> Option<(ByteView, &[usize])> {
         let e = self.index.get(name)?;
         (e.dtype == safetensors::Dtype::U8).then(|| {
             let view = ByteView::Mapped {
@@ -436,27 +436,83 @@ fn candle_dtype(d: safetensors::Dtype) -> Option<DType> {
     }
 }
 
-/// [`MmapWeights`] shared between the [`WeightSource`] and its `VarBuilder` backend.
-struct SharedWeights(Arc<MmapWeights>);
+/// The tensors of a checkpoint by their HF names, whatever file holds them: safetensors
+/// ([`MmapWeights`]) or GGUF ([`crate::model::gguf::GgufWeights`]).
+pub trait TensorStore: Send + Sync {
+    /// Whether the checkpoint holds tensor `name`.
+    fn contains(&self, name: &str) -> bool;
 
-impl candle_nn::var_builder::SimpleBackend for SharedWeights {
+    /// Refuses tensor `name` when the checkpoint holds it in another shape than `dims`, the
+    /// shape the config implies.
+    fn check_shape(&self, name: &str, dims: &[usize]) -> std::result::Result<(), String>;
+
+    /// Tensor `name` copied onto `dev` (dequantised when stored quantised), in the stored
+    /// dtype or f32; the pages it came from are given back to the OS.
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor>;
+
+    /// Weight `name` as a view of the mapped file that the CPU kernels read in place, when
+    /// its storage allows that.
+    fn weight_in_place(&self, name: &str) -> Option<Weight>;
+
+    /// The bytes and shape of tensor `name` when it is stored as u8 (MXFP4 parts).
+    fn u8_tensor(&self, _name: &str) -> Option<(ByteView, Vec<usize>)> {
+        None
+    }
+
+    /// Number of parameters in the tensors whose names start with `prefix`.
+    fn params_under(&self, prefix: &str) -> u64;
+}
+
+impl TensorStore for MmapWeights {
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn check_shape(&self, name: &str, dims: &[usize]) -> std::result::Result<(), String> {
+        MmapWeights::check_shape(self, name, dims)
+    }
+
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        MmapWeights::load(self, name, dev)
+    }
+
+    fn weight_in_place(&self, name: &str) -> Option<Weight> {
+        self.mapped(name).map(|m| Weight::Mapped(Box::new(m)))
+    }
+
+    fn u8_tensor(&self, name: &str) -> Option<(ByteView, Vec<usize>)> {
+        self.stored_u8(name).map(|(v, dims)| (v, dims.to_vec()))
+    }
+
+    fn params_under(&self, prefix: &str) -> u64 {
+        MmapWeights::params_under(self, prefix)
+    }
+}
+
+/// A [`TensorStore`] as the `VarBuilder` backend of a [`WeightSource`].
+struct StoreBackend(Arc<dyn TensorStore>);
+
+impl candle_nn::var_builder::SimpleBackend for StoreBackend {
     fn get(
         &self,
         s: Shape,
         name: &str,
-        init: candle_nn::Init,
+        _: candle_nn::Init,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.0.get(s, name, init, dtype, dev)
+        self.0
+            .check_shape(name, s.dims())
+            .map_err(candle_core::Error::Msg)?;
+        self.0.load(name, dev)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.get_unchecked(name, dtype, dev)
+        self.0.load(name, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains_tensor(name)
+        self.0.contains(name)
     }
 }
 
@@ -466,9 +522,10 @@ impl candle_nn::var_builder::SimpleBackend for SharedWeights {
 #[derive(Clone)]
 pub struct WeightSource {
     vb: VarBuilder<'static>,
-    mapped: Option<Arc<MmapWeights>>,
-    /// The checkpoint, mapped or not (for the raw bytes of quantised weights).
-    checkpoint: Option<Arc<MmapWeights>>,
+    /// The checkpoint the tensors come from (none for a plain `VarBuilder`).
+    checkpoint: Option<Arc<dyn TensorStore>>,
+    /// Weight matrices stay views of the mapped files.
+    in_place: bool,
 }
 
 impl From<VarBuilder<'static>> for WeightSource {
@@ -476,8 +533,8 @@ impl From<VarBuilder<'static>> for WeightSource {
     fn from(vb: VarBuilder<'static>) -> Self {
         Self {
             vb,
-            mapped: None,
             checkpoint: None,
+            in_place: false,
         }
     }
 }
@@ -485,13 +542,13 @@ impl From<VarBuilder<'static>> for WeightSource {
 impl WeightSource {
     /// Tensors of `weights` in `dtype` on `device`; with `map`, weight matrices stay views of
     /// the mapped files (CPU only).
-    pub fn new(weights: Arc<MmapWeights>, dtype: DType, device: &Device, map: bool) -> Self {
+    pub fn new(weights: Arc<dyn TensorStore>, dtype: DType, device: &Device, map: bool) -> Self {
         let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
-            Box::new(SharedWeights(weights.clone()));
+            Box::new(StoreBackend(weights.clone()));
         Self {
             vb: VarBuilder::from_backend(backend, dtype, device.clone()),
-            mapped: (map && device.is_cpu()).then(|| weights.clone()),
             checkpoint: Some(weights),
+            in_place: map && device.is_cpu(),
         }
     }
 
@@ -499,8 +556,8 @@ impl WeightSource {
     pub fn pp<S: ToString>(&self, prefix: S) -> Self {
         Self {
             vb: self.vb.pp(prefix),
-            mapped: self.mapped.clone(),
             checkpoint: self.checkpoint.clone(),
+            in_place: self.in_place,
         }
     }
 
@@ -525,21 +582,16 @@ impl WeightSource {
         self.vb.contains_tensor(name)
     }
 
-    /// Weight matrix `name` of `shape`: a mapped view when mapping is on and the tensor is
-    /// stored in a float dtype, else a tensor in the compute dtype.
+    /// Weight matrix `name` of `shape`: a view of the mapped file when mapping is on and the
+    /// storage allows it (float or quantised blocks), else a tensor in the compute dtype.
     pub fn weight<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Weight> {
         let shape: Shape = shape.into();
-        if let Some(w) = &self.mapped {
-            let prefix = self.vb.prefix();
-            let full = if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}.{name}")
-            };
+        if let (Some(w), true) = (&self.checkpoint, self.in_place) {
+            let full = self.full_name(name);
             w.check_shape(&full, shape.dims())
                 .map_err(ModelError::msg)?;
-            if let Some(m) = w.mapped(&full) {
-                return Ok(Weight::Mapped(Box::new(m)));
+            if let Some(m) = w.weight_in_place(&full) {
+                return Ok(m);
             }
         }
         Ok(Weight::Tensor(self.vb.get(shape, name)?))
@@ -592,7 +644,7 @@ impl WeightSource {
                     "cannot find tensor {n} (u8, part of the MXFP4 weight {full}) in the checkpoint"
                 ))
             })?;
-            if dims != want {
+            if dims.as_slice() != want {
                 return Err(ModelError::msg(format!(
                     "tensor {n} has shape {dims:?}, the config implies {want:?}"
                 )));
@@ -603,7 +655,7 @@ impl WeightSource {
         let scales = get(&scales_name, &scales_shape)
             .map_err(|e| ModelError::msg(format!("{e} (the scales of {blocks_name})")))?;
         let packed = Mxfp4Tensor::new(blocks, scales, shape.to_vec(), &full)?;
-        if self.mapped.is_some() {
+        if self.in_place {
             return Ok(Weight::Mxfp4(Box::new(packed)));
         }
         let dense = packed
@@ -611,29 +663,6 @@ impl WeightSource {
             .to_dtype(self.vb.dtype())?;
         packed.release();
         Ok(Weight::Tensor(dense))
-    }
-}
-
-impl candle_nn::var_builder::SimpleBackend for MmapWeights {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.check_shape(name, s.dims())
-            .map_err(candle_core::Error::Msg)?;
-        self.load(name, dev)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load(name, dev)?.to_dtype(dtype)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.index.contains_key(name)
     }
 }
 

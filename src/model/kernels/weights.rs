@@ -1,6 +1,6 @@
 //! Weight data the kernels read in place: an f32 / f16 / bf16 CPU tensor, a mapped
-//! checkpoint view or an MXFP4 weight ([`WeightData`]), and the conversion of half-precision
-//! and MXFP4 rows to f32 tiles (the kernels accumulate in f32 whatever the weights are stored
+//! checkpoint view, an MXFP4 weight or ggml quantised blocks ([`WeightData`]), and the
+//! conversion of half-precision and quantised rows to f32 tiles (the kernels accumulate in f32 whatever the weights are stored
 //! in).
 
 use std::cell::RefCell;
@@ -9,6 +9,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, DType, Storage, StorageRef};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
+use crate::model::gguf::GgmlRows;
 use crate::model::mxfp4::Mxfp4Rows;
 use crate::model::weight::Weight;
 
@@ -20,6 +21,8 @@ pub(crate) enum WeightSlice<'a> {
     BF16(&'a [bf16]),
     /// MXFP4 blocks and scales, dequantised as they are read.
     Mxfp4(Mxfp4Rows<'a>),
+    /// ggml quantised blocks, dequantised as they are read.
+    Ggml(GgmlRows<'a>),
 }
 
 impl WeightSlice<'_> {
@@ -30,6 +33,7 @@ impl WeightSlice<'_> {
             WeightSlice::F16(s) => s[range].convert_to_f32_slice(dst),
             WeightSlice::BF16(s) => bf16_to_f32(&s[range], dst),
             WeightSlice::Mxfp4(m) => m.read_f32(range, dst),
+            WeightSlice::Ggml(q) => q.read_f32(range, dst),
         }
     }
 
@@ -60,6 +64,9 @@ impl<'a> WeightData<'a> {
         match w {
             Weight::Mxfp4(m) => Some(Self {
                 source: Source::Mapped(WeightSlice::Mxfp4(m.rows())),
+            }),
+            Weight::Ggml(q) => Some(Self {
+                source: Source::Mapped(WeightSlice::Ggml(q.rows())),
             }),
             Weight::Mapped(m) => {
                 let bytes = m.bytes();

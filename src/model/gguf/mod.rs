@@ -1,0 +1,15 @@
+//! GGUF models (llama.cpp, LM Studio, Ollama files) as a model source like any HF folder.
+//!
+//! - [`file`] reads the container: metadata, tensor directory, split parts, all mapped.
+//! - [`quant`] owns ggml's block types and [`GgmlTensor`], a weight the CPU kernels dequantise
+//!   as they read it.
+//! - [`weights`] exposes the tensors under HF names ([`GgufWeights`]).
+
+pub mod file;
+pub mod quant;
+pub mod weights;
+
+pub use file::{GgufFile, GgufModel, Value};
+pub(crate) use quant::GgmlRows;
+pub use quant::{GgmlTensor, GgmlType};
+pub use weights::GgufWeights;
