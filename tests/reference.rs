@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::reference::{check_family, max_abs_diff, reference};
 use common::{fixture, load};
 use std::collections::BTreeMap;
 
@@ -14,132 +15,6 @@ use moescope::model::router::{
 };
 use moescope::model::{Batch, LoadedModel, Output};
 use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct RefLayer {
-    layer: usize,
-    router_logits: Vec<Vec<f32>>,
-    routing_scores: Vec<Vec<f32>>,
-    topk_indices: Vec<Vec<u32>>,
-    topk_weights: Vec<Vec<f32>>,
-}
-
-#[derive(Deserialize)]
-struct Reference {
-    input_ids: Vec<u32>,
-    moe_layers: Vec<usize>,
-    layers: Vec<RefLayer>,
-    logits: Vec<Vec<f32>>,
-    last_token_logits: Vec<f32>,
-}
-
-/// The reference each fixture is checked against. DeepSeek-V2-Lite's uses YaRN's softmax-scale
-/// correction, as the released model (and transformers after 4.57) does; transformers 4.57.6
-/// omits it (`reference.json`, checked in the family's unit tests).
-fn reference_file(name: &str) -> &'static str {
-    if name == "deepseek_v2_lite" {
-        "reference_mscale_softmax.json"
-    } else {
-        "reference.json"
-    }
-}
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture(name).join(reference_file(name))).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// How far router logits may be from the reference. Qwen3.5-MoE's DeltaNet layers amplify
-/// fp32 summation-order noise about 30× (HF's own two expert implementations differ by 2.4e-5
-/// there; see the fixture README), so its router logits are compared to 1e-4.
-fn router_logit_tolerance(name: &str) -> f32 {
-    if name == "qwen3_5_moe" { 1e-4 } else { 1e-5 }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn check_family(name: &str) {
-    let mut m = load(name);
-    let r = reference(name);
-    assert_eq!(
-        m.model.info().moe_layers,
-        r.moe_layers,
-        "{name}: MoE layers"
-    );
-    let batch = Batch::from_sequences(std::slice::from_ref(&r.input_ids), &m.device).unwrap();
-    let mut hook = RecordingHook::default();
-    let logits = m
-        .model
-        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        hook.layers.len(),
-        r.layers.len(),
-        "{name}: one event per MoE layer"
-    );
-    for (got, want) in hook.layers.iter().zip(&r.layers) {
-        assert_eq!(got.layer, want.layer, "{name}: layer order");
-        let n = got.num_experts;
-        let k = got.top_k;
-        let flat = |v: &Vec<Vec<f32>>| v.concat();
-        let d = max_abs_diff(&got.logits, &flat(&want.router_logits));
-        assert!(
-            d < router_logit_tolerance(name),
-            "{name} layer {}: router logits differ by {d}",
-            got.layer
-        );
-        let d = max_abs_diff(&got.scores, &flat(&want.routing_scores));
-        assert!(
-            d < 1e-5,
-            "{name} layer {}: routing scores differ by {d}",
-            got.layer
-        );
-        for t in 0..r.input_ids.len() {
-            let ours: BTreeMap<u32, f32> = (0..k)
-                .map(|j| (got.topk_indices[t * k + j], got.topk_weights[t * k + j]))
-                .collect();
-            let theirs: BTreeMap<u32, f32> = want.topk_indices[t]
-                .iter()
-                .copied()
-                .zip(want.topk_weights[t].iter().copied())
-                .collect();
-            assert_eq!(
-                ours.keys().collect::<Vec<_>>(),
-                theirs.keys().collect::<Vec<_>>(),
-                "{name} layer {} token {t}: chosen experts",
-                got.layer
-            );
-            for (e, w) in &ours {
-                assert!(
-                    (w - theirs[e]).abs() < 1e-5,
-                    "{name} layer {} token {t} expert {e}: weight {w} vs {}",
-                    got.layer,
-                    theirs[e]
-                );
-            }
-        }
-        assert_eq!(got.scores.len(), r.input_ids.len() * n);
-    }
-    let got: Vec<f32> = logits
-        .squeeze(0)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let d = max_abs_diff(&got, &r.logits.concat());
-    assert!(d < 1e-4, "{name}: final logits differ by {d}");
-    let v = r.last_token_logits.len();
-    let d = max_abs_diff(&got[got.len() - v..], &r.last_token_logits);
-    assert!(d < 1e-4, "{name}: last-token logits differ by {d}");
-}
 
 #[test]
 fn olmoe_matches_reference() {
@@ -159,6 +34,16 @@ fn qwen2_moe_matches_reference() {
 #[test]
 fn qwen3_moe_matches_reference() {
     check_family("qwen3_moe");
+}
+
+#[test]
+fn qwen3_moe_every_layer_moe_matches_reference() {
+    check_family("qwen3_moe_all");
+}
+
+#[test]
+fn qwen2_moe_every_layer_moe_matches_reference() {
+    check_family("qwen2_moe_all");
 }
 
 #[test]

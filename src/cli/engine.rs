@@ -139,6 +139,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         .plan
         .replan(device.as_ref().unwrap_or(&candle_core::Device::Cpu), &asked);
     let (dtype, weight_bytes) = (plan.dtype, plan.weight_bytes);
+    use crate::model::hub::FileLayout;
     let budget = plan.budget.clone();
     if args.json {
         let mut v = serde_json::to_value(i)?;
@@ -201,16 +202,20 @@ pub fn info(args: InfoArgs) -> Result<()> {
         .map(crate::model::device::describe)
         .unwrap_or_else(|e| format!("unavailable ({e})"));
     println!("device           {device_name}");
-    println!(
-        "checkpoint       {} in {} file{}",
-        crate::model::device::dtype_name(plan.checkpoint_dtype),
-        loaded.files.weights.len(),
-        if loaded.files.weights.len() == 1 {
-            ""
-        } else {
-            "s"
+    match (&loaded.files.layout, &plan.storage) {
+        (FileLayout::Hf { weights, .. }, _) => println!(
+            "checkpoint       {} in {} file{}",
+            crate::model::device::dtype_name(plan.checkpoint_dtype),
+            weights.len(),
+            if weights.len() == 1 { "" } else { "s" }
+        ),
+        (FileLayout::Gguf { .. }, storage) => {
+            println!("checkpoint       {}", storage.as_deref().unwrap_or("GGUF"));
+            for s in &i.storage {
+                println!("  {:<26} {}", s.class, s.format);
+            }
         }
-    );
+    }
     println!(
         "weights          {} as {}{}",
         human_bytes(weight_bytes),

@@ -3,7 +3,7 @@
 //! downloads through `hf-hub` otherwise (none when `HF_HUB_OFFLINE=1`).
 //!
 //! Only data files are fetched (config, tokenizer, safetensors); no code from a model repo is
-//! ever run.
+//! ever run. A local `.gguf` file is a model too ([`FileLayout::Gguf`]).
 
 use std::path::{Path, PathBuf};
 
@@ -15,14 +15,54 @@ use super::{ModelError, Result};
 /// The files of a model, wherever they live.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
-    /// What the user named (folder or hub id).
+    /// What the user named (folder, hub id or GGUF file).
     pub id: String,
-    pub config: PathBuf,
-    pub tokenizer: PathBuf,
-    /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
-    pub weights: Vec<PathBuf>,
-    /// `model.safetensors.index.json`, for sharded checkpoints.
-    pub index: Option<PathBuf>,
+    pub layout: FileLayout,
+}
+
+/// How a model's files are laid out.
+#[derive(Debug, Clone)]
+pub enum FileLayout {
+    /// An HF checkpoint: config, tokenizer and safetensors.
+    Hf {
+        config: PathBuf,
+        tokenizer: PathBuf,
+        /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+        weights: Vec<PathBuf>,
+        /// `model.safetensors.index.json`, for sharded checkpoints.
+        index: Option<PathBuf>,
+    },
+    /// A GGUF file (the first or any part of a split model), with the `tokenizer.json` beside
+    /// it when there is one (else the tokenizer comes from the file's metadata).
+    Gguf {
+        file: PathBuf,
+        tokenizer: Option<PathBuf>,
+    },
+}
+
+impl ModelFiles {
+    /// A GGUF file named `file`.
+    pub fn gguf(file: &Path) -> Self {
+        let tokenizer = file.with_file_name("tokenizer.json");
+        Self {
+            id: file.display().to_string(),
+            layout: FileLayout::Gguf {
+                file: file.to_path_buf(),
+                tokenizer: tokenizer.is_file().then_some(tokenizer),
+            },
+        }
+    }
+
+    /// Whether the model comes from a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        matches!(self.layout, FileLayout::Gguf { .. })
+    }
+}
+
+/// Whether `path` names a GGUF file by its extension.
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Reports download progress (bytes) per file.
@@ -152,10 +192,12 @@ pub fn resolve_hub(
     };
     Ok(ModelFiles {
         id: repo_id.to_string(),
-        config,
-        tokenizer,
-        weights,
-        index,
+        layout: FileLayout::Hf {
+            config,
+            tokenizer,
+            weights,
+            index,
+        },
     })
 }
 
@@ -232,10 +274,12 @@ pub fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
     };
     Ok(ModelFiles {
         id: dir.display().to_string(),
-        config,
-        tokenizer,
-        weights,
-        index,
+        layout: FileLayout::Hf {
+            config,
+            tokenizer,
+            weights,
+            index,
+        },
     })
 }
 
@@ -249,10 +293,16 @@ pub fn resolve(
     if path.is_dir() {
         return resolve_dir(path);
     }
+    if path.is_file() && is_gguf_path(path) {
+        return Ok(ModelFiles::gguf(path));
+    }
     if path.exists() {
         return Err(ModelError::msg(format!(
-            "{model}: is a file; --model takes a model folder (config.json, tokenizer.json, *.safetensors) or a hub id"
+            "{model}: is a file but not a .gguf; --model takes a model folder (config.json, tokenizer.json, *.safetensors), a GGUF file or a hub id"
         )));
+    }
+    if is_gguf_path(path) {
+        return Err(ModelError::msg(format!("{model}: no such GGUF file")));
     }
     if looks_like_hub_id(model) {
         return resolve_hub(model, revision, progress);

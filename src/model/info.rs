@@ -259,6 +259,19 @@ pub struct ModelInfo {
     pub device: String,
     pub score_fn: ScoreFn,
     pub layout: ModuleLayout,
+    /// How each class of tensors is stored, for quantised files (`routed experts`: `Q4_K`);
+    /// empty for checkpoints in one plain dtype.
+    #[serde(default)]
+    pub storage: Vec<TensorStorage>,
+}
+
+/// How one class of a model's tensors is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorStorage {
+    /// `embeddings`, `attention`, `router`, `routed experts`, …
+    pub class: String,
+    /// `Q4_K`, or a mix such as `Q4_K ×40, Q6_K ×8` (tensor counts).
+    pub format: String,
 }
 
 impl ModelInfo {

@@ -20,8 +20,9 @@ use tokenizers::Tokenizer;
 use super::device::{DeviceChoice, dtype_name};
 use super::error::{ModelError, Result};
 use super::families::{self, BuildCtx};
-use super::hub::{self, DownloadProgress, ModelFiles};
-use super::info::Family;
+use super::gguf;
+use super::hub::{self, DownloadProgress, FileLayout, ModelFiles};
+use super::info::{Family, TensorStorage};
 use super::memory::{self, human_bytes};
 use super::moe_model::MoeModel;
 use super::weights::{MmapWeights, WeightSource};
@@ -66,52 +67,59 @@ pub struct LoadPlan {
     pub compute_dtype: DType,
     /// Weight matrices are views of the mapped files, not copies.
     pub mapped: bool,
-    /// Bytes of all the checkpoint's tensors in `dtype`.
+    /// Bytes of all the checkpoint's tensors as they will be held: as stored when mapped
+    /// (quantised formats included), else in `dtype`.
     pub weight_bytes: u64,
+    /// Parameters in all the checkpoint's tensors.
+    pub params: u64,
+    /// Bytes the checkpoint's tensors take as stored.
+    pub stored_bytes: u64,
+    /// How the checkpoint stores its weights, when not in one plain dtype (`GGUF Q4_K 84%,
+    /// Q6_K 12%, F32 4%`).
+    pub storage: Option<String>,
     /// Memory the process may still use when the plan was made.
     pub budget: Option<memory::MemoryBudget>,
 }
 
 impl LoadPlan {
-    /// Plans a load of `weights` on `device`.
-    pub fn new(weights: &MmapWeights, device: &Device, opts: &LoadOptions) -> Self {
-        Self::for_checkpoint(
-            weights.checkpoint_dtype(),
-            weights.total_params(),
-            device,
-            opts,
-            memory::budget(),
-        )
+    /// Plans a load of `stored` on `device`.
+    pub fn new(stored: &StoredWeights, device: &Device, opts: &LoadOptions) -> Self {
+        Self::for_checkpoint(stored, device, opts, memory::budget())
     }
 
     /// The plan the same checkpoint would get with `opts` on `device` (what `info` shows for
     /// the options given, having opened the weights mapped on the CPU).
     pub fn replan(&self, device: &Device, opts: &LoadOptions) -> Self {
-        let params = self.weight_bytes / self.dtype.size_in_bytes() as u64;
-        Self::for_checkpoint(
-            self.checkpoint_dtype,
-            params,
-            device,
-            opts,
-            self.budget.clone(),
-        )
+        let stored = StoredWeights {
+            dtype: self.checkpoint_dtype,
+            params: self.params,
+            bytes: self.stored_bytes,
+            storage: self.storage.clone(),
+        };
+        Self::for_checkpoint(&stored, device, opts, self.budget.clone())
     }
 
     fn for_checkpoint(
-        checkpoint_dtype: DType,
-        params: u64,
+        stored: &StoredWeights,
         device: &Device,
         opts: &LoadOptions,
         budget: Option<memory::MemoryBudget>,
     ) -> Self {
-        let dtype = opts.dtype.unwrap_or(checkpoint_dtype);
-        let mapped = device.is_cpu() && dtype == checkpoint_dtype && !opts.in_memory;
+        let dtype = opts.dtype.unwrap_or(stored.dtype);
+        let mapped = device.is_cpu() && dtype == stored.dtype && !opts.in_memory;
         Self {
-            checkpoint_dtype,
+            checkpoint_dtype: stored.dtype,
             dtype,
             compute_dtype: if mapped { DType::F32 } else { dtype },
             mapped,
-            weight_bytes: params * dtype.size_in_bytes() as u64,
+            weight_bytes: if mapped {
+                stored.bytes
+            } else {
+                stored.params * dtype.size_in_bytes() as u64
+            },
+            params: stored.params,
+            stored_bytes: stored.bytes,
+            storage: stored.storage.clone(),
             budget,
         }
     }
@@ -161,12 +169,24 @@ impl LoadPlan {
         } else {
             "in memory"
         };
-        format!(
-            "{}, {how} ({})",
-            dtype_name(self.dtype),
-            human_bytes(self.weight_bytes)
-        )
+        let what = match (&self.storage, self.mapped) {
+            (Some(storage), true) => storage.clone(),
+            _ => dtype_name(self.dtype).to_string(),
+        };
+        format!("{what}, {how} ({})", human_bytes(self.weight_bytes))
     }
+}
+
+/// What a checkpoint's tensors are, as stored: what [`LoadPlan`] plans from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWeights {
+    /// The dtype most of the weights are stored in, or that quantised weights dequantise to.
+    pub dtype: DType,
+    pub params: u64,
+    /// Bytes of tensor data.
+    pub bytes: u64,
+    /// A description of mixed or quantised storage.
+    pub storage: Option<String>,
 }
 
 /// The supported families, for error messages.
@@ -213,33 +233,120 @@ pub fn load_model(
     load_files(files, opts)
 }
 
+/// A checkpoint opened and indexed, before its family is built.
+struct OpenedCheckpoint {
+    family: Family,
+    /// `config.json`'s text (written from the metadata for a GGUF file).
+    config: String,
+    /// The file errors about the configuration name.
+    config_path: std::path::PathBuf,
+    tokenizer: Tokenizer,
+    store: Arc<dyn super::weights::TensorStore>,
+    stored: StoredWeights,
+    /// The language model's parameters (not a vision tower or prediction head beside it).
+    total_params: u64,
+    /// How each class of tensors is stored (quantised files only).
+    storage: Vec<TensorStorage>,
+}
+
+/// Opens an HF folder's config, tokenizer and safetensors.
+fn open_safetensors(
+    config_path: &Path,
+    tokenizer: &Path,
+    weights: &[std::path::PathBuf],
+    index: Option<&Path>,
+) -> Result<OpenedCheckpoint> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| ModelError::msg(format!("{}: cannot read: {e}", config_path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::msg(format!("{}: not valid JSON: {e}", config_path.display())))?;
+    let family = detect_family(config_path, &json)?;
+    let tokenizer = load_tokenizer_json(tokenizer)?;
+    let mut mmap = MmapWeights::open(weights)?;
+    apply_quantization_config(config_path, &json, &mut mmap)?;
+    if let Some(index) = index {
+        mmap.check_index(index)?;
+    }
+    let stored = StoredWeights {
+        dtype: mmap.checkpoint_dtype(),
+        params: mmap.total_params(),
+        bytes: mmap.stored_bytes(),
+        storage: None,
+    };
+    let total_params = mmap.params_excluding(family.unused_weight_prefixes());
+    Ok(OpenedCheckpoint {
+        family,
+        config: text,
+        config_path: config_path.to_path_buf(),
+        tokenizer,
+        store: Arc::new(mmap),
+        stored,
+        total_params,
+        storage: Vec::new(),
+    })
+}
+
+fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| ModelError::msg(format!("{}: cannot load tokenizer: {e}", path.display())))
+}
+
+/// Opens a GGUF file (and the other parts of a split one): the family and config from its
+/// metadata, the tokenizer from `tokenizer.json` beside it or else from the metadata.
+fn open_gguf(file: &Path, tokenizer: Option<&Path>) -> Result<OpenedCheckpoint> {
+    let model = gguf::GgufModel::open(file)?;
+    let converted = gguf::arch::convert(&model, file)?;
+    let tokenizer = match tokenizer {
+        Some(p) => load_tokenizer_json(p)?,
+        None => gguf::tokenizer::tokenizer_from_metadata(model.metadata(), file)?,
+    };
+    let weights = gguf::GgufWeights::new(model, converted.names);
+    let stored = StoredWeights {
+        dtype: DType::F32,
+        params: weights.total_params(),
+        bytes: weights.model().tensor_bytes(),
+        storage: Some(format!("GGUF {}", weights.type_summary())),
+    };
+    let total_params = weights.params_excluding(converted.family.unused_weight_prefixes());
+    let storage = weights.storage_classes();
+    Ok(OpenedCheckpoint {
+        family: converted.family,
+        config: converted.config.to_string(),
+        config_path: file.to_path_buf(),
+        tokenizer,
+        store: Arc::new(weights),
+        stored,
+        total_params,
+        storage,
+    })
+}
+
 /// Loads a model from already-resolved files.
 pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> {
-    let cfg_path = &files.config;
-    let text = std::fs::read_to_string(cfg_path)
-        .map_err(|e| ModelError::msg(format!("{}: cannot read: {e}", cfg_path.display())))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::msg(format!("{}: not valid JSON: {e}", cfg_path.display())))?;
-    let family = detect_family(cfg_path, &json)?;
-    let tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|e| {
-        ModelError::msg(format!(
-            "{}: cannot load tokenizer: {e}",
-            files.tokenizer.display()
-        ))
-    })?;
-    let mut weights = MmapWeights::open(&files.weights)?;
-    apply_quantization_config(cfg_path, &json, &mut weights)?;
-    let weights = Arc::new(weights);
-    if let Some(index) = &files.index {
-        weights.check_index(index)?;
-    }
-    // The language model's parameters: not a vision tower or prediction head beside it.
-    let total_params = weights.params_excluding(family.unused_weight_prefixes());
+    let opened = match &files.layout {
+        FileLayout::Hf {
+            config,
+            tokenizer,
+            weights,
+            index,
+        } => open_safetensors(config, tokenizer, weights, index.as_deref())?,
+        FileLayout::Gguf { file, tokenizer } => open_gguf(file, tokenizer.as_deref())?,
+    };
+    let OpenedCheckpoint {
+        family,
+        config,
+        config_path,
+        tokenizer,
+        store,
+        stored,
+        total_params,
+        storage,
+    } = opened;
 
     let device = super::device::open(opts.device)?;
-    let plan = LoadPlan::new(&weights, &device, opts);
+    let plan = LoadPlan::new(&stored, &device, opts);
     plan.check_fits(&files.id, &device)?;
-    let vb = WeightSource::new(weights, plan.compute_dtype, &device, plan.mapped);
+    let vb = WeightSource::new(store, plan.compute_dtype, &device, plan.mapped);
     let ctx = BuildCtx {
         id: files.id.clone(),
         dtype: plan.compute_dtype,
@@ -248,7 +355,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
         device: device.clone(),
         routing_only: opts.routing_only,
     };
-    let mut model = families::build(family, &text, vb, &ctx).map_err(|e| {
+    let mut model = families::build(family, &config, vb, &ctx).map_err(|e| {
         ModelError::msg(format!(
             "{}: cannot build {} from its weights: {e}",
             files.id,
@@ -259,12 +366,18 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
     if info.moe_layers.is_empty() {
         return Err(ModelError::msg(format!(
             "{}: this {} has no MoE layers ({} decoder layers, none with routed experts); MoEScope explores expert routing",
-            cfg_path.display(),
+            config_path.display(),
             family.architecture(),
             info.num_layers
         )));
     }
     model.set_param_counts(total_params);
+    if plan.mapped
+        && let Some(s) = &plan.storage
+    {
+        model.info_mut().dtype = s.clone();
+    }
+    model.info_mut().storage = storage;
     if let Some(dir) = &opts.adapter {
         let adapter = super::adapter::Adapter::load(dir)?;
         adapter.merge_into(dir, model.as_mut(), opts.routing_only)?;

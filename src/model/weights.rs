@@ -124,6 +124,11 @@ impl MmapWeights {
         self.total_params
     }
 
+    /// Bytes of tensor data in all files, as stored.
+    pub fn stored_bytes(&self) -> u64 {
+        self.index.values().map(|e| (e.end - e.start) as u64).sum()
+    }
+
     /// Number of parameters in the tensors whose names start with `prefix`.
     pub fn params_under(&self, prefix: &str) -> u64 {
         self.params_where(|name| name.starts_with(prefix))

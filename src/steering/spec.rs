@@ -425,6 +425,7 @@ mod tests {
                 router: String::new(),
                 router_in: 4,
             },
+            storage: Vec::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the fixture model folders and the `moescope` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -74,6 +74,7 @@ impl InfoParts {
             device: crate::model::device::describe(&ctx.device),
             score_fn: self.score_fn,
             layout: self.layout,
+            storage: Vec::new(),
         }
     }
 }

@@ -298,6 +298,36 @@ pub fn rope_parameters(cfg: &Config) -> Result<(Vec<f32>, f32)> {
     }
 }
 
+/// One layer's experts from gate and up kept apart, as GGUF files hold them: `gate_proj` and
+/// `up_proj` `[E, inter, hidden]`, `down_proj` `[E, hidden, inter]` (rows are output
+/// features), each with its `*_bias` `[E, out]`.
+fn load_split_experts(
+    vb: &WeightSource,
+    (e, h, inter): (usize, usize, usize),
+    act: GluActivation,
+) -> Result<Vec<SwiGlu>> {
+    let gate = vb.weight((e, inter, h), "gate_proj")?;
+    let up = vb.weight((e, inter, h), "up_proj")?;
+    let down = vb.weight((e, h, inter), "down_proj")?;
+    let gate_bias = vb.get((e, inter), "gate_proj_bias")?;
+    let up_bias = vb.get((e, inter), "up_proj_bias")?;
+    let down_bias = vb.get((e, h), "down_proj_bias")?;
+    (0..e)
+        .map(|i| {
+            Ok(SwiGlu {
+                gate: Linear::new(
+                    gate.slice(i, 0..inter)?,
+                    Some(gate_bias.get(i)?.contiguous()?),
+                ),
+                up: Linear::new(up.slice(i, 0..inter)?, Some(up_bias.get(i)?.contiguous()?)),
+                down: Linear::new(down.slice(i, 0..h)?, Some(down_bias.get(i)?.contiguous()?)),
+                names: EXPERT_NAMES,
+                act,
+            })
+        })
+        .collect()
+}
+
 /// One layer's experts, each a [`SwiGlu`] over views of the fused tensors: gate = the even
 /// rows of `gate_up_proj` (as `[2·inter, hidden]`), up = the odd rows, with the matching
 /// halves of `gate_up_proj_bias`; down = the expert's `down_proj` `[hidden, inter]` and bias.
@@ -307,6 +337,13 @@ fn load_experts(vb: &WeightSource, cfg: &Config) -> Result<Vec<SwiGlu>> {
         cfg.hidden_size,
         cfg.intermediate_size,
     );
+    let act = GluActivation::ClampedSwish {
+        alpha: cfg.swiglu_alpha,
+        limit: cfg.swiglu_limit,
+    };
+    if vb.contains_tensor("gate_proj") {
+        return load_split_experts(vb, (e, h, inter), act);
+    }
     let (gate_up, down) = if vb.contains_mxfp4("gate_up_proj") || vb.contains_mxfp4("down_proj") {
         (
             vb.mxfp4(&[e, 2 * inter, h], "gate_up_proj")?,
@@ -323,10 +360,6 @@ fn load_experts(vb: &WeightSource, cfg: &Config) -> Result<Vec<SwiGlu>> {
     };
     let gate_up_bias = vb.get((e, 2 * inter), "gate_up_proj_bias")?;
     let down_bias = vb.get((e, h), "down_proj_bias")?;
-    let act = GluActivation::ClampedSwish {
-        alpha: cfg.swiglu_alpha,
-        limit: cfg.swiglu_limit,
-    };
     (0..e)
         .map(|i| {
             let pair_bias = gate_up_bias.get(i)?.reshape((inter, 2))?;

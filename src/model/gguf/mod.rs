@@ -5,8 +5,10 @@
 //!   as they read it.
 //! - [`weights`] exposes the tensors under HF names ([`GgufWeights`]).
 
+pub mod arch;
 pub mod file;
 pub mod quant;
+pub mod tokenizer;
 pub mod weights;
 
 pub use file::{GgufFile, GgufModel, Value};

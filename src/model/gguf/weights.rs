@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::file::{GgufModel, TensorInfo};
 use super::quant::{GgmlTensor, GgmlType};
+use crate::model::info::TensorStorage;
 use crate::model::memory::release_pages;
 use crate::model::mxfp4::ByteView;
 use crate::model::weight::{MappedTensor, Weight};
@@ -94,6 +95,67 @@ impl GgufWeights {
             .sum()
     }
 
+    /// Bytes stored per ggml type, most first.
+    pub fn bytes_by_type(&self) -> Vec<(GgmlType, u64)> {
+        let mut bytes: HashMap<GgmlType, u64> = HashMap::new();
+        for (_, t) in self.model.tensors() {
+            *bytes.entry(t.ggml_type).or_default() += (t.end - t.start) as u64;
+        }
+        let mut v: Vec<_> = bytes.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// `Q4_K 84%, Q6_K 12%, F32 4%` (types under 1% of the bytes left out).
+    pub fn type_summary(&self) -> String {
+        let by_type = self.bytes_by_type();
+        let total: u64 = by_type.iter().map(|(_, b)| b).sum::<u64>().max(1);
+        let parts: Vec<String> = by_type
+            .iter()
+            .filter(|(_, b)| b * 100 >= total)
+            .map(|(t, b)| format!("{} {}%", t.name(), (b * 100 + total / 2) / total))
+            .collect();
+        parts.join(", ")
+    }
+
+    /// How each class of tensors is stored (`routed experts`: `Q4_K ×40, Q6_K ×8`), in the
+    /// order a model is read.
+    pub fn storage_classes(&self) -> Vec<TensorStorage> {
+        let mut classes: Vec<(&'static str, HashMap<GgmlType, usize>)> = Vec::new();
+        for (_, t) in self.model.tensors() {
+            let class = tensor_class(&t.name);
+            let i = match classes.iter().position(|(c, _)| *c == class) {
+                Some(i) => i,
+                None => {
+                    classes.push((class, HashMap::new()));
+                    classes.len() - 1
+                }
+            };
+            *classes[i].1.entry(t.ggml_type).or_default() += 1;
+        }
+        classes.sort_by_key(|(c, _)| CLASSES.iter().position(|k| k == c));
+        classes
+            .into_iter()
+            .map(|(class, counts)| {
+                let mut counts: Vec<_> = counts.into_iter().collect();
+                counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let format = if counts.len() == 1 {
+                    counts[0].0.name().to_string()
+                } else {
+                    counts
+                        .iter()
+                        .map(|(t, n)| format!("{} ×{n}", t.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                TensorStorage {
+                    class: class.to_string(),
+                    format,
+                }
+            })
+            .collect()
+    }
+
     fn info(&self, t: TensorRef) -> &TensorInfo {
         &self.model.parts[t.part].tensors[t.index]
     }
@@ -161,6 +223,40 @@ impl GgufWeights {
                 assemble_kv_b(&stored, &v, *heads, rank, nope, v_head)
             }
         })
+    }
+}
+
+/// Tensor classes, in the order a model is read.
+const CLASSES: [&str; 9] = [
+    "embeddings",
+    "attention",
+    "norms",
+    "router",
+    "routed experts",
+    "shared experts",
+    "dense feed-forward",
+    "output head",
+    "other",
+];
+
+/// The class of llama.cpp tensor `name`.
+fn tensor_class(name: &str) -> &'static str {
+    let base = name
+        .strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .map_or(name, |(_, r)| r);
+    let base = base.rsplit_once('.').map_or(base, |(b, _)| b);
+    match base {
+        "token_embd" => "embeddings",
+        "output" => "output head",
+        b if b.contains("norm") => "norms",
+        b if b.ends_with("_shexp") => "shared experts",
+        "ffn_gate_inp" | "exp_probs_b" => "router",
+        b if b.ends_with("_exps") => "routed experts",
+        b if b.starts_with("attn_") => "attention",
+        "ffn_gate" | "ffn_up" | "ffn_down" => "dense feed-forward",
+        b if b.starts_with("ffn_") && b.contains('.') => "routed experts",
+        _ => "other",
     }
 }
 

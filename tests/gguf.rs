@@ -1,0 +1,195 @@
+//! GGUF files made by llama.cpp's own converter from the HF fixtures
+//! (`tests/fixtures/make_gguf.py`): an F32 file routes exactly like the HF checkpoint it came
+//! from, a Q8_0 file chooses the same experts for nearly every (token, layer), split files
+//! load as one model, every ggml block type decodes as gguf-py decodes it, and bad files are
+//! clear errors naming the file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::reference::{check_model, reference};
+use moescope::model::device::DeviceChoice;
+use moescope::model::router::{RecordingHook, RouteCtx};
+use moescope::model::{Batch, LoadOptions, LoadedModel, Output, load_model};
+
+fn gguf(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf")
+        .join(file)
+}
+
+fn load_gguf(file: &str) -> LoadedModel {
+    let opts = LoadOptions {
+        model: gguf(file).display().to_string(),
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    load_model(&opts, None).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn load_error(path: &Path) -> String {
+    let opts = LoadOptions {
+        model: path.display().to_string(),
+        ..Default::default()
+    };
+    match load_model(&opts, None) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The F32 conversion of fixture `name` against the HF reference.
+fn check_f32(name: &str) {
+    check_model(name, load_gguf(&format!("{name}-f32.gguf")));
+}
+
+#[test]
+fn olmoe_f32_routes_like_hf() {
+    check_f32("olmoe");
+}
+
+#[test]
+fn deepseek_v2_lite_f32_routes_like_hf() {
+    check_f32("deepseek_v2_lite");
+}
+
+#[test]
+fn deepseek_v3_f32_routes_like_hf() {
+    check_f32("deepseek_v3");
+}
+
+#[test]
+fn kimi_k2_f32_routes_like_hf() {
+    check_f32("kimi_k2");
+}
+
+#[test]
+fn qwen3_moe_f32_routes_like_hf() {
+    check_f32("qwen3_moe_all");
+}
+
+#[test]
+fn qwen2_moe_f32_with_shared_expert_routes_like_hf() {
+    check_f32("qwen2_moe_all");
+}
+
+#[test]
+fn olmoe_split_parts_load_as_one_model() {
+    check_model("olmoe", load_gguf("olmoe-f32-split-00001-of-00002.gguf"));
+}
+
+/// Text for comparing two files' routing: a few hundred tokens of varied prose.
+const AGREEMENT_TEXT: &str = "The committee met on a cold Tuesday in March to discuss the \
+    budget. Revenue had grown 4.2% while costs rose faster, so the treasurer proposed cutting \
+    travel by a third. In the lab, the enzyme assay ran at 37 °C for 90 minutes; absorbance \
+    was read at 405 nm. fn main() { let x = vec![1, 2, 3]; println!(\"{:?}\", x); } The \
+    defendant argued that the contract was void for lack of consideration, citing precedent \
+    from 1893. Photosynthesis converts light into chemical energy stored in glucose. Mix the \
+    flour and butter until crumbly, then add cold water a spoonful at a time.";
+
+/// Share of (token, MoE layer) rows where `a` and `b` choose the same set of experts on
+/// [`AGREEMENT_TEXT`].
+fn same_expert_sets(a: &mut LoadedModel, b: &mut LoadedModel) -> f64 {
+    let ids = moescope::model::loader::encode(&a.tokenizer, AGREEMENT_TEXT).unwrap();
+    let (mut same, mut rows) = (0, 0);
+    // Pieces that fit the fixtures' 256-position context.
+    for piece in ids.chunks(128) {
+        let (a_routes, _) = run(a, piece);
+        let (b_routes, _) = run(b, piece);
+        for (x, y) in a_routes.iter().zip(&b_routes) {
+            let k = x.0.len() / piece.len();
+            for t in 0..piece.len() {
+                let mut ours = x.0[t * k..(t + 1) * k].to_vec();
+                let mut theirs = y.0[t * k..(t + 1) * k].to_vec();
+                ours.sort_unstable();
+                theirs.sort_unstable();
+                same += usize::from(ours == theirs);
+                rows += 1;
+            }
+        }
+    }
+    same as f64 / rows as f64
+}
+
+#[test]
+fn q8_0_files_choose_the_same_experts_as_f32_for_nearly_every_token() {
+    for name in ["olmoe", "mixtral", "deepseek_v3", "gpt_oss"] {
+        let mut f32 = load_gguf(&format!("{name}-f32.gguf"));
+        let mut q8 = load_gguf(&format!("{name}-q8_0.gguf"));
+        let share = same_expert_sets(&mut f32, &mut q8);
+        println!("{name} Q8_0: {share:.3} of (token, layer) rows choose the F32 file's experts");
+        assert!(share >= 0.9, "{name} Q8_0: {share:.3} of rows agree");
+    }
+}
+
+/// Runs `ids` through `m`, returning each MoE layer's chosen experts and router logits, and
+/// the final logits.
+fn run(m: &mut LoadedModel, ids: &[u32]) -> (Vec<(Vec<u32>, Vec<f32>)>, Vec<f32>) {
+    let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
+    let mut hook = RecordingHook::default();
+    let logits = m
+        .model
+        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
+        .unwrap()
+        .unwrap();
+    let routes = hook
+        .layers
+        .into_iter()
+        .map(|l| (l.topk_indices, l.logits))
+        .collect();
+    (routes, logits.flatten_all().unwrap().to_vec1().unwrap())
+}
+
+/// The fixture `name` loaded from a copy of its folder whose config.json `edit` changed.
+fn load_edited(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> LoadedModel {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::fixture(name), dir.path());
+    let cfg = dir.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let opts = LoadOptions {
+        model: dir.path().display().to_string(),
+        ..Default::default()
+    };
+    load_model(&opts, None).unwrap()
+}
+
+/// `a` and `b` choose the same experts with the same router logits and give the same
+/// logits on fixture `name`'s reference input.
+fn assert_same_routing(name: &str, a: &mut LoadedModel, b: &mut LoadedModel) {
+    let ids = reference(name).input_ids;
+    let (a_routes, a_logits) = run(a, &ids);
+    let (b_routes, b_logits) = run(b, &ids);
+    assert_eq!(a_routes.len(), b_routes.len());
+    for (layer, (x, y)) in a_routes.iter().zip(&b_routes).enumerate() {
+        assert_eq!(x.0, y.0, "{name} MoE layer {layer}: chosen experts");
+        let d = common::reference::max_abs_diff(&x.1, &y.1);
+        assert!(
+            d < 1e-5,
+            "{name} MoE layer {layer}: router logits differ by {d}"
+        );
+    }
+    let d = common::reference::max_abs_diff(&a_logits, &b_logits);
+    assert!(d < 1e-4, "{name}: logits differ by {d}");
+}
+
+/// The Mixtral fixture uses a 6-token sliding window, which llama.cpp's `llama` architecture
+/// does not have (the converter drops it): the F32 file must match the HF checkpoint run
+/// without the window, with llama.cpp's q/k row permutation undone.
+#[test]
+fn mixtral_f32_matches_the_checkpoint_without_its_window() {
+    let mut hf = load_edited("mixtral", |c| c["sliding_window"] = serde_json::Value::Null);
+    assert_same_routing("mixtral", &mut hf, &mut load_gguf("mixtral-f32.gguf"));
+}
+
+/// llama.cpp runs gpt-oss with its released SwiGLU clamp (7.0) whatever the checkpoint's
+/// config says, and the converter does not store it; the fixture's is 2.0. MXFP4 experts are
+/// kept packed (ggml type 39) and decoded in place.
+#[test]
+fn gpt_oss_mxfp4_matches_the_checkpoint_with_the_released_clamp() {
+    let mut hf = load_edited("gpt_oss", |c| c["swiglu_limit"] = 7.0.into());
+    assert_same_routing("gpt_oss", &mut hf, &mut load_gguf("gpt_oss-f32.gguf"));
+}
