@@ -193,3 +193,185 @@ fn gpt_oss_mxfp4_matches_the_checkpoint_with_the_released_clamp() {
     let mut hf = load_edited("gpt_oss", |c| c["swiglu_limit"] = 7.0.into());
     assert_same_routing("gpt_oss", &mut hf, &mut load_gguf("gpt_oss-f32.gguf"));
 }
+
+/// Every ggml block type MoEScope reads decodes as gguf-py's `dequantize` does: random but
+/// valid blocks of each type in `quant_blocks.gguf`, each beside its F32 decoding.
+#[test]
+fn every_block_type_decodes_as_gguf_py_does() {
+    use moescope::model::gguf::{GgmlTensor, GgufFile};
+    use moescope::model::mxfp4::ByteView;
+    let file = GgufFile::open(&gguf("quant_blocks.gguf")).unwrap();
+    let by_name = |n: &str| file.tensors.iter().find(|t| t.name == n).unwrap();
+    let mut types = Vec::new();
+    for t in file.tensors.iter().filter(|t| t.name.ends_with(".weight")) {
+        let stem = t.name.trim_end_matches(".weight");
+        let expected = by_name(&format!("{stem}.expected"));
+        let bytes = ByteView::Mapped {
+            map: file.map.clone(),
+            start: t.start,
+            end: t.end,
+        };
+        let got = GgmlTensor::new(bytes, t.ggml_type, t.shape.clone(), &t.name)
+            .unwrap()
+            .to_tensor(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want: Vec<f32> = file.map[expected.start..expected.end]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, want, "{}", t.ggml_type.name());
+        types.push(t.ggml_type.name());
+    }
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "BF16", "F16", "MXFP4", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"
+        ]
+    );
+}
+
+/// Bad files are errors naming the file and the problem, before anything is built.
+#[test]
+fn bad_gguf_files_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(gguf("olmoe-f32.gguf")).unwrap();
+    // Truncated mid-tensor.
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = load_error(&cut);
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+    // A missing part of a split model.
+    let first = dir.path().join("m-00001-of-00002.gguf");
+    std::fs::copy(gguf("olmoe-f32-split-00001-of-00002.gguf"), &first).unwrap();
+    let err = load_error(&first);
+    assert!(
+        err.contains("m-00002-of-00002.gguf") && err.contains("missing"),
+        "{err}"
+    );
+    // Not a GGUF at all.
+    let fake = dir.path().join("fake.gguf");
+    std::fs::write(&fake, b"{\"not\": \"gguf\"}").unwrap();
+    let err = load_error(&fake);
+    assert!(
+        err.contains("fake.gguf") && err.contains("not a GGUF file"),
+        "{err}"
+    );
+}
+
+/// The whole loop on a quantised file from the command line: profile, report, select, a
+/// steering spec from the selection, steer, eval; training is refused with the reason.
+#[test]
+fn profile_report_select_steer_and_eval_a_q8_0_file() {
+    use common::moescope;
+    let ok = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let model = gguf("olmoe-q8_0.gguf").display().to_string();
+    std::fs::write(
+        p("d.jsonl"),
+        concat!(
+            "{\"subject\": \"law\", \"text\": \"The court held the contract void.\"}\n",
+            "{\"subject\": \"code\", \"text\": \"fn main() { println!(\\\"hi\\\"); }\"}\n",
+        ),
+    )
+    .unwrap();
+    ok(&moescope(&[
+        "profile",
+        "--model",
+        &model,
+        "--data",
+        &p("d.jsonl"),
+        "--out",
+        &p("prof.json"),
+    ]));
+    let profile = moescope::profile::RoutingProfile::load(Path::new(&p("prof.json"))).unwrap();
+    assert_eq!(profile.subject_names(), vec!["law", "code"]);
+    let o = moescope(&["info", "--model", &model]);
+    ok(&o);
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(info.contains("GGUF Q8_0"), "{info}");
+    assert!(
+        info.lines()
+            .any(|l| l.contains("routed experts") && l.trim_end().ends_with("Q8_0")),
+        "{info}"
+    );
+    ok(&moescope(&["report", &p("prof.json")]));
+    ok(&moescope(&[
+        "select",
+        &p("prof.json"),
+        "--rule",
+        "hot",
+        "--k",
+        "2",
+        "--out",
+        &p("sel.json"),
+    ]));
+    ok(&moescope(&[
+        "steer-spec",
+        "--selection",
+        &p("sel.json"),
+        "--bias",
+        "3",
+        "--out",
+        &p("spec.json"),
+        "--model",
+        &model,
+    ]));
+    let o = moescope(&[
+        "steer",
+        "-m",
+        &model,
+        "-p",
+        "The court held",
+        "--steer",
+        &p("spec.json"),
+        "--max-new-tokens",
+        "4",
+        "--no-stop",
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["routing_change"][0]["mass_onto"].as_f64().unwrap() > 0.0);
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/mmlu_pro_sample.parquet");
+    ok(&moescope(&[
+        "eval",
+        "-m",
+        &model,
+        "--data",
+        &data.display().to_string(),
+        "--steer",
+        &p("spec.json"),
+        "--subjects",
+        "math",
+        "--json",
+    ]));
+    let o = moescope(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        &p("d.jsonl"),
+        "--selection",
+        &p("sel.json"),
+        "--out",
+        &p("adapter"),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("olmoe-q8_0.gguf") && err.contains("not supported"),
+        "{err}"
+    );
+}

@@ -870,3 +870,26 @@ fn the_training_tab_trains_the_clicked_selection_and_profiles_with_the_adapter()
     run_after_wake(&mut h);
     assert_eq!(h.state().state.adapter.as_deref(), Some(out.as_path()));
 }
+
+/// A GGUF file typed into the model field loads like a folder, and the summary says how each
+/// class of its tensors is stored.
+#[test]
+fn a_gguf_model_loads_and_its_summary_shows_the_quant_types() {
+    let mut h = harness();
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gguf/olmoe-q8_0.gguf"
+    );
+    h.state_mut().model_panel.model_field = file.into();
+    h.run();
+    h.get_by_label("Load model").click();
+    wait_until(&mut h, "the GGUF model", |a| a.state.model.is_some());
+    run_after_wake(&mut h);
+    assert!(h.query_by_label_contains("routed experts").is_some());
+    assert!(h.query_by_label("Q8_0").is_some(), "expert storage shown");
+    assert!(h.query_by_label_contains("GGUF Q8_0").is_some());
+    assert_eq!(
+        h.state().state.ui.recent_models.first().map(String::as_str),
+        Some(file)
+    );
+}

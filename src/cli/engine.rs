@@ -20,8 +20,9 @@ use crate::model::{LoadOptions, LoadedModel, load_model, loader, parse_dtype};
 /// Which model to load and how.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model folder (config.json, tokenizer.json, *.safetensors) or HF hub id (owner/name);
-    /// the embedded demo model when omitted.
+    /// Model folder (config.json, tokenizer.json, *.safetensors), GGUF file (`.gguf`; the
+    /// first or any part of a split one) or HF hub id (owner/name); the embedded demo model
+    /// when omitted.
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// Hub revision: branch, tag or commit.

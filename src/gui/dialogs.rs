@@ -75,7 +75,9 @@ impl Dialogs {
         let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
         self.spawn(purpose, move || {
             let mut d = rfd::FileDialog::new();
-            if !filters.is_empty() {
+            if filters.iter().any(|f| f == "gguf") {
+                d = d.add_filter("GGUF model", &filters);
+            } else if !filters.is_empty() {
                 d = d.add_filter("data", &filters);
             }
             d.pick_file()

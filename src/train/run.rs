@@ -24,6 +24,14 @@ impl Trainer {
     /// checkpoint with `resume`).
     pub fn new(opts: TrainOptions, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Self> {
         opts.validate()?;
+        if crate::model::hub::is_gguf_path(std::path::Path::new(&opts.load.model)) {
+            return Err(TrainError::Invalid(format!(
+                "{}: LoRA training on a GGUF file's quantised weights is not supported; train \
+                 on the HF checkpoint (safetensors folder or hub id) the file was made from. \
+                 GGUF files can be profiled, reported on, selected from, steered and evaluated.",
+                opts.load.model
+            )));
+        }
         prepare_out_dir(&opts)?;
         on_event(TrainEvent::Status(format!("loading {}", opts.load.model)));
         let mut load = opts.load.clone();

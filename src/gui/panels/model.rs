@@ -1,4 +1,5 @@
-//! Model panel: hub id or folder (picker), recent models, load progress, the `info` summary.
+//! Model panel: hub id, folder or GGUF file (pickers), recent models, load progress, the
+//! `info` summary (with how each class of tensors is stored, for quantised files).
 
 use crate::gui::dialogs::{DialogPurpose, Dialogs};
 use crate::gui::state::{AppState, JobKind};
@@ -6,7 +7,7 @@ use crate::gui::widgets::text::human;
 
 #[derive(Default)]
 pub struct ModelPanel {
-    /// The model field (hub id or folder).
+    /// The model field (hub id, folder or GGUF file).
     pub model_field: String,
 }
 
@@ -20,12 +21,19 @@ impl ModelPanel {
             let label = ui.label("Model");
             // Button first, right to left, so the field takes exactly what is left.
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if ui
+                    .button("GGUF…")
+                    .on_hover_text("a .gguf file (llama.cpp, LM Studio, Ollama)")
+                    .clicked()
+                {
+                    dialogs.pick_file(DialogPurpose::ModelFolder, &["gguf"]);
+                }
                 if ui.button("Folder…").clicked() {
                     dialogs.pick_folder(DialogPurpose::ModelFolder);
                 }
                 ui.add(
                     egui::TextEdit::singleline(&mut self.model_field)
-                        .hint_text("hub id or folder")
+                        .hint_text("hub id, folder or .gguf file")
                         .desired_width(f32::INFINITY),
                 )
                 .labelled_by(label.id);
@@ -94,19 +102,24 @@ impl ModelPanel {
                                 ),
                             ),
                             ("router", format!("{:?}", info.score_fn)),
-                            ("device", format!("{} {}", info.device, info.dtype)),
+                            ("device", info.device.clone()),
                             (
                                 "weights",
                                 if info.mapped {
-                                    "memory-mapped, read in place".to_string()
+                                    format!("{}, memory-mapped, read in place", info.dtype)
                                 } else {
-                                    "in memory".to_string()
+                                    format!("{}, in memory", info.dtype)
                                 },
                             ),
                         ];
                         for (k, v) in rows {
                             ui.weak(k);
                             ui.label(v);
+                            ui.end_row();
+                        }
+                        for s in &info.storage {
+                            ui.weak(format!("  {}", s.class));
+                            ui.label(&s.format);
                             ui.end_row();
                         }
                     });

@@ -584,3 +584,80 @@ fn map_names(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::file::write_for_tests;
+
+    fn open(
+        meta: &[(&str, Value)],
+        tensors: &[(&str, u32, Vec<u64>, Vec<u8>)],
+    ) -> Result<Converted> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        std::fs::write(&p, write_for_tests(meta, tensors)).unwrap();
+        convert(&GgufModel::open(&p)?, &p)
+    }
+
+    fn f32_tensor(name: &'static str, ne: Vec<u64>) -> (&'static str, u32, Vec<u64>, Vec<u8>) {
+        let n: u64 = ne.iter().product();
+        (name, 0, ne, vec![0; 4 * n as usize])
+    }
+
+    #[test]
+    fn a_model_without_experts_is_refused_by_name() {
+        let meta = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(1)),
+            ("llama.embedding_length", Value::U32(8)),
+        ];
+        let tensors = [
+            f32_tensor("token_embd.weight", vec![8, 16]),
+            f32_tensor("blk.0.ffn_gate.weight", vec![8, 16]),
+        ];
+        let err = open(&meta, &tensors).err().unwrap().to_string();
+        assert!(
+            err.contains("m.gguf") && err.contains("no routed experts"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_architecture_is_named() {
+        let meta = [("general.architecture", Value::String("rwkv7".into()))];
+        let err = open(&meta, &[]).err().unwrap().to_string();
+        assert!(
+            err.contains("\"rwkv7\"") && err.contains("qwen3moe"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn experts_of_a_3d_tensor_become_one_hf_tensor_each() {
+        let meta = [
+            ("general.architecture", Value::String("qwen3moe".into())),
+            ("qwen3moe.block_count", Value::U32(1)),
+            ("qwen3moe.embedding_length", Value::U32(8)),
+            ("qwen3moe.attention.head_count", Value::U32(2)),
+            ("qwen3moe.expert_count", Value::U32(3)),
+            ("qwen3moe.expert_used_count", Value::U32(2)),
+            ("qwen3moe.expert_feed_forward_length", Value::U32(4)),
+        ];
+        let tensors = [
+            f32_tensor("token_embd.weight", vec![8, 16]),
+            f32_tensor("blk.0.ffn_gate_inp.weight", vec![8, 3]),
+            f32_tensor("blk.0.ffn_down_exps.weight", vec![4, 8, 3]),
+        ];
+        let c = open(&meta, &tensors).unwrap();
+        assert_eq!(c.family, Family::Qwen3Moe);
+        assert_eq!(c.config["num_experts"], 3);
+        assert_eq!(c.config["tie_word_embeddings"], true);
+        let down = &c.names["model.layers.0.mlp.experts.2.down_proj.weight"];
+        assert_eq!(
+            (down.expert, down.shape.as_slice()),
+            (Some(2), &[8usize, 4][..])
+        );
+        assert!(c.names.contains_key("model.layers.0.mlp.gate.weight"));
+    }
+}
