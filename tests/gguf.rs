@@ -75,6 +75,16 @@ fn qwen2_moe_f32_with_shared_expert_routes_like_hf() {
 }
 
 #[test]
+fn glm4_moe_f32_routes_like_hf() {
+    check_f32("glm4_moe");
+}
+
+#[test]
+fn minimax_m2_f32_routes_like_hf() {
+    check_f32("minimax_m2");
+}
+
+#[test]
 fn olmoe_split_parts_load_as_one_model() {
     check_model("olmoe", load_gguf("olmoe-f32-split-00001-of-00002.gguf"));
 }
@@ -114,7 +124,18 @@ fn same_expert_sets(a: &mut LoadedModel, b: &mut LoadedModel) -> f64 {
 
 #[test]
 fn q8_0_files_choose_the_same_experts_as_f32_for_nearly_every_token() {
-    for name in ["olmoe", "mixtral", "deepseek_v3", "gpt_oss"] {
+    for name in [
+        "olmoe",
+        "mixtral",
+        "qwen3_moe_all",
+        "qwen2_moe_all",
+        "deepseek_v2_lite",
+        "deepseek_v3",
+        "kimi_k2",
+        "glm4_moe",
+        "minimax_m2",
+        "gpt_oss",
+    ] {
         let mut f32 = load_gguf(&format!("{name}-f32.gguf"));
         let mut q8 = load_gguf(&format!("{name}-q8_0.gguf"));
         let share = same_expert_sets(&mut f32, &mut q8);

@@ -217,10 +217,13 @@ pub fn info(args: InfoArgs) -> Result<()> {
             }
         }
     }
+    let held_as = match (&plan.storage, plan.mapped) {
+        (Some(_), true) => "stored".to_string(),
+        _ => crate::model::device::dtype_name(dtype).to_string(),
+    };
     println!(
-        "weights          {} as {}{}",
+        "weights          {} as {held_as}{}",
         human_bytes(weight_bytes),
-        crate::model::device::dtype_name(dtype),
         if plan.mapped {
             ", memory-mapped and read in place"
         } else {

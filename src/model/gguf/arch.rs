@@ -34,6 +34,8 @@ pub const ARCHITECTURES: &[(&str, &str)] = &[
     ("llama", "Mixtral (llama with experts)"),
     ("deepseek2", "DeepSeek-V2 / V3 / R1, Kimi-K2"),
     ("gpt-oss", "gpt-oss"),
+    ("glm4moe", "GLM-4.5 / 4.6 / 4.7"),
+    ("minimax-m2", "MiniMax-M2"),
 ];
 
 /// The metadata, read as the `{arch}.*` keys llama.cpp writes.
@@ -84,6 +86,8 @@ struct Naming {
     experts: [&'static str; 3],
     /// Shared expert module (`shared_expert`, `shared_experts`).
     shared: &'static str,
+    /// The experts' selection bias (`exp_probs_b`) under the MoE block.
+    selection_bias: &'static str,
     /// q/k rows were permuted by the converter (llama-style rotary) for this many heads.
     permute_qk: Option<(usize, usize)>,
     /// Keep 3-D expert tensors whole under `{moe}.experts.{name}` (families with fused
@@ -163,6 +167,7 @@ pub fn convert(gguf: &GgufModel, file: &Path) -> Result<Converted> {
         router: "gate",
         experts: ["gate_proj", "up_proj", "down_proj"],
         shared: "shared_expert",
+        selection_bias: "gate.e_score_correction_bias",
         permute_qk: None,
         fused_experts: false,
     };
@@ -244,6 +249,60 @@ pub fn convert(gguf: &GgufModel, file: &Path) -> Result<Converted> {
                 ..standard
             },
         ),
+        "glm4moe" => {
+            let head_dim = head_dim.ok_or_else(|| meta.missing("attention.key_length"))?;
+            let rotary = meta
+                .opt_usize("rope.dimension_count")
+                .unwrap_or(head_dim / 2);
+            (
+                Family::Glm4Moe,
+                json!({
+                    "architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe",
+                    "vocab_size": vocab, "hidden_size": hidden,
+                    "intermediate_size": ff.unwrap_or(0),
+                    "moe_intermediate_size": expert_ff.ok_or_else(|| meta.missing("expert_feed_forward_length"))?,
+                    "num_hidden_layers": blocks, "num_attention_heads": heads,
+                    "num_key_value_heads": kv_heads, "head_dim": head_dim,
+                    "partial_rotary_factor": rotary as f64 / head_dim as f64,
+                    "max_position_embeddings": context, "rms_norm_eps": eps,
+                    "rope_theta": rope_theta, "attention_bias": attn_bias,
+                    "use_qk_norm": has("blk.0.attn_q_norm.weight"),
+                    "n_routed_experts": experts, "num_experts_per_tok": top_k,
+                    "n_shared_experts": meta.opt_usize("expert_shared_count").unwrap_or(0),
+                    "n_group": meta.opt_usize("expert_group_count").unwrap_or(1),
+                    "topk_group": meta.opt_usize("expert_group_used_count").unwrap_or(1),
+                    "routed_scaling_factor": meta.f64("expert_weights_scale").unwrap_or(1.0),
+                    "norm_topk_prob": norm_default(true),
+                    "first_k_dense_replace": dense_leading(&dense_blocks, &meta)?,
+                    "tie_word_embeddings": tied,
+                }),
+                Naming {
+                    shared: "shared_experts",
+                    ..standard
+                },
+            )
+        }
+        "minimax-m2" => (
+            Family::MiniMaxM2,
+            json!({
+                "architectures": ["MiniMaxM2ForCausalLM"], "model_type": "minimax_m2",
+                "vocab_size": vocab, "hidden_size": hidden,
+                "intermediate_size": expert_ff.or(ff).ok_or_else(|| meta.missing("expert_feed_forward_length"))?,
+                "num_hidden_layers": blocks, "num_attention_heads": heads,
+                "num_key_value_heads": kv_heads, "head_dim": head_dim,
+                "rotary_dim": meta.opt_usize("rope.dimension_count"),
+                "max_position_embeddings": context, "rms_norm_eps": eps, "rope_theta": rope_theta,
+                "use_qk_norm": has("blk.0.attn_q_norm.weight"),
+                "num_local_experts": experts, "num_experts_per_tok": top_k,
+                "tie_word_embeddings": tied,
+            }),
+            Naming {
+                moe: "block_sparse_moe",
+                experts: ["w1", "w3", "w2"],
+                selection_bias: "e_score_correction_bias",
+                ..standard
+            },
+        ),
         other => {
             let known = ARCHITECTURES
                 .iter()
@@ -262,6 +321,22 @@ pub fn convert(gguf: &GgufModel, file: &Path) -> Result<Converted> {
         config,
         names,
     })
+}
+
+/// The number of leading dense blocks, which must be all the dense blocks there are.
+fn dense_leading(dense_blocks: &[usize], meta: &Meta<'_>) -> Result<usize> {
+    let leading = meta
+        .opt_usize("leading_dense_block_count")
+        .unwrap_or(dense_blocks.len());
+    if dense_blocks != (0..leading).collect::<Vec<_>>() {
+        return Err(ModelError::msg(format!(
+            "{}: blocks {dense_blocks:?} have no router, but {}.leading_dense_block_count is \
+             {leading}",
+            meta.file.display(),
+            meta.arch
+        )));
+    }
+    Ok(leading)
 }
 
 /// DeepSeek-V2 (softmax router) or V3 / R1 / Kimi-K2 (sigmoid router with a selection bias).
@@ -286,17 +361,7 @@ fn deepseek2(
         .opt_usize("attention.value_length_mla")
         .or(meta.opt_usize("attention.value_length"))
         .ok_or_else(|| meta.missing("attention.value_length_mla"))?;
-    let leading_dense = meta
-        .opt_usize("leading_dense_block_count")
-        .unwrap_or(dense_blocks.len());
-    if dense_blocks != (0..leading_dense).collect::<Vec<_>>() {
-        return Err(ModelError::msg(format!(
-            "{}: blocks {dense_blocks:?} have no router, but {}.leading_dense_block_count is \
-             {leading_dense}",
-            meta.file.display(),
-            meta.arch
-        )));
-    }
+    let leading_dense = dense_leading(dense_blocks, meta)?;
     let groups = meta.opt_usize("expert_group_count").unwrap_or(1);
     let groups_used = meta.opt_usize("expert_group_used_count").unwrap_or(1);
     let rope_scaling = match meta
@@ -523,7 +588,7 @@ fn map_names(
                 );
             }
             "ffn_gate_inp" => put(format!("{moe}.{}.{kind}", naming.router), plain(t)),
-            "exp_probs_b" => put(format!("{moe}.gate.e_score_correction_bias"), plain(t)),
+            "exp_probs_b" => put(format!("{moe}.{}", naming.selection_bias), plain(t)),
             "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => {
                 let which = match base {
                     "ffn_gate_exps" => gate,

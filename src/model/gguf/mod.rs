@@ -4,6 +4,9 @@
 //! - [`quant`] owns ggml's block types and [`GgmlTensor`], a weight the CPU kernels dequantise
 //!   as they read it.
 //! - [`weights`] exposes the tensors under HF names ([`GgufWeights`]).
+//! - [`arch`] maps llama.cpp's architectures, metadata keys and tensor names to the families'
+//!   HF configs and names.
+//! - [`tokenizer`] rebuilds the tokenizer described by the `tokenizer.ggml.*` metadata.
 
 pub mod arch;
 pub mod file;

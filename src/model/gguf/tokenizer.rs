@@ -619,8 +619,9 @@ fn merges_from_scores(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(
         .collect()
 }
 
-/// The merges whose halves and result are all tokens (the BPE model refuses others; llama.cpp
-/// never completes them either), in rank order.
+/// The merges whose halves and result are all tokens, first rank of each kept, in rank order.
+/// The BPE builder refuses a merge of tokens it lacks, and panics on one whose result is longer
+/// than every token, so bad metadata must not reach it.
 fn usable_merges(merges: Vec<(String, String)>, vocab: &Vocab) -> Vec<(String, String)> {
     let mut seen = HashSet::new();
     merges
@@ -1173,5 +1174,16 @@ mod tests {
         .collect();
         let tok = tokenizer_from_metadata(&map, Path::new("ok.gguf")).unwrap();
         assert_eq!(tok.encode("ab", false).unwrap().get_ids(), [2]);
+        // So is one whose result is not a token (and longer than every token).
+        let map: BTreeMap<String, Value> = [
+            model("gpt2"),
+            ("tokenizer.ggml.tokens", strings(["a", "b"])),
+            ("tokenizer.ggml.merges", strings(["a b"])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let tok = tokenizer_from_metadata(&map, Path::new("ok.gguf")).unwrap();
+        assert_eq!(tok.encode("ab", false).unwrap().get_ids(), [0, 1]);
     }
 }
