@@ -146,7 +146,10 @@ fn q8_0_files_choose_the_same_experts_as_f32_for_nearly_every_token() {
 
 /// Runs `ids` through `m`, returning each MoE layer's chosen experts and router logits, and
 /// the final logits.
-fn run(m: &mut LoadedModel, ids: &[u32]) -> (Vec<(Vec<u32>, Vec<f32>)>, Vec<f32>) {
+/// One MoE layer's chosen experts (`[tokens · k]`) and router logits.
+type LayerRoute = (Vec<u32>, Vec<f32>);
+
+fn run(m: &mut LoadedModel, ids: &[u32]) -> (Vec<LayerRoute>, Vec<f32>) {
     let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
     let mut hook = RecordingHook::default();
     let logits = m

@@ -5,16 +5,14 @@
 
 mod common;
 
+use common::load;
 use common::reference::{check_family, max_abs_diff, reference};
-use common::{fixture, load};
-use std::collections::BTreeMap;
 
 use moescope::model::info::AttentionKind;
 use moescope::model::router::{
     ExpertForce, LayerSteering, RecordedRoute, RecordingHook, RouteCtx, Steering,
 };
 use moescope::model::{Batch, LoadedModel, Output};
-use serde::Deserialize;
 
 #[test]
 fn olmoe_matches_reference() {

@@ -251,6 +251,39 @@ fn decode_blocks<B: CandleBlock>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// [`GgmlRows::matmul_integer`] for block type `B` (whose dot-product partner is Q8_K).
+fn integer_dots<B: CandleBlock>(
+    bytes: &[u8],
+    xs: &[f32],
+    n: usize,
+    cols: usize,
+    ys: &mut [f32],
+) -> bool {
+    let (size, per_row) = (std::mem::size_of::<B>(), cols / B::BLCK_SIZE);
+    let dot_block = <B::VecDotType as CandleBlock>::BLCK_SIZE;
+    if !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
+        || dot_block != B::BLCK_SIZE
+        || !bytes.len().is_multiple_of(size * per_row)
+    {
+        return false;
+    }
+    let rows = bytes.len() / (size * per_row);
+    debug_assert_eq!((xs.len(), ys.len()), (n * cols, n * rows));
+    // SAFETY: as in `decode_blocks`: plain-data blocks, alignment checked above, `rows ·
+    // per_row` of them in `bytes`.
+    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), rows * per_row) };
+    let mut xq = vec![<B::VecDotType as CandleBlock>::zeros(); n * per_row];
+    for (x, q) in xs.chunks_exact(cols).zip(xq.chunks_exact_mut(per_row)) {
+        <B::VecDotType as CandleBlock>::from_float(x, q);
+    }
+    for (w, out) in blocks.chunks_exact(per_row).zip(ys.chunks_exact_mut(n)) {
+        for (y, q) in out.iter_mut().zip(xq.chunks_exact(per_row)) {
+            *y = B::vec_dot(cols, w, q);
+        }
+    }
+    true
+}
+
 /// Decodes ggml MXFP4 blocks (see the module docs).
 fn decode_mxfp4(bytes: &[u8], out: &mut [f32]) {
     let table = scaled_values();
@@ -369,6 +402,48 @@ impl GgmlTensor {
 }
 
 impl GgmlRows<'_> {
+    /// Rows `rows` of this matrix of rows `cols` elements long.
+    #[cfg(test)]
+    fn rows(self, rows: Range<usize>, cols: usize) -> Self {
+        let t = self.ggml_type;
+        let row_bytes = cols / t.block_elems() * t.block_bytes();
+        Self {
+            bytes: &self.bytes[rows.start * row_bytes..rows.end * row_bytes],
+            ggml_type: t,
+        }
+    }
+
+    /// Whether products with rows of `cols` elements of this weight run on integer dot
+    /// products ([`GgmlRows::matmul_integer`]): the k-quants (Q2_K to Q6_K), whose rows are
+    /// whole 256-element blocks.
+    pub(crate) fn has_integer_dots(self, cols: usize) -> bool {
+        matches!(
+            self.ggml_type,
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+        ) && cols.is_multiple_of(256)
+            && cols > 0
+    }
+
+    /// `ys[j·n + t] = Σ_i w[j, i] · x_t[i]` for every row `j` of this `[rows, cols]` weight and
+    /// each of the `n` row-major rows `x_t` of `xs`, as llama.cpp computes it: each `x_t`
+    /// quantised to Q8_K, then integer dot products with the weight's blocks (candle's
+    /// `vec_dot`, SIMD where the CPU has it). A token's result does not depend on the others.
+    /// Returns `false` (and writes nothing) unless [`GgmlRows::has_integer_dots`] and the
+    /// bytes are aligned for the block type.
+    pub(crate) fn matmul_integer(self, xs: &[f32], n: usize, cols: usize, ys: &mut [f32]) -> bool {
+        if !self.has_integer_dots(cols) {
+            return false;
+        }
+        match self.ggml_type {
+            GgmlType::Q2K => integer_dots::<BlockQ2K>(self.bytes, xs, n, cols, ys),
+            GgmlType::Q3K => integer_dots::<BlockQ3K>(self.bytes, xs, n, cols, ys),
+            GgmlType::Q4K => integer_dots::<BlockQ4K>(self.bytes, xs, n, cols, ys),
+            GgmlType::Q5K => integer_dots::<BlockQ5K>(self.bytes, xs, n, cols, ys),
+            GgmlType::Q6K => integer_dots::<BlockQ6K>(self.bytes, xs, n, cols, ys),
+            _ => false,
+        }
+    }
+
     /// Elements `range` of the logical row-major matrix as f32, into `dst`: whole blocks are
     /// decoded in place, partial ones through a block-sized buffer.
     pub(crate) fn read_f32(self, range: Range<usize>, dst: &mut [f32]) {
@@ -401,6 +476,72 @@ impl GgmlRows<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Integer dot products with Q8_K-quantised activations stay within the activations'
+    /// quantisation error of the f32 product of the dequantised weight, for every k-quant.
+    #[test]
+    fn integer_dots_match_the_f32_product_of_the_decoded_blocks() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let dev = Device::Cpu;
+        let (rows, cols, n) = (8usize, 512usize, 3usize);
+        let w = Tensor::randn(0f32, 0.05, (rows, cols), &dev).unwrap();
+        let xs: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        for (candle_type, ours) in [
+            (GgmlDType::Q2K, GgmlType::Q2K),
+            (GgmlDType::Q3K, GgmlType::Q3K),
+            (GgmlDType::Q4K, GgmlType::Q4K),
+            (GgmlDType::Q5K, GgmlType::Q5K),
+            (GgmlDType::Q6K, GgmlType::Q6K),
+        ] {
+            let q = QTensor::quantize(&w, candle_type).unwrap();
+            let t = GgmlTensor::new(
+                ByteView::owned(q.data().unwrap().to_vec()),
+                ours,
+                vec![rows, cols],
+                "w",
+            )
+            .unwrap();
+            let dense = t.to_tensor(&dev).unwrap().to_vec2::<f32>().unwrap();
+            let mut ys = vec![0f32; rows * n];
+            assert!(
+                t.rows().matmul_integer(&xs, n, cols, &mut ys),
+                "{}",
+                ours.name()
+            );
+            for (j, row) in dense.iter().enumerate() {
+                for tok in 0..n {
+                    let x = &xs[tok * cols..(tok + 1) * cols];
+                    let want: f32 = row.iter().zip(x).map(|(a, b)| a * b).sum();
+                    let scale: f32 = row.iter().zip(x).map(|(a, b)| (a * b).abs()).sum();
+                    let got = ys[j * n + tok];
+                    assert!(
+                        (got - want).abs() <= 0.01 * scale,
+                        "{} row {j} token {tok}: {got} vs {want}",
+                        ours.name()
+                    );
+                }
+            }
+            // Row ranges are the same products.
+            let mut part = vec![0f32; 2 * n];
+            assert!(
+                t.rows()
+                    .rows(3..5, cols)
+                    .matmul_integer(&xs, n, cols, &mut part)
+            );
+            assert_eq!(part, ys[3 * n..5 * n]);
+        }
+        // Q8_0 and rows that are not whole 256-blocks keep the decoded-tile path.
+        let q8 = GgmlTensor::new(
+            ByteView::owned(vec![0; 34 * 2]),
+            GgmlType::Q8_0,
+            vec![2, 32],
+            "w",
+        )
+        .unwrap();
+        assert!(!q8.rows().has_integer_dots(32));
+    }
 
     #[test]
     fn candle_blocks_have_ggmls_sizes() {
