@@ -9,16 +9,18 @@
 #     mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
 #
 # Usage: scripts/screenshots.sh [view ...]
-#   (views: heatmap subjects load das tokens selection steering training)
+#   (views: heatmap subjects load das tokens selection steering training gguf)
 # The steering view steers a neutral prompt toward the code_python DAS top-16 experts (bias 2)
 # and waits for both continuations and the routing difference; the training view trains LoRA on
-# the law hot-25 % selection for 60 steps and waits for it to finish.
+# the law hot-25 % selection for 60 steps and waits for it to finish. The gguf view opens the
+# model tab with a Q8_0 GGUF test fixture loaded (llama.cpp's converter; tokenizer from the
+# file's metadata) and profiled on the demo prompts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VIEWS=("$@")
 if [ ${#VIEWS[@]} -eq 0 ]; then
-  VIEWS=(heatmap subjects load das tokens selection steering training)
+  VIEWS=(heatmap subjects load das tokens selection steering training gguf)
 fi
 SIZE=${SCREENSHOT_SIZE:-1280x800}
 DISPLAY_NUM=${SCREENSHOT_DISPLAY:-:97}
@@ -53,7 +55,13 @@ sleep 1
 mkdir -p screenshots
 for view in "${VIEWS[@]}"; do
   ready="$WORK/ready-$view"
-  MOESCOPE_SCREENSHOT="$view" MOESCOPE_SCREENSHOT_READY="$ready" "$BIN" >"$WORK/app-$view.log" 2>&1 &
+  hook=$view
+  args=()
+  if [ "$view" = gguf ]; then
+    hook=load
+    args=(gui --model "$PWD/tests/fixtures/gguf/olmoe-q8_0.gguf" --data "$PWD/../shared/demo-corpus/prompts")
+  fi
+  MOESCOPE_SCREENSHOT="$hook" MOESCOPE_SCREENSHOT_READY="$ready" "$BIN" "${args[@]}" >"$WORK/app-$view.log" 2>&1 &
   APP_PID=$!
   waited=0
   until [ -e "$ready" ]; do

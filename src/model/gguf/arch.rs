@@ -107,6 +107,9 @@ pub fn convert(gguf: &GgufModel, file: &Path) -> Result<Converted> {
                 file.display()
             ))
         })?;
+    if !ARCHITECTURES.iter().any(|(a, _)| *a == arch) {
+        return Err(unknown_architecture(file, arch));
+    }
     let meta = Meta { arch, md, file };
     let tensors: HashMap<&str, TensorRef> = gguf
         .parts
@@ -303,17 +306,7 @@ pub fn convert(gguf: &GgufModel, file: &Path) -> Result<Converted> {
                 ..standard
             },
         ),
-        other => {
-            let known = ARCHITECTURES
-                .iter()
-                .map(|(a, f)| format!("{a} ({f})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ModelError::msg(format!(
-                "{}: GGUF architecture {other:?} is not one MoEScope reads (it reads {known})",
-                file.display()
-            )));
-        }
+        other => return Err(unknown_architecture(file, other)),
     };
     let names = map_names(gguf, &tensors, &naming)?;
     Ok(Converted {
@@ -321,6 +314,18 @@ pub fn convert(gguf: &GgufModel, file: &Path) -> Result<Converted> {
         config,
         names,
     })
+}
+
+fn unknown_architecture(file: &Path, arch: &str) -> ModelError {
+    let known = ARCHITECTURES
+        .iter()
+        .map(|(a, f)| format!("{a} ({f})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ModelError::msg(format!(
+        "{}: GGUF architecture {arch:?} is not one MoEScope reads (it reads {known})",
+        file.display()
+    ))
 }
 
 /// The number of leading dense blocks, which must be all the dense blocks there are.
