@@ -72,7 +72,7 @@ pub struct LoadPlan {
     pub weight_bytes: u64,
     /// Parameters in all the checkpoint's tensors.
     pub params: u64,
-    /// Bytes the checkpoint's tensors take as stored.
+    /// Bytes the checkpoint's tensors take when read in place ([`StoredWeights::bytes`]).
     pub stored_bytes: u64,
     /// How the checkpoint stores its weights, when not in one plain dtype (`GGUF Q4_K 84%,
     /// Q6_K 12%, F32 4%`).
@@ -183,7 +183,7 @@ pub struct StoredWeights {
     /// The dtype most of the weights are stored in, or that quantised weights dequantise to.
     pub dtype: DType,
     pub params: u64,
-    /// Bytes of tensor data.
+    /// Bytes of tensor data as held when read in place (quantised formats stay packed).
     pub bytes: u64,
     /// A description of mixed or quantised storage.
     pub storage: Option<String>,
@@ -270,7 +270,7 @@ fn open_safetensors(
     let stored = StoredWeights {
         dtype: mmap.checkpoint_dtype(),
         params: mmap.total_params(),
-        bytes: mmap.stored_bytes(),
+        bytes: mmap.mapped_bytes(),
         storage: None,
     };
     let total_params = mmap.params_excluding(family.unused_weight_prefixes());

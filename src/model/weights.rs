@@ -124,9 +124,16 @@ impl MmapWeights {
         self.total_params
     }
 
-    /// Bytes of tensor data in all files, as stored.
-    pub fn stored_bytes(&self) -> u64 {
-        self.index.values().map(|e| (e.end - e.start) as u64).sum()
+    /// Bytes the tensors take once loaded over the mapped files: as stored, except float8
+    /// weights, which are dequantised into f32 copies on load.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.index
+            .values()
+            .map(|e| match e.dtype {
+                safetensors::Dtype::F8_E4M3 => 4 * e.shape.iter().product::<usize>() as u64,
+                _ => (e.end - e.start) as u64,
+            })
+            .sum()
     }
 
     /// Number of parameters in the tensors whose names start with `prefix`.
