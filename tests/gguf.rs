@@ -454,3 +454,56 @@ fn cut_or_corrupted_files_never_panic() {
         let _ = try_load(&data);
     }
 }
+
+/// `owner/repo:QUANT` or `owner/repo:FILE.gguf` finds a GGUF file of a hub repo in the HF
+/// cache (offline here), every part of a split one; a tag naming several files, or none, is
+/// an error listing the repo's files.
+#[test]
+fn hub_gguf_repos_load_from_the_cache_by_quant_tag_or_file_name() {
+    use common::moescope_env;
+    let cache = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.path().join("models--tiny--olmoe-GGUF");
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(snap.join("F32")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::copy(gguf("olmoe-q8_0.gguf"), snap.join("olmoe-Q8_0.gguf")).unwrap();
+    std::fs::copy(gguf("olmoe-q4_k_m.gguf"), snap.join("olmoe-Q4_K_M.gguf")).unwrap();
+    for part in ["00001", "00002"] {
+        std::fs::copy(
+            gguf(&format!("olmoe-f32-split-{part}-of-00002.gguf")),
+            snap.join(format!("F32/olmoe-F32-{part}-of-00002.gguf")),
+        )
+        .unwrap();
+    }
+    let env = [("HF_HUB_CACHE", cache.path().to_str().unwrap())];
+    let info = |model: &str| moescope_env(&["info", "--model", model], &env);
+    for (model, want) in [
+        ("tiny/olmoe-GGUF:Q8_0", "GGUF Q8_0"),
+        ("tiny/olmoe-GGUF:q4_k_m", "Q5_0"),
+        ("tiny/olmoe-GGUF:olmoe-Q8_0.gguf", "GGUF Q8_0"),
+        ("tiny/olmoe-GGUF:F32", "GGUF F32"),
+    ] {
+        let o = info(model);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains(want) && out.contains(model), "{model}: {out}");
+    }
+    let o = info("tiny/olmoe-GGUF:olmoe");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("matches several files"),
+        "{err}"
+    );
+    let o = info("tiny/olmoe-GGUF:IQ2_XS");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no .gguf file") && err.contains("olmoe-Q8_0.gguf"),
+        "{err}"
+    );
+}

@@ -21,8 +21,8 @@ use crate::model::{LoadOptions, LoadedModel, load_model, loader, parse_dtype};
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Model folder (config.json, tokenizer.json, *.safetensors), GGUF file (`.gguf`; the
-    /// first or any part of a split one) or HF hub id (owner/name); the embedded demo model
-    /// when omitted.
+    /// first or any part of a split one), HF hub id (owner/name), or a GGUF file of a hub repo
+    /// (owner/name:Q4_K_M or owner/name:FILE.gguf); the embedded demo model when omitted.
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// Hub revision: branch, tag or commit.

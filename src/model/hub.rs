@@ -126,69 +126,152 @@ impl hf_hub::api::Progress for ProgressAdapter<'_> {
     fn finish(&mut self) {}
 }
 
-/// Resolves a hub id to its files, using the cache first and downloading what is missing.
-pub fn resolve_hub(
-    repo_id: &str,
-    revision: Option<&str>,
-    mut progress: Option<&mut dyn DownloadProgress>,
-) -> Result<ModelFiles> {
-    let revision = revision.unwrap_or("main");
-    let cache = cache_dir();
-    let mut api_repo = None;
-    let mut fetch = |file: &str, required: bool| -> Result<Option<PathBuf>> {
-        if let Some(p) = cached_file(&cache, repo_id, revision, file) {
+/// One hub repo at one revision: files come from the cache, else are downloaded (never when
+/// `HF_HUB_OFFLINE` is set).
+struct HubRepo<'p> {
+    repo_id: String,
+    revision: String,
+    cache: PathBuf,
+    api: Option<hf_hub::api::sync::ApiRepo>,
+    progress: Option<&'p mut dyn DownloadProgress>,
+}
+
+impl<'p> HubRepo<'p> {
+    fn new(
+        repo_id: &str,
+        revision: Option<&str>,
+        progress: Option<&'p mut dyn DownloadProgress>,
+    ) -> Self {
+        Self {
+            repo_id: repo_id.to_string(),
+            revision: revision.unwrap_or("main").to_string(),
+            cache: cache_dir(),
+            api: None,
+            progress,
+        }
+    }
+
+    fn api(&mut self) -> Result<&hf_hub::api::sync::ApiRepo> {
+        if self.api.is_none() {
+            let api = ApiBuilder::from_cache(Cache::new(self.cache.clone()))
+                .with_progress(false)
+                .build()
+                .map_err(|e| {
+                    ModelError::msg(format!(
+                        "{}: cannot start the HF hub client: {e}",
+                        self.repo_id
+                    ))
+                })?;
+            self.api = Some(api.repo(Repo::with_revision(
+                self.repo_id.clone(),
+                RepoType::Model,
+                self.revision.clone(),
+            )));
+        }
+        Ok(self.api.as_ref().expect("set above"))
+    }
+
+    /// `file` of the repo: from the cache, else downloaded; `None` when it is not `required`
+    /// and cannot be had.
+    fn fetch(&mut self, file: &str, required: bool) -> Result<Option<PathBuf>> {
+        let (repo_id, revision) = (self.repo_id.clone(), self.revision.clone());
+        if let Some(p) = cached_file(&self.cache, &repo_id, &revision, file) {
             return Ok(Some(p));
         }
         if offline() {
             return if required {
                 Err(ModelError::msg(format!(
                     "{repo_id}: '{file}' (revision {revision}) is not in the HF cache at {} and HF_HUB_OFFLINE is set",
-                    cache.display()
+                    self.cache.display()
                 )))
             } else {
                 Ok(None)
             };
         }
-        if api_repo.is_none() {
-            let api = ApiBuilder::from_cache(Cache::new(cache.clone()))
-                .with_progress(false)
-                .build()
-                .map_err(|e| {
-                    ModelError::msg(format!("{repo_id}: cannot start the HF hub client: {e}"))
-                })?;
-            api_repo = Some(api.repo(Repo::with_revision(
-                repo_id.into(),
-                RepoType::Model,
-                revision.into(),
-            )));
-        }
-        let repo = api_repo.as_ref().expect("set above");
+        let mut progress = self.progress.take();
         let got = match progress.as_deref_mut() {
-            Some(p) => repo.download_with_progress(file, ProgressAdapter(p)),
-            None => repo.get(file),
+            Some(p) => self.api()?.download_with_progress(file, ProgressAdapter(p)),
+            None => self.api()?.get(file),
         };
+        self.progress = progress;
         match got {
             Ok(p) => Ok(Some(p)),
             Err(_) if !required => Ok(None),
             Err(e) => Err(ModelError::msg(format!(
                 "{repo_id}: '{file}' (revision {revision}) is not in the HF cache at {} and could not be downloaded: {e}",
-                cache.display()
+                self.cache.display()
             ))),
         }
+    }
+
+    /// The repo's `.gguf` files (paths in the repo): listed by the hub, or, offline or when the
+    /// hub cannot be reached, those in the cached snapshot.
+    fn gguf_files(&mut self) -> Vec<String> {
+        let listed = if offline() {
+            None
+        } else {
+            self.api()
+                .ok()
+                .and_then(|api| api.info().ok())
+                .map(|info| info.siblings.into_iter().map(|s| s.rfilename).collect())
+        };
+        let mut files: Vec<String> = listed.unwrap_or_else(|| {
+            let repo_dir = self
+                .cache
+                .join(format!("models--{}", self.repo_id.replace('/', "--")));
+            let commit = std::fs::read_to_string(repo_dir.join("refs").join(&self.revision))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| self.revision.clone());
+            let snapshot = repo_dir.join("snapshots").join(commit);
+            let mut found = Vec::new();
+            list_files(&snapshot, &snapshot, &mut found);
+            found
+        });
+        files.retain(|f| is_gguf_path(Path::new(f)));
+        files.sort();
+        files
+    }
+}
+
+/// Every file under `dir`, as paths relative to `root` with `/` separators.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
     };
-    let config = fetch("config.json", true)?.expect("required");
-    let tokenizer = fetch("tokenizer.json", true)?.expect("required");
-    let index = fetch("model.safetensors.index.json", false)?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            list_files(root, &p, out);
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+}
+
+/// Resolves a hub id to its files, using the cache first and downloading what is missing.
+pub fn resolve_hub(
+    repo_id: &str,
+    revision: Option<&str>,
+    progress: Option<&mut dyn DownloadProgress>,
+) -> Result<ModelFiles> {
+    let mut repo = HubRepo::new(repo_id, revision, progress);
+    let config = repo.fetch("config.json", true)?.expect("required");
+    let tokenizer = repo.fetch("tokenizer.json", true)?.expect("required");
+    let index = repo.fetch("model.safetensors.index.json", false)?;
     let weights = match &index {
         Some(index) => {
             let shards = shard_names(index)?;
             let mut paths = Vec::with_capacity(shards.len());
             for s in shards {
-                paths.push(fetch(&s, true)?.expect("required"));
+                paths.push(repo.fetch(&s, true)?.expect("required"));
             }
             paths
         }
-        None => vec![fetch("model.safetensors", true)?.expect("required")],
+        None => vec![repo.fetch("model.safetensors", true)?.expect("required")],
     };
     Ok(ModelFiles {
         id: repo_id.to_string(),
@@ -199,6 +282,104 @@ pub fn resolve_hub(
             index,
         },
     })
+}
+
+/// A GGUF file of a hub repo, `owner/repo:SELECTOR`: the selector is the file's path in the
+/// repo (`…/model-Q4_K_M.gguf`) or a quant tag (`Q4_K_M`, as llama.cpp's `-hf` takes it) that
+/// names exactly one file or one split set. Every part of a split file is fetched; a
+/// `tokenizer.json` beside the file is used when the repo has one.
+pub fn resolve_hub_gguf(
+    repo_id: &str,
+    selector: &str,
+    revision: Option<&str>,
+    progress: Option<&mut dyn DownloadProgress>,
+) -> Result<ModelFiles> {
+    let mut repo = HubRepo::new(repo_id, revision, progress);
+    let id = format!("{repo_id}:{selector}");
+    let chosen = if is_gguf_path(Path::new(selector)) {
+        selector.to_string()
+    } else {
+        let files = repo.gguf_files();
+        let tag = selector.to_ascii_lowercase();
+        let matching: Vec<&String> = files
+            .iter()
+            .filter(|f| f.to_ascii_lowercase().contains(&tag))
+            .collect();
+        // Parts of one split set count as one file: its first part.
+        let mut firsts: Vec<String> = matching
+            .iter()
+            .map(|f| split_first_part(f).unwrap_or_else(|| (*f).clone()))
+            .collect();
+        firsts.dedup();
+        match firsts.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(ModelError::msg(format!(
+                    "{id}: no .gguf file of {repo_id} matches {selector:?} (its .gguf files: {})",
+                    if files.is_empty() {
+                        "none found".to_string()
+                    } else {
+                        files.join(", ")
+                    }
+                )));
+            }
+            many => {
+                return Err(ModelError::msg(format!(
+                    "{id}: {selector:?} matches several files of {repo_id}: {}; name one",
+                    many.join(", ")
+                )));
+            }
+        }
+    };
+    let file = repo.fetch(&chosen, true)?.expect("required");
+    if let Some(count) = split_count(&chosen) {
+        for part in 1..=count {
+            let name = split_part_name(&chosen, part, count);
+            repo.fetch(&name, true)?;
+        }
+    }
+    let dir = Path::new(&chosen)
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| !d.is_empty());
+    let tokenizer_name = match dir {
+        Some(d) => format!("{d}/tokenizer.json"),
+        None => "tokenizer.json".to_string(),
+    };
+    let tokenizer = repo.fetch(&tokenizer_name, false)?;
+    Ok(ModelFiles {
+        id,
+        layout: FileLayout::Gguf { file, tokenizer },
+    })
+}
+
+/// `(k, n)` of a split-part name `…-0000k-of-0000n.gguf`.
+fn split_numbers(name: &str) -> Option<(u32, u32)> {
+    let stem = name.strip_suffix(".gguf")?;
+    let (rest, n) = stem.rsplit_once("-of-")?;
+    let (_, k) = rest.rsplit_once('-')?;
+    (k.len() == 5 && n.len() == 5).then_some(())?;
+    Some((k.parse().ok()?, n.parse().ok()?))
+}
+
+fn split_count(name: &str) -> Option<u32> {
+    split_numbers(name).map(|(_, n)| n).filter(|&n| n > 1)
+}
+
+/// Part `k` of `n` of the split set `name` belongs to.
+fn split_part_name(name: &str, k: u32, n: u32) -> String {
+    let stem = name.strip_suffix(".gguf").unwrap_or(name);
+    let prefix = stem
+        .rsplit_once("-of-")
+        .and_then(|(rest, _)| rest.rsplit_once('-'))
+        .map_or(stem, |(p, _)| p);
+    format!("{prefix}-{k:05}-of-{n:05}.gguf")
+}
+
+/// The first part's name when `name` is a part of a split set.
+fn split_first_part(name: &str) -> Option<String> {
+    let n = split_count(name)?;
+    Some(split_part_name(name, 1, n))
 }
 
 /// The shard file names listed in a `model.safetensors.index.json`, sorted and deduplicated.
@@ -301,20 +482,38 @@ pub fn resolve(
             "{model}: is a file but not a .gguf; --model takes a model folder (config.json, tokenizer.json, *.safetensors), a GGUF file or a hub id"
         )));
     }
-    if is_gguf_path(path) {
-        return Err(ModelError::msg(format!("{model}: no such GGUF file")));
-    }
     if looks_like_hub_id(model) {
         return resolve_hub(model, revision, progress);
     }
+    if let Some((repo_id, selector)) = model.split_once(':')
+        && looks_like_hub_id(repo_id)
+        && !selector.is_empty()
+    {
+        return resolve_hub_gguf(repo_id, selector, revision, progress);
+    }
+    if is_gguf_path(path) {
+        return Err(ModelError::msg(format!("{model}: no such GGUF file")));
+    }
     Err(ModelError::msg(format!(
-        "{model}: no such folder, and not a hub id of the form owner/name"
+        "{model}: no such folder or file, and not a hub id of the form owner/name (or owner/name:FILE_OR_QUANT for a GGUF repo)"
     )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_part_names_follow_llama_cpps_pattern() {
+        let name = "Q4_K_M/Qwen3-30B-A3B-Q4_K_M-00002-of-00003.gguf";
+        assert_eq!(split_numbers(name), Some((2, 3)));
+        assert_eq!(
+            split_first_part(name).as_deref(),
+            Some("Q4_K_M/Qwen3-30B-A3B-Q4_K_M-00001-of-00003.gguf")
+        );
+        assert_eq!(split_count("model-Q8_0.gguf"), None);
+        assert_eq!(split_count("x-00001-of-00001.gguf"), None);
+    }
 
     #[test]
     fn hub_ids_and_paths_are_told_apart() {
