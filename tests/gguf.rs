@@ -8,10 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::reference::{check_model, reference};
+use common::reference::{check_model, reference, run_recorded};
 use moescope::model::device::DeviceChoice;
-use moescope::model::router::{RecordingHook, RouteCtx};
-use moescope::model::{Batch, LoadOptions, LoadedModel, Output, load_model};
+use moescope::model::router::RecordedRoute;
+use moescope::model::{LoadOptions, LoadedModel, Output, load_model};
 
 fn gguf(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -108,10 +108,10 @@ fn same_expert_sets(a: &mut LoadedModel, b: &mut LoadedModel) -> f64 {
         let (a_routes, _) = run(a, piece);
         let (b_routes, _) = run(b, piece);
         for (x, y) in a_routes.iter().zip(&b_routes) {
-            let k = x.0.len() / piece.len();
+            let k = x.top_k;
             for t in 0..piece.len() {
-                let mut ours = x.0[t * k..(t + 1) * k].to_vec();
-                let mut theirs = y.0[t * k..(t + 1) * k].to_vec();
+                let mut ours = x.topk_indices[t * k..(t + 1) * k].to_vec();
+                let mut theirs = y.topk_indices[t * k..(t + 1) * k].to_vec();
                 ours.sort_unstable();
                 theirs.sort_unstable();
                 same += usize::from(ours == theirs);
@@ -168,25 +168,9 @@ fn q8_0_files_choose_the_same_experts_as_f32_for_nearly_every_token() {
     }
 }
 
-/// Runs `ids` through `m`, returning each MoE layer's chosen experts and router logits, and
-/// the final logits.
-/// One MoE layer's chosen experts (`[tokens · k]`) and router logits.
-type LayerRoute = (Vec<u32>, Vec<f32>);
-
-fn run(m: &mut LoadedModel, ids: &[u32]) -> (Vec<LayerRoute>, Vec<f32>) {
-    let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
-    let mut hook = RecordingHook::default();
-    let logits = m
-        .model
-        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
-        .unwrap()
-        .unwrap();
-    let routes = hook
-        .layers
-        .into_iter()
-        .map(|l| (l.topk_indices, l.logits))
-        .collect();
-    (routes, logits.flatten_all().unwrap().to_vec1().unwrap())
+/// Runs `ids` through `m`: each MoE layer's routing and all logits.
+fn run(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
+    run_recorded(m, ids, Output::AllLogits)
 }
 
 /// The fixture `name` loaded from a copy of its folder whose config.json `edit` changed.
@@ -213,8 +197,11 @@ fn assert_same_routing(name: &str, a: &mut LoadedModel, b: &mut LoadedModel) {
     let (b_routes, b_logits) = run(b, &ids);
     assert_eq!(a_routes.len(), b_routes.len());
     for (layer, (x, y)) in a_routes.iter().zip(&b_routes).enumerate() {
-        assert_eq!(x.0, y.0, "{name} MoE layer {layer}: chosen experts");
-        let d = common::reference::max_abs_diff(&x.1, &y.1);
+        assert_eq!(
+            x.topk_indices, y.topk_indices,
+            "{name} MoE layer {layer}: chosen experts"
+        );
+        let d = common::reference::max_abs_diff(&x.logits, &y.logits);
         assert!(
             d < 1e-5,
             "{name} MoE layer {layer}: router logits differ by {d}"

@@ -6,7 +6,7 @@
 mod common;
 
 use common::load;
-use common::reference::{check_family, max_abs_diff, reference};
+use common::reference::{check_family, max_abs_diff, reference, run_recorded};
 
 use moescope::model::info::AttentionKind;
 use moescope::model::router::{
@@ -190,18 +190,9 @@ fn gpt_oss_dequantised_matches_reference() {
     check_family("gpt_oss_bf16");
 }
 
+/// `ids` alone: its routing and last-token logits.
 fn run_alone(m: &mut LoadedModel, ids: &[u32]) -> (Vec<RecordedRoute>, Vec<f32>) {
-    let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
-    let mut hook = RecordingHook::default();
-    let logits = m
-        .model
-        .forward(&batch, Output::LastLogits, &mut RouteCtx::new(&mut hook))
-        .unwrap()
-        .unwrap();
-    (
-        hook.layers,
-        logits.flatten_all().unwrap().to_vec1().unwrap(),
-    )
+    run_recorded(m, ids, Output::LastLogits)
 }
 
 /// A padded batch gives each sequence the routing and logits it gets alone.

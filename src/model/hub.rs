@@ -104,12 +104,18 @@ pub fn looks_like_hub_id(s: &str) -> bool {
 /// Finds a file of `repo_id` at `revision` in the cache, without network.
 /// A revision may be a branch/tag (resolved through `refs/`) or a commit hash (a snapshot).
 fn cached_file(cache: &Path, repo_id: &str, revision: &str, file: &str) -> Option<PathBuf> {
+    let p = snapshot_dir(cache, repo_id, revision).join(file);
+    p.exists().then_some(p)
+}
+
+/// The cache folder of `repo_id` at `revision` (a branch or tag resolved through `refs/`, or a
+/// commit hash), whether or not it exists.
+fn snapshot_dir(cache: &Path, repo_id: &str, revision: &str) -> PathBuf {
     let repo_dir = cache.join(format!("models--{}", repo_id.replace('/', "--")));
     let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| revision.to_string());
-    let p = repo_dir.join("snapshots").join(commit).join(file);
-    p.exists().then_some(p)
+    repo_dir.join("snapshots").join(commit)
 }
 
 struct ProgressAdapter<'a>(&'a mut dyn DownloadProgress);
@@ -216,13 +222,7 @@ impl<'p> HubRepo<'p> {
                 .map(|info| info.siblings.into_iter().map(|s| s.rfilename).collect())
         };
         let mut files: Vec<String> = listed.unwrap_or_else(|| {
-            let repo_dir = self
-                .cache
-                .join(format!("models--{}", self.repo_id.replace('/', "--")));
-            let commit = std::fs::read_to_string(repo_dir.join("refs").join(&self.revision))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| self.revision.clone());
-            let snapshot = repo_dir.join("snapshots").join(commit);
+            let snapshot = snapshot_dir(&self.cache, &self.repo_id, &self.revision);
             let mut found = Vec::new();
             list_files(&snapshot, &snapshot, &mut found);
             found

@@ -73,7 +73,7 @@ pub struct LoadPlan {
     /// Parameters in all the checkpoint's tensors.
     pub params: u64,
     /// Bytes the checkpoint's tensors take when read in place ([`StoredWeights::bytes`]).
-    pub stored_bytes: u64,
+    pub in_place_bytes: u64,
     /// How the checkpoint stores its weights, when not in one plain dtype (`GGUF Q4_K 84%,
     /// Q6_K 12%, F32 4%`).
     pub storage: Option<String>,
@@ -93,7 +93,7 @@ impl LoadPlan {
         let stored = StoredWeights {
             dtype: self.checkpoint_dtype,
             params: self.params,
-            bytes: self.stored_bytes,
+            bytes: self.in_place_bytes,
             storage: self.storage.clone(),
         };
         Self::for_checkpoint(&stored, device, opts, self.budget.clone())
@@ -118,7 +118,7 @@ impl LoadPlan {
                 stored.params * dtype.size_in_bytes() as u64
             },
             params: stored.params,
-            stored_bytes: stored.bytes,
+            in_place_bytes: stored.bytes,
             storage: stored.storage.clone(),
             budget,
         }

@@ -678,7 +678,8 @@ impl WeightSource {
     }
 }
 
-fn file_name(p: &Path) -> String {
+/// The file name of `p` (the whole path when it has none), for errors.
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
         |f| f.to_string_lossy().into_owned(),

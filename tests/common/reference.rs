@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use moescope::model::router::{RecordingHook, RouteCtx};
+use moescope::model::router::{RecordedRoute, RecordingHook, RouteCtx};
 use moescope::model::{Batch, LoadedModel, Output};
 use serde::Deserialize;
 
@@ -58,6 +58,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Runs `ids` through `m` as one sequence: every MoE layer's recorded routing, and the
+/// logits `output` asks for, flattened.
+pub fn run_recorded(
+    m: &mut LoadedModel,
+    ids: &[u32],
+    output: Output,
+) -> (Vec<RecordedRoute>, Vec<f32>) {
+    let batch = Batch::from_sequences(&[ids.to_vec()], &m.device).unwrap();
+    let mut hook = RecordingHook::default();
+    let logits = m
+        .model
+        .forward(&batch, output, &mut RouteCtx::new(&mut hook))
+        .unwrap()
+        .unwrap();
+    (
+        hook.layers,
+        logits.flatten_all().unwrap().to_vec1().unwrap(),
+    )
+}
+
 /// Checks fixture `name` loaded through the normal loader against its reference.
 pub fn check_family(name: &str) {
     check_model(name, load(name));
@@ -72,19 +92,13 @@ pub fn check_model(name: &str, mut m: LoadedModel) {
         r.moe_layers,
         "{name}: MoE layers"
     );
-    let batch = Batch::from_sequences(std::slice::from_ref(&r.input_ids), &m.device).unwrap();
-    let mut hook = RecordingHook::default();
-    let logits = m
-        .model
-        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
-        .unwrap()
-        .unwrap();
+    let (routes, got) = run_recorded(&mut m, &r.input_ids, Output::AllLogits);
     assert_eq!(
-        hook.layers.len(),
+        routes.len(),
         r.layers.len(),
         "{name}: one event per MoE layer"
     );
-    for (got, want) in hook.layers.iter().zip(&r.layers) {
+    for (got, want) in routes.iter().zip(&r.layers) {
         assert_eq!(got.layer, want.layer, "{name}: layer order");
         let n = got.num_experts;
         let k = got.top_k;
@@ -127,13 +141,6 @@ pub fn check_model(name: &str, mut m: LoadedModel) {
         }
         assert_eq!(got.scores.len(), r.input_ids.len() * n);
     }
-    let got: Vec<f32> = logits
-        .squeeze(0)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
     let d = max_abs_diff(&got, &r.logits.concat());
     assert!(d < 1e-4, "{name}: final logits differ by {d}");
     let v = r.last_token_logits.len();

@@ -15,6 +15,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use file::{GgufFile, GgufModel, Value};
-pub(crate) use quant::GgmlRows;
+pub(crate) use quant::{GgmlRows, Q8kRows};
 pub use quant::{GgmlTensor, GgmlType};
 pub use weights::GgufWeights;

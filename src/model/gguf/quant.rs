@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
-    BlockQ8_0, GgmlType as CandleBlock,
+    BlockQ8_0, BlockQ8K, GgmlType as CandleBlock,
 };
 use candle_core::{Device, Tensor};
 use half::{bf16, f16};
@@ -251,34 +251,58 @@ fn decode_blocks<B: CandleBlock>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// [`GgmlRows::matmul_integer`] for block type `B` (whose dot-product partner is Q8_K).
-fn integer_dots<B: CandleBlock>(
-    bytes: &[u8],
-    xs: &[f32],
-    n: usize,
+/// Rows of activations quantised to Q8_K, the dot-product partner of every k-quant: what
+/// [`GgmlRows::matmul_integer`] multiplies. Quantised once, used with every weight that reads
+/// the same input (an expert's gate and up projections).
+pub(crate) struct Q8kRows {
+    blocks: Vec<BlockQ8K>,
+    rows: usize,
     cols: usize,
+}
+
+impl Q8kRows {
+    /// The `xs.len() / cols` rows of `xs` (row-major, `cols` wide) quantised, each on its own
+    /// scale; `None` unless `cols` is a positive multiple of 256 (whole Q8_K blocks).
+    pub(crate) fn quantize(xs: &[f32], cols: usize) -> Option<Self> {
+        let block = <BlockQ8K as CandleBlock>::BLCK_SIZE;
+        if cols == 0 || !cols.is_multiple_of(block) || !xs.len().is_multiple_of(cols) {
+            return None;
+        }
+        let per_row = cols / block;
+        let rows = xs.len() / cols;
+        let mut blocks = vec![<BlockQ8K as CandleBlock>::zeros(); rows * per_row];
+        for (x, q) in xs.chunks_exact(cols).zip(blocks.chunks_exact_mut(per_row)) {
+            <BlockQ8K as CandleBlock>::from_float(x, q);
+        }
+        Some(Self { blocks, rows, cols })
+    }
+}
+
+/// [`GgmlRows::matmul_integer`] for block type `B` (a k-quant, whose dot-product partner is
+/// Q8_K).
+fn integer_dots<B: CandleBlock<VecDotType = BlockQ8K>>(
+    bytes: &[u8],
+    xq: &Q8kRows,
     ys: &mut [f32],
 ) -> bool {
-    let (size, per_row) = (std::mem::size_of::<B>(), cols / B::BLCK_SIZE);
-    let dot_block = <B::VecDotType as CandleBlock>::BLCK_SIZE;
+    let (size, per_row) = (std::mem::size_of::<B>(), xq.cols / B::BLCK_SIZE);
     if !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
-        || dot_block != B::BLCK_SIZE
+        || <BlockQ8K as CandleBlock>::BLCK_SIZE != B::BLCK_SIZE
         || !bytes.len().is_multiple_of(size * per_row)
     {
         return false;
     }
     let rows = bytes.len() / (size * per_row);
-    debug_assert_eq!((xs.len(), ys.len()), (n * cols, n * rows));
+    debug_assert_eq!(ys.len(), xq.rows * rows);
     // SAFETY: as in `decode_blocks`: plain-data blocks, alignment checked above, `rows ·
     // per_row` of them in `bytes`.
     let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), rows * per_row) };
-    let mut xq = vec![<B::VecDotType as CandleBlock>::zeros(); n * per_row];
-    for (x, q) in xs.chunks_exact(cols).zip(xq.chunks_exact_mut(per_row)) {
-        <B::VecDotType as CandleBlock>::from_float(x, q);
-    }
-    for (w, out) in blocks.chunks_exact(per_row).zip(ys.chunks_exact_mut(n)) {
-        for (y, q) in out.iter_mut().zip(xq.chunks_exact(per_row)) {
-            *y = B::vec_dot(cols, w, q);
+    for (w, out) in blocks
+        .chunks_exact(per_row)
+        .zip(ys.chunks_exact_mut(xq.rows))
+    {
+        for (y, q) in out.iter_mut().zip(xq.blocks.chunks_exact(per_row)) {
+            *y = B::vec_dot(xq.cols, w, q);
         }
     }
     true
@@ -402,17 +426,6 @@ impl GgmlTensor {
 }
 
 impl GgmlRows<'_> {
-    /// Rows `rows` of this matrix of rows `cols` elements long.
-    #[cfg(test)]
-    fn rows(self, rows: Range<usize>, cols: usize) -> Self {
-        let t = self.ggml_type;
-        let row_bytes = cols / t.block_elems() * t.block_bytes();
-        Self {
-            bytes: &self.bytes[rows.start * row_bytes..rows.end * row_bytes],
-            ggml_type: t,
-        }
-    }
-
     /// Whether products with rows of `cols` elements of this weight run on integer dot
     /// products ([`GgmlRows::matmul_integer`]): the k-quants (Q2_K to Q6_K), whose rows are
     /// whole 256-element blocks.
@@ -425,21 +438,21 @@ impl GgmlRows<'_> {
     }
 
     /// `ys[j·n + t] = Σ_i w[j, i] · x_t[i]` for every row `j` of this `[rows, cols]` weight and
-    /// each of the `n` row-major rows `x_t` of `xs`, as llama.cpp computes it: each `x_t`
-    /// quantised to Q8_K, then integer dot products with the weight's blocks (candle's
-    /// `vec_dot`, SIMD where the CPU has it). A token's result does not depend on the others.
-    /// Returns `false` (and writes nothing) unless [`GgmlRows::has_integer_dots`] and the
-    /// bytes are aligned for the block type.
-    pub(crate) fn matmul_integer(self, xs: &[f32], n: usize, cols: usize, ys: &mut [f32]) -> bool {
-        if !self.has_integer_dots(cols) {
+    /// each of the `n` rows `x_t` of `xq` (the activations quantised to Q8_K, as llama.cpp
+    /// computes it): integer dot products with the weight's blocks (candle's `vec_dot`, SIMD
+    /// where the CPU has it). A token's result does not depend on the others. Returns `false`
+    /// (and writes nothing) unless [`GgmlRows::has_integer_dots`] holds for `xq`'s width and
+    /// the bytes are aligned for the block type.
+    pub(crate) fn matmul_integer(self, xq: &Q8kRows, ys: &mut [f32]) -> bool {
+        if !self.has_integer_dots(xq.cols) {
             return false;
         }
         match self.ggml_type {
-            GgmlType::Q2K => integer_dots::<BlockQ2K>(self.bytes, xs, n, cols, ys),
-            GgmlType::Q3K => integer_dots::<BlockQ3K>(self.bytes, xs, n, cols, ys),
-            GgmlType::Q4K => integer_dots::<BlockQ4K>(self.bytes, xs, n, cols, ys),
-            GgmlType::Q5K => integer_dots::<BlockQ5K>(self.bytes, xs, n, cols, ys),
-            GgmlType::Q6K => integer_dots::<BlockQ6K>(self.bytes, xs, n, cols, ys),
+            GgmlType::Q2K => integer_dots::<BlockQ2K>(self.bytes, xq, ys),
+            GgmlType::Q3K => integer_dots::<BlockQ3K>(self.bytes, xq, ys),
+            GgmlType::Q4K => integer_dots::<BlockQ4K>(self.bytes, xq, ys),
+            GgmlType::Q5K => integer_dots::<BlockQ5K>(self.bytes, xq, ys),
+            GgmlType::Q6K => integer_dots::<BlockQ6K>(self.bytes, xq, ys),
             _ => false,
         }
     }
@@ -504,12 +517,9 @@ mod tests {
             )
             .unwrap();
             let dense = t.to_tensor(&dev).unwrap().to_vec2::<f32>().unwrap();
+            let xq = Q8kRows::quantize(&xs, cols).unwrap();
             let mut ys = vec![0f32; rows * n];
-            assert!(
-                t.rows().matmul_integer(&xs, n, cols, &mut ys),
-                "{}",
-                ours.name()
-            );
+            assert!(t.rows().matmul_integer(&xq, &mut ys), "{}", ours.name());
             for (j, row) in dense.iter().enumerate() {
                 for tok in 0..n {
                     let x = &xs[tok * cols..(tok + 1) * cols];
@@ -523,14 +533,13 @@ mod tests {
                     );
                 }
             }
-            // Row ranges are the same products.
-            let mut part = vec![0f32; 2 * n];
-            assert!(
-                t.rows()
-                    .rows(3..5, cols)
-                    .matmul_integer(&xs, n, cols, &mut part)
-            );
-            assert_eq!(part, ys[3 * n..5 * n]);
+            // A token alone gets exactly what it gets among others (layer-major runs group
+            // tokens differently from batch-major ones).
+            let alone = Q8kRows::quantize(&xs[cols..2 * cols], cols).unwrap();
+            let mut one = vec![0f32; rows];
+            assert!(t.rows().matmul_integer(&alone, &mut one));
+            let among: Vec<f32> = (0..rows).map(|j| ys[j * n + 1]).collect();
+            assert_eq!(one, among, "{}", ours.name());
         }
         // Q8_0 and rows that are not whole 256-blocks keep the decoded-tile path.
         let q8 = GgmlTensor::new(
@@ -541,6 +550,7 @@ mod tests {
         )
         .unwrap();
         assert!(!q8.rows().has_integer_dots(32));
+        assert!(Q8kRows::quantize(&[0.0; 64], 32).is_none());
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! rows re-assembled from tensors the converter split.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -17,7 +16,7 @@ use crate::model::info::TensorStorage;
 use crate::model::memory::release_pages;
 use crate::model::mxfp4::ByteView;
 use crate::model::weight::{MappedTensor, Weight};
-use crate::model::weights::TensorStore;
+use crate::model::weights::{TensorStore, file_name};
 
 /// A GGUF tensor: `(part, index in that part's directory)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,9 +160,7 @@ impl GgufWeights {
     }
 
     fn file_name(&self, t: TensorRef) -> String {
-        let p = &self.model.parts[t.part].path;
-        p.file_name()
-            .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into())
+        file_name(&self.model.parts[t.part].path)
     }
 
     /// The byte range of `m`'s stored values (the whole tensor, or one expert's matrix).
@@ -366,9 +363,6 @@ impl TensorStore for GgufWeights {
             .sum()
     }
 }
-
-/// The GGUF model and its HF-name index, shared by the loader and the model summary.
-pub type SharedGguf = Arc<GgufWeights>;
 
 #[cfg(test)]
 mod tests {

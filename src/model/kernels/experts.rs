@@ -9,6 +9,7 @@ use super::activation::GluActivation;
 use super::gemm::{F32Data, Mat, gemm_into, matmul, par_each, with_scratch};
 use super::weights::{WeightData, WeightSlice, gemv_rows, with_tiles};
 use crate::model::error::Result;
+use crate::model::gguf::Q8kRows;
 use crate::model::weight::Weight;
 
 /// What the inference kernel needs of one expert: its gate, up and down weights, their biases
@@ -346,9 +347,13 @@ fn expert_forward_integer(
         let t = pos as usize / k;
         dst.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
     }
-    // Gate and up feature-major (`[inter, n]`), as the bias and activation helpers take them.
+    // Gate and up feature-major (`[inter, n]`), as the bias and activation helpers take them;
+    // the tokens quantised once for both.
+    let Some(xq) = Q8kRows::quantize(&xe, hidden) else {
+        return false;
+    };
     let (mut g, mut u) = (vec![0f32; inter * n], vec![0f32; inter * n]);
-    if !(gate.matmul_integer(&xe, n, hidden, &mut g) && up.matmul_integer(&xe, n, hidden, &mut u)) {
+    if !(gate.matmul_integer(&xq, &mut g) && up.matmul_integer(&xq, &mut u)) {
         return false;
     }
     add_feature_bias(&mut g, n, bg, 0);
@@ -361,8 +366,11 @@ fn expert_forward_integer(
             gt[t * inter + j] = v;
         }
     }
+    let Some(gq) = Q8kRows::quantize(&gt, inter) else {
+        return false;
+    };
     let mut y = vec![0f32; hidden * n];
-    if !down.matmul_integer(&gt, n, inter, &mut y) {
+    if !down.matmul_integer(&gq, &mut y) {
         return false;
     }
     add_feature_bias(&mut y, n, bd, 0);
