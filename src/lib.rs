@@ -7,6 +7,7 @@ pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod gui;
+pub mod import;
 pub mod inference;
 pub mod io;
 pub mod model;

@@ -2,7 +2,7 @@
 //! library.
 
 use clap::{Parser, Subcommand};
-use moescope::cli::{compare, demo, engine, report, select, steer, train};
+use moescope::cli::{compare, demo, engine, import, report, select, steer, train};
 
 /// MoEScope: see inside Mixture-of-Experts language models.
 #[derive(Debug, Parser)]
@@ -20,6 +20,8 @@ enum Command {
     Trace(engine::TraceArgs),
     /// Profile a subject-labelled dataset: per-subject routing counts, masses and scores.
     Profile(engine::ProfileArgs),
+    /// Routing recorded by vLLM, SGLang, Megatron-LM or llama.cpp, as a count-only profile.
+    Import(import::ImportArgs),
     /// Every routing metric of a profile: KL vs pooled, top layers, load, hot sets, DAS.
     Report(report::ReportArgs),
     /// Pick experts by a rule and print the LoRA accounting; export PEFT / ESFT configs.
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Info(a)) => engine::info(a),
         Some(Command::Trace(a)) => engine::trace(a),
         Some(Command::Profile(a)) => engine::profile(a),
+        Some(Command::Import(a)) => import::run(a),
         Some(Command::Report(a)) => report::run(a),
         Some(Command::Select(a)) => select::run(a),
         Some(Command::Compare(a)) => compare::run(a),

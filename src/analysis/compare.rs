@@ -164,8 +164,8 @@ pub fn compare_profiles(
     super::hot::check_k(k, before.model.num_experts)?;
     let (pooled_before, pooled_after) = (before.pooled(), after.pooled());
     let per_layer = per_layer_jaccard(
-        &hot_sets(&pooled_before, signal, k),
-        &hot_sets(&pooled_after, signal, k),
+        &hot_sets(&pooled_before, signal, k)?,
+        &hot_sets(&pooled_after, signal, k)?,
     );
     let mean_hot_set_jaccard = if per_layer.is_empty() {
         1.0
@@ -321,7 +321,7 @@ mod tests {
         let mut s = SubjectProfile::empty(name, 2, 2);
         s.tokens = tokens;
         s.count = count;
-        s.score = score;
+        s.score = Some(score);
         s
     }
 

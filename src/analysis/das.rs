@@ -4,11 +4,26 @@
 //! score over all experts (softmax probability or sigmoid score). From a profile the means are
 //! `score[l][e] / tokens`; the general set pools the `score` and `tokens` of its subjects (the
 //! other subjects by default, or a named set), so its mean is over all of its tokens.
+//!
+//! Profiles without routing scores (imported routing carries counts only) get **DAS on counts**:
+//! the same difference of per-token means with g replaced by the indicator e ∈ S_t, i.e.
+//! `count[l][e] / tokens` — how much more often the domain's tokens choose the expert. Every
+//! result records which signal it was computed on ([`DomainAdvantage::signal`]).
 
 use serde::{Deserialize, Serialize};
 
 use super::{AnalysisError, find_subject, top_k_indices};
-use crate::profile::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, RoutingSignal, SubjectProfile};
+
+/// The signal DAS is computed on when none is named: routing scores when the profile carries
+/// them (the paper's definition), counts otherwise.
+pub fn default_das_signal(profile: &RoutingProfile) -> RoutingSignal {
+    if profile.has(RoutingSignal::Score) {
+        RoutingSignal::Score
+    } else {
+        RoutingSignal::Count
+    }
+}
 
 /// Which subjects make up the general data set D_general.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,24 +48,36 @@ impl GeneralSet {
 
 /// Mean routing score per token, `score[l][e] / tokens` (ḡ of the DAS paper).
 pub fn mean_scores(subject: &SubjectProfile) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    per_token_means(subject, RoutingSignal::Score)
+}
+
+/// `signal[l][e] / tokens`: the mean per token of a signal (for counts, the share of tokens
+/// choosing the expert).
+pub fn per_token_means(
+    subject: &SubjectProfile,
+    signal: RoutingSignal,
+) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    let sums = subject
+        .signal(signal)
+        .map_err(|missing| AnalysisError::missing(missing, "compute DAS on counts instead"))?;
     if subject.tokens == 0 {
         return Err(AnalysisError::NoTokens(subject.name.clone()));
     }
     let n = subject.tokens as f64;
-    Ok(subject
-        .score
+    Ok(sums
         .iter()
         .map(|row| row.iter().map(|s| s / n).collect())
         .collect())
 }
 
-/// DAS from two (possibly pooled) subjects' score sums and token counts (eq. 1).
+/// DAS from two (possibly pooled) subjects' sums of `signal` and token counts (eq. 1).
 pub fn domain_advantage_between(
     domain: &SubjectProfile,
     general: &SubjectProfile,
+    signal: RoutingSignal,
 ) -> Result<Vec<Vec<f64>>, AnalysisError> {
-    let d = mean_scores(domain)?;
-    let g = mean_scores(general)?;
+    let d = per_token_means(domain, signal)?;
+    let g = per_token_means(general, signal)?;
     Ok(d.iter()
         .zip(&g)
         .map(|(dr, gr)| dr.iter().zip(gr).map(|(a, b)| a - b).collect())
@@ -62,18 +89,22 @@ pub fn domain_advantage_between(
 pub struct DomainAdvantage {
     pub domain: String,
     pub general: Vec<String>,
+    /// What g is: routing scores (the paper) or counts (DAS on counts).
+    pub signal: RoutingSignal,
     /// `[moe layer row][expert]`.
     pub das: Vec<Vec<f64>>,
 }
 
-/// DAS[l][e] of subject `domain` against the pooled `general` subjects of the profile.
+/// DAS[l][e] of subject `domain` against the pooled `general` subjects of the profile, on
+/// `signal` ([`default_das_signal`] picks scores when the profile has them).
 ///
-/// Errors on unknown subject names, a general set that is empty (a profile with one subject) and
-/// subjects without tokens.
+/// Errors on unknown subject names, a general set that is empty (a profile with one subject),
+/// subjects without tokens and a signal the profile does not carry.
 pub fn domain_advantage(
     profile: &RoutingProfile,
     domain: &str,
     general: &GeneralSet,
+    signal: RoutingSignal,
 ) -> Result<DomainAdvantage, AnalysisError> {
     let domain_profile = find_subject(profile, domain)?;
     let general_names: Vec<String> = match general {
@@ -90,18 +121,20 @@ pub fn domain_advantage(
             "no general data for DAS: '{domain}' is the profile's only subject; name a general set"
         )));
     }
-    let mut pooled = SubjectProfile::empty(
+    let mut pooled = SubjectProfile::empty_with(
         &general_names.join("+"),
         profile.num_layers(),
         profile.model.num_experts,
+        &profile.signals,
     );
     for name in &general_names {
         pooled.add(find_subject(profile, name)?);
     }
     Ok(DomainAdvantage {
         domain: domain.to_string(),
-        das: domain_advantage_between(domain_profile, &pooled)?,
+        das: domain_advantage_between(domain_profile, &pooled, signal)?,
         general: general_names,
+        signal,
     })
 }
 
@@ -177,10 +210,12 @@ mod tests {
     use super::*;
     use crate::profile::ProfileModel;
 
+    const SCORE: RoutingSignal = RoutingSignal::Score;
+
     fn subject(name: &str, tokens: u64, score: Vec<Vec<f64>>) -> SubjectProfile {
         let mut s = SubjectProfile::empty(name, score.len(), score[0].len());
         s.tokens = tokens;
-        s.score = score;
+        s.score = Some(score);
         s
     }
 
@@ -218,7 +253,7 @@ mod tests {
     #[test]
     fn das_against_a_named_subject() {
         let p = profile();
-        let d = domain_advantage(&p, "math", &GeneralSet::Named(vec!["law".into()])).unwrap();
+        let d = domain_advantage(&p, "math", &GeneralSet::Named(vec!["law".into()]), SCORE).unwrap();
         assert_eq!(d.general, vec!["law"]);
         assert!(close_rows(
             &d.das,
@@ -229,7 +264,7 @@ mod tests {
     #[test]
     fn das_against_other_subjects_pools_tokens() {
         let p = profile();
-        let d = domain_advantage(&p, "math", &GeneralSet::OtherSubjects).unwrap();
+        let d = domain_advantage(&p, "math", &GeneralSet::OtherSubjects, SCORE).unwrap();
         assert_eq!(d.general, vec!["law", "code"]);
         // General = law + code: 30 tokens; layer 0 sums [6, 10, 14] → [0.2, 1/3, 14/30].
         // Layer 1 sums [12, 11, 7] → [0.4, 11/30, 7/30].
@@ -243,23 +278,57 @@ mod tests {
     #[test]
     fn das_errors() {
         let p = profile();
-        let err = domain_advantage(&p, "poetry", &GeneralSet::OtherSubjects).unwrap_err();
+        let err = domain_advantage(&p, "poetry", &GeneralSet::OtherSubjects, SCORE).unwrap_err();
         assert!(
             err.to_string().contains("unknown subject 'poetry'"),
             "{err}"
         );
         assert!(err.to_string().contains("math, law, code"), "{err}");
         let err =
-            domain_advantage(&p, "math", &GeneralSet::Named(vec!["nope".into()])).unwrap_err();
+            domain_advantage(&p, "math", &GeneralSet::Named(vec!["nope".into()]), SCORE)
+                .unwrap_err();
         assert!(matches!(err, AnalysisError::UnknownSubject { .. }));
         let mut single = p.clone();
         single.subjects.truncate(1);
-        assert!(domain_advantage(&single, "math", &GeneralSet::OtherSubjects).is_err());
+        assert!(domain_advantage(&single, "math", &GeneralSet::OtherSubjects, SCORE).is_err());
         let mut empty = p.clone();
         empty.subjects[0].tokens = 0;
         assert_eq!(
-            domain_advantage(&empty, "math", &GeneralSet::OtherSubjects).unwrap_err(),
+            domain_advantage(&empty, "math", &GeneralSet::OtherSubjects, SCORE).unwrap_err(),
             AnalysisError::NoTokens("math".into())
+        );
+    }
+
+    #[test]
+    fn das_on_counts_compares_how_often_experts_are_chosen() {
+        let mut p = profile();
+        // math: 10 tokens, law: 20, code: 10; top-1 counts per layer.
+        let counts = [
+            vec![vec![6, 3, 1], vec![2, 2, 6]],
+            vec![vec![4, 8, 8], vec![10, 5, 5]],
+            vec![vec![2, 2, 6], vec![2, 6, 2]],
+        ];
+        for (s, c) in p.subjects.iter_mut().zip(counts) {
+            s.count = c;
+            s.score = None;
+            s.mass = None;
+        }
+        let p = RoutingProfile::new(p.model, p.subjects);
+        assert_eq!(default_das_signal(&p), RoutingSignal::Count);
+        let d = domain_advantage(&p, "math", &GeneralSet::OtherSubjects, RoutingSignal::Count)
+            .unwrap();
+        assert_eq!(d.signal, RoutingSignal::Count);
+        // General = law + code, 30 tokens: layer 0 [6, 10, 14] / 30, layer 1 [12, 11, 7] / 30.
+        let expected = vec![
+            vec![0.6 - 0.2, 0.3 - 1.0 / 3.0, 0.1 - 14.0 / 30.0],
+            vec![0.2 - 0.4, 0.2 - 11.0 / 30.0, 0.6 - 7.0 / 30.0],
+        ];
+        assert!(close_rows(&d.das, &expected));
+        let err = domain_advantage(&p, "math", &GeneralSet::OtherSubjects, SCORE).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("routing scores") && text.contains("DAS on counts"),
+            "{text}"
         );
     }
 

@@ -52,11 +52,18 @@ pub fn check_k(k: usize, num_experts: usize) -> Result<usize, AnalysisError> {
     Ok(k)
 }
 
-/// The signal matrix `[moe layer row][expert]` of a subject as `f64`.
-pub fn signal_matrix(subject: &SubjectProfile, signal: HotSignal) -> Vec<Vec<f64>> {
+/// The signal matrix `[moe layer row][expert]` of a subject as `f64`; an error for mass in a
+/// count-only profile.
+pub fn signal_matrix(
+    subject: &SubjectProfile,
+    signal: HotSignal,
+) -> Result<Vec<Vec<f64>>, AnalysisError> {
     match signal {
-        HotSignal::Count => subject.count.iter().map(|r| to_f64(r)).collect(),
-        HotSignal::Mass => subject.mass.clone(),
+        HotSignal::Count => Ok(subject.count.iter().map(|r| to_f64(r)).collect()),
+        HotSignal::Mass => subject
+            .mass()
+            .map(<[_]>::to_vec)
+            .map_err(|missing| AnalysisError::missing(missing, "rank experts by count instead")),
     }
 }
 
@@ -69,11 +76,15 @@ pub fn hot_set(values: &[f64], k: usize) -> Vec<usize> {
 }
 
 /// Hot sets H_l(k) of every MoE layer row of a subject by `signal`.
-pub fn hot_sets(subject: &SubjectProfile, signal: HotSignal, k: usize) -> Vec<Vec<usize>> {
-    signal_matrix(subject, signal)
+pub fn hot_sets(
+    subject: &SubjectProfile,
+    signal: HotSignal,
+    k: usize,
+) -> Result<Vec<Vec<usize>>, AnalysisError> {
+    Ok(signal_matrix(subject, signal)?
         .iter()
         .map(|row| hot_set(row, k))
-        .collect()
+        .collect())
 }
 
 /// Per-layer Jaccard of two lists of hot sets (same layers, same order).
@@ -106,22 +117,22 @@ pub fn hot_set_jaccard_matrix(
     profile: &RoutingProfile,
     signal: HotSignal,
     k: usize,
-) -> HotSetJaccardMatrix {
-    let sets: Vec<_> = profile
+) -> Result<HotSetJaccardMatrix, AnalysisError> {
+    let sets = profile
         .subjects
         .iter()
         .map(|s| hot_sets(s, signal, k))
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let values = sets
         .iter()
         .map(|a| sets.iter().map(|b| mean_layer_jaccard(a, b)).collect())
         .collect();
-    HotSetJaccardMatrix {
+    Ok(HotSetJaccardMatrix {
         signal,
         k,
         subjects: profile.subjects.iter().map(|s| s.name.clone()).collect(),
         values,
-    }
+    })
 }
 
 /// Agreement of the count-ranked and mass-ranked hot sets of one subject.
@@ -134,21 +145,25 @@ pub struct CountMassAgreement {
 }
 
 /// Count-vs-mass agreement: per-layer Jaccard of H_l(k) by count and by mass, and its mean.
-pub fn count_mass_agreement(subject: &SubjectProfile, k: usize) -> CountMassAgreement {
+/// An error for a count-only subject (there is nothing to agree with).
+pub fn count_mass_agreement(
+    subject: &SubjectProfile,
+    k: usize,
+) -> Result<CountMassAgreement, AnalysisError> {
     let per_layer = per_layer_jaccard(
-        &hot_sets(subject, HotSignal::Count, k),
-        &hot_sets(subject, HotSignal::Mass, k),
+        &hot_sets(subject, HotSignal::Count, k)?,
+        &hot_sets(subject, HotSignal::Mass, k)?,
     );
     let mean_jaccard = if per_layer.is_empty() {
         1.0
     } else {
         per_layer.iter().sum::<f64>() / per_layer.len() as f64
     };
-    CountMassAgreement {
+    Ok(CountMassAgreement {
         name: subject.name.clone(),
         mean_jaccard,
         per_layer,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -179,7 +194,7 @@ mod tests {
     fn subject(name: &str, count: Vec<Vec<u64>>, mass: Vec<Vec<f64>>) -> SubjectProfile {
         let mut s = SubjectProfile::empty(name, count.len(), count[0].len());
         s.count = count;
-        s.mass = mass;
+        s.mass = Some(mass);
         s
     }
 
@@ -192,16 +207,16 @@ mod tests {
         );
         // Count row 0: 5, 1, 5, 3 → experts 0 and 2 (tie broken by lower index irrelevant here).
         assert_eq!(
-            hot_sets(&s, HotSignal::Count, 2),
+            hot_sets(&s, HotSignal::Count, 2).unwrap(),
             vec![vec![0, 2], vec![1, 2]]
         );
         assert_eq!(
-            hot_sets(&s, HotSignal::Mass, 2),
+            hot_sets(&s, HotSignal::Mass, 2).unwrap(),
             vec![vec![0, 1], vec![1, 2]]
         );
         // Ties: [5, 5, 5] top-2 → the two lowest experts.
         assert_eq!(hot_set(&[5.0, 5.0, 5.0], 2), vec![0, 1]);
-        let agreement = count_mass_agreement(&s, 2);
+        let agreement = count_mass_agreement(&s, 2).unwrap();
         // Row 0: {0,2} vs {0,1} → 1/3; row 1: identical → 1.
         assert!((agreement.per_layer[0] - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(agreement.per_layer[1], 1.0);
@@ -231,11 +246,28 @@ mod tests {
             vec![vec![0.0; 3]; 2],
         );
         let p = RoutingProfile::new(model, vec![a, b]);
-        let m = hot_set_jaccard_matrix(&p, HotSignal::Count, 2);
+        let m = hot_set_jaccard_matrix(&p, HotSignal::Count, 2).unwrap();
         // Layer 0: {0,1} vs {1,2} → 1/3. Layer 1: {0,1} vs {0,1} (ties) → 1. Mean 2/3.
         assert_eq!(m.subjects, vec!["a", "b"]);
         assert_eq!(m.values[0][0], 1.0);
         assert!((m.values[0][1] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(m.values[0][1], m.values[1][0]);
+
+        let mut counts_only = p.clone();
+        for s in &mut counts_only.subjects {
+            s.mass = None;
+            s.score = None;
+        }
+        let counts_only = RoutingProfile::new(counts_only.model, counts_only.subjects);
+        assert_eq!(
+            hot_set_jaccard_matrix(&counts_only, HotSignal::Count, 2).unwrap(),
+            m
+        );
+        let err = hot_set_jaccard_matrix(&counts_only, HotSignal::Mass, 2).unwrap_err();
+        assert!(
+            err.to_string().contains("rank experts by count instead"),
+            "{err}"
+        );
+        assert!(count_mass_agreement(&counts_only.subjects[0], 2).is_err());
     }
 }

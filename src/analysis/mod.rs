@@ -51,6 +51,21 @@ pub enum AnalysisError {
     TraceMismatch(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{missing}; {alternative}")]
+    MissingSignal {
+        missing: crate::profile::MissingSignal,
+        alternative: String,
+    },
+}
+
+impl AnalysisError {
+    /// A signal the profile lacks, with what to do instead (`rank by count instead`).
+    pub fn missing(missing: crate::profile::MissingSignal, alternative: &str) -> Self {
+        AnalysisError::MissingSignal {
+            missing,
+            alternative: alternative.to_string(),
+        }
+    }
 }
 
 /// Looks a subject up by name, with an error listing the profile's subjects.

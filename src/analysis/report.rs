@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::balance::{LayerLoad, LoadSummary, layer_loads, load_summary};
 use super::das::{
-    CumulativeDas, ExpertDas, GeneralSet, cumulative_das, domain_advantage, top_das_experts,
+    CumulativeDas, ExpertDas, GeneralSet, cumulative_das, default_das_signal, domain_advantage,
+    top_das_experts,
 };
 use super::divergence::{TopLayerOverlap, subject_divergences, top_layer_overlap};
 use super::hot::{
@@ -19,7 +20,7 @@ use super::traces::{
     top_tokens_for_expert,
 };
 use super::{AnalysisError, top_k_indices};
-use crate::profile::{RoutingProfile, SequenceTrace};
+use crate::profile::{ProfileSource, RoutingProfile, RoutingSignal, SequenceTrace};
 
 /// What the report computes and how much of it it lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,9 @@ pub struct ReportOptions {
     pub seed: u64,
     /// General set for each subject's DAS.
     pub general: GeneralSet,
+    /// What DAS is computed on; `None`: routing scores when the profile has them, else counts.
+    #[serde(default)]
+    pub das_signal: Option<RoutingSignal>,
     /// Cells listed per subject in the DAS summary.
     pub das_top: usize,
     /// Top tokens listed per expert (traces only).
@@ -49,6 +53,7 @@ impl Default for ReportOptions {
             budget: super::hot::DEFAULT_BUDGET,
             seed: 0,
             general: GeneralSet::OtherSubjects,
+            das_signal: None,
             das_top: 10,
             top_tokens: 5,
             co_activation_pairs: 10,
@@ -93,6 +98,8 @@ pub struct CountMassReport {
 pub struct DasSummary {
     pub subject: String,
     pub general: Vec<String>,
+    /// Routing scores (the paper's DAS) or counts (DAS on counts).
+    pub signal: RoutingSignal,
     pub c_das: CumulativeDas,
     /// Highest-DAS cells across all layers.
     pub top_experts: Vec<ExpertDas>,
@@ -102,6 +109,11 @@ pub struct DasSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileReport {
     pub model: ReportModel,
+    /// The signals the profile carries (`["count"]` for imported routing).
+    pub signals: Vec<RoutingSignal>,
+    /// Where imported routing came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<ProfileSource>,
     pub budget: f64,
     /// Experts per layer the budget gives (hot sets, coverage, C-DAS).
     pub hot_k: usize,
@@ -114,7 +126,9 @@ pub struct ProfileReport {
     #[serde(flatten)]
     pub load: LoadSummary,
     pub hot_set_jaccard: HotSetJaccardMatrix,
-    pub count_mass_agreement: CountMassReport,
+    /// Absent for count-only profiles (a note says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_mass_agreement: Option<CountMassReport>,
     pub das: Vec<DasSummary>,
     /// Things left out and why (e.g. DAS for a subject without tokens).
     pub notes: Vec<String>,
@@ -228,6 +242,16 @@ pub fn build_report(
     let layers = layer_loads(&pooled.count, &model.moe_layers, hot_k);
     let load = load_summary(&pooled.count, &layers);
 
+    let das_signal = options
+        .das_signal
+        .unwrap_or_else(|| default_das_signal(profile));
+    if das_signal != RoutingSignal::Score && options.das_signal.is_none() {
+        notes.push(format!(
+            "DAS is on counts (how much more often a subject's tokens choose each expert): \
+             the profile has no routing scores ({})",
+            profile.signals_caption()
+        ));
+    }
     let mut das = Vec::new();
     for s in &profile.subjects {
         if let GeneralSet::Named(names) = &options.general
@@ -235,9 +259,10 @@ pub fn build_report(
         {
             continue;
         }
-        match domain_advantage(profile, &s.name, &options.general) {
+        match domain_advantage(profile, &s.name, &options.general, das_signal) {
             Ok(d) => das.push(DasSummary {
                 subject: s.name.clone(),
+                signal: d.signal,
                 c_das: cumulative_das(&d.das, hot_k),
                 top_experts: top_das_experts(&d.das, &model.moe_layers, options.das_top),
                 general: d.general,
@@ -246,11 +271,29 @@ pub fn build_report(
         }
     }
 
+    let count_mass_agreement = if profile.has(RoutingSignal::Mass) {
+        Some(CountMassReport {
+            pooled: count_mass_agreement(&pooled, hot_k)?,
+            subjects: profile
+                .subjects
+                .iter()
+                .map(|s| count_mass_agreement(s, hot_k))
+                .collect::<Result<_, _>>()?,
+        })
+    } else {
+        notes.push(format!(
+            "no count-vs-mass agreement: the profile has no routing mass ({})",
+            profile.signals_caption()
+        ));
+        None
+    };
     let traces = match traces {
         Some(t) => Some(trace_report(profile, t, hot_k, options)?),
         None => None,
     };
     Ok(ProfileReport {
+        signals: profile.signals.clone(),
+        source: profile.source.clone(),
         model: ReportModel {
             id: model.id.clone(),
             architecture: model.architecture.clone(),
@@ -265,15 +308,8 @@ pub fn build_report(
         top_layer_jaccard,
         layers,
         load,
-        hot_set_jaccard: hot_set_jaccard_matrix(profile, HotSignal::Count, hot_k),
-        count_mass_agreement: CountMassReport {
-            pooled: count_mass_agreement(&pooled, hot_k),
-            subjects: profile
-                .subjects
-                .iter()
-                .map(|s| count_mass_agreement(s, hot_k))
-                .collect(),
-        },
+        hot_set_jaccard: hot_set_jaccard_matrix(profile, HotSignal::Count, hot_k)?,
+        count_mass_agreement,
         das,
         notes,
         traces,
@@ -391,14 +427,14 @@ pub(crate) mod tests {
         a.sequences = 2;
         a.tokens = 3;
         a.count = vec![vec![3, 2, 1, 0], vec![3, 3, 0, 0]];
-        a.mass = vec![vec![1.5, 1.0, 0.5, 0.0], vec![1.5, 1.5, 0.0, 0.0]];
-        a.score = vec![vec![1.2, 0.9, 0.6, 0.3], vec![1.5, 1.2, 0.2, 0.1]];
+        a.mass = Some(vec![vec![1.5, 1.0, 0.5, 0.0], vec![1.5, 1.5, 0.0, 0.0]]);
+        a.score = Some(vec![vec![1.2, 0.9, 0.6, 0.3], vec![1.5, 1.2, 0.2, 0.1]]);
         let mut b = SubjectProfile::empty("law", 2, 4);
         b.sequences = 1;
         b.tokens = 2;
         b.count = vec![vec![1, 1, 1, 1], vec![0, 0, 2, 2]];
-        b.mass = vec![vec![0.5, 0.5, 0.5, 0.5], vec![0.0, 0.0, 1.0, 1.0]];
-        b.score = vec![vec![0.5, 0.5, 0.5, 0.5], vec![0.2, 0.2, 0.8, 0.8]];
+        b.mass = Some(vec![vec![0.5, 0.5, 0.5, 0.5], vec![0.0, 0.0, 1.0, 1.0]]);
+        b.score = Some(vec![vec![0.5, 0.5, 0.5, 0.5], vec![0.2, 0.2, 0.8, 0.8]]);
         RoutingProfile::new(model, vec![a, b])
     }
 

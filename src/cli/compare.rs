@@ -211,7 +211,7 @@ mod tests {
         let mut after = before.clone();
         // All of math's layer-0 traffic moves from expert 0 to expert 3.
         after.subjects[0].count[0] = vec![0, 2, 1, 3];
-        after.subjects[0].score[0] = vec![0.3, 0.9, 0.6, 1.2];
+        after.subjects[0].score.as_mut().unwrap()[0] = vec![0.3, 0.9, 0.6, 1.2];
         after.save(&p2).unwrap();
 
         let same: serde_json::Value = serde_json::from_str(

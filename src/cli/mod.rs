@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod demo;
 pub mod engine;
+pub mod import;
 mod inputs;
 mod output;
 pub mod report;

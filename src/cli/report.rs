@@ -43,6 +43,10 @@ pub struct ReportArgs {
     /// General set for DAS, comma-separated subject names (default: the other subjects).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub general: Vec<String>,
+    /// What DAS compares: routing scores, or counts (auto: scores when the profile has them;
+    /// imported, count-only profiles have counts only).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub das_signal: super::select::DasSignalArg,
     /// Seed of the subsample-stability trials.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -66,6 +70,7 @@ pub fn run_to(args: ReportArgs, out: &mut dyn Write) -> Result<()> {
         budget: args.budget,
         seed: args.seed,
         general: GeneralSet::from_names(&args.general),
+        das_signal: args.das_signal.explicit(),
         ..ReportOptions::default()
     };
     let report = build_report(&profile, traces.as_deref(), &options)
@@ -96,6 +101,13 @@ fn print_tables(r: &ProfileReport, out: &mut dyn Write) -> Result<()> {
         m.num_experts,
         m.top_k
     )?;
+    if let Some(src) = &r.source {
+        writeln!(
+            out,
+            "Routing imported from {} ({} records, {} tokens; {}): counts only",
+            src.format, src.records, src.tokens, src.layer_mapping
+        )?;
+    }
     writeln!(
         out,
         "Budget {} of routed experts → k = {} per layer",
@@ -207,24 +219,29 @@ fn print_tables(r: &ProfileReport, out: &mut dyn Write) -> Result<()> {
     }
     table(out, &rows)?;
 
-    let c = &r.count_mass_agreement;
-    let per_subject: Vec<String> = c
-        .subjects
-        .iter()
-        .map(|s| format!("{} {:.3}", s.name, s.mean_jaccard))
-        .collect();
-    writeln!(
-        out,
-        "\nCount-vs-mass hot-set agreement (k = {}): pooled {:.3}; {}",
-        r.hot_k,
-        c.pooled.mean_jaccard,
-        per_subject.join(", ")
-    )?;
-
-    if !r.das.is_empty() {
+    if let Some(c) = &r.count_mass_agreement {
+        let per_subject: Vec<String> = c
+            .subjects
+            .iter()
+            .map(|s| format!("{} {:.3}", s.name, s.mean_jaccard))
+            .collect();
         writeln!(
             out,
-            "\nDomain advantage (DAS) per subject, C-DAS@{}",
+            "\nCount-vs-mass hot-set agreement (k = {}): pooled {:.3}; {}",
+            r.hot_k,
+            c.pooled.mean_jaccard,
+            per_subject.join(", ")
+        )?;
+    }
+
+    if let Some(first) = r.das.first() {
+        let on = match first.signal {
+            crate::profile::RoutingSignal::Score => "",
+            _ => " on counts (share of tokens choosing each expert)",
+        };
+        writeln!(
+            out,
+            "\nDomain advantage (DAS){on} per subject, C-DAS@{}",
             r.hot_k
         )?;
         let mut rows = vec![vec![
@@ -369,11 +386,13 @@ fn write_csv(
         vec!["mean_cold_share".into(), r.load.mean_cold_share.to_string()],
         vec!["mean_coverage".into(), r.load.mean_coverage.to_string()],
         vec!["mean_entropy".into(), r.load.mean_entropy.to_string()],
-        vec![
-            "count_mass_agreement".into(),
-            r.count_mass_agreement.pooled.mean_jaccard.to_string(),
-        ],
     ];
+    if let Some(c) = &r.count_mass_agreement {
+        summary.push(vec![
+            "count_mass_agreement".into(),
+            c.pooled.mean_jaccard.to_string(),
+        ]);
+    }
     if let Some(j) = r.top_layer_jaccard.mean_pairwise {
         summary.push(vec![
             "top_layer_mean_pairwise_jaccard".into(),
@@ -470,30 +489,32 @@ fn write_csv(
             })
             .collect(),
     )?;
-    let c = &r.count_mass_agreement;
-    let agreements = std::iter::once(("(pooled)", &c.pooled))
-        .chain(c.subjects.iter().map(|a| (a.name.as_str(), a)));
-    file(
-        "count_mass_agreement.csv",
-        &["data", "layer", "jaccard"],
-        agreements
-            .flat_map(|(name, a)| {
-                a.per_layer
-                    .iter()
-                    .zip(layers)
-                    .map(move |(j, l)| vec![name.to_string(), l.to_string(), j.to_string()])
-            })
-            .collect(),
-    )?;
+    if let Some(c) = &r.count_mass_agreement {
+        let agreements = std::iter::once(("(pooled)", &c.pooled))
+            .chain(c.subjects.iter().map(|a| (a.name.as_str(), a)));
+        file(
+            "count_mass_agreement.csv",
+            &["data", "layer", "jaccard"],
+            agreements
+                .flat_map(|(name, a)| {
+                    a.per_layer
+                        .iter()
+                        .zip(layers)
+                        .map(move |(j, l)| vec![name.to_string(), l.to_string(), j.to_string()])
+                })
+                .collect(),
+        )?;
+    }
     file(
         "c_das.csv",
-        &["subject", "general", "k", "c_das", "c_das_per_layer"],
+        &["subject", "general", "signal", "k", "c_das", "c_das_per_layer"],
         r.das
             .iter()
             .map(|d| {
                 vec![
                     d.subject.clone(),
                     d.general.join(" "),
+                    d.signal.to_string(),
                     d.c_das.k.to_string(),
                     d.c_das.total.to_string(),
                     d.c_das.per_layer_mean.to_string(),
@@ -503,7 +524,7 @@ fn write_csv(
     )?;
     let mut das_rows = Vec::new();
     for d in &r.das {
-        let full = domain_advantage(profile, &d.subject, &options.general)?;
+        let full = domain_advantage(profile, &d.subject, &options.general, d.signal)?;
         for (row, &layer) in full.das.iter().zip(layers) {
             for (e, v) in row.iter().enumerate() {
                 das_rows.push(vec![
@@ -630,6 +651,7 @@ mod tests {
             budget: 0.25,
             traces: None,
             general: vec![],
+            das_signal: crate::cli::select::DasSignalArg::Auto,
             seed: 0,
         }
     }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::analysis::hot::{HotSignal, experts_for_budget};
-use crate::profile::RoutingProfile;
+use crate::profile::{RoutingProfile, RoutingSignal};
 use crate::selection::accounting::{Accounting, require_layout};
 use crate::selection::export::{write_esft_config, write_peft_config};
 use crate::selection::rules::random_matched;
@@ -43,6 +43,37 @@ pub enum RuleName {
 pub enum SignalArg {
     Count,
     Mass,
+}
+
+/// What DAS is computed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DasSignalArg {
+    /// Routing scores when the profile has them (the DAS paper), counts otherwise.
+    Auto,
+    /// Mean routing score per token (needs a profile MoEScope recorded).
+    Score,
+    /// Share of tokens choosing the expert: DAS on counts (works on imported routing).
+    Count,
+}
+
+impl DasSignalArg {
+    /// The signal for `profile`.
+    pub fn resolve(self, profile: &RoutingProfile) -> RoutingSignal {
+        match self {
+            DasSignalArg::Auto => crate::analysis::das::default_das_signal(profile),
+            DasSignalArg::Score => RoutingSignal::Score,
+            DasSignalArg::Count => RoutingSignal::Count,
+        }
+    }
+
+    /// `None` for auto.
+    pub fn explicit(self) -> Option<RoutingSignal> {
+        match self {
+            DasSignalArg::Auto => None,
+            DasSignalArg::Score => Some(RoutingSignal::Score),
+            DasSignalArg::Count => Some(RoutingSignal::Count),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,6 +118,10 @@ pub struct SelectArgs {
     /// General set for `--rule das`, comma-separated (default: the other subjects).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub general: Vec<String>,
+    /// What `--rule das` compares: routing scores, or counts (the only choice for imported,
+    /// count-only profiles; auto picks it for them).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub das_signal: DasSignalArg,
     /// Seed for `--rule random`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -193,6 +228,7 @@ fn make_selection(args: &SelectArgs, profile: &RoutingProfile) -> Result<Selecti
                 domain: domain.clone(),
                 general: args.general.clone(),
                 k: experts_per_layer(args, n)?,
+                signal: args.das_signal.resolve(profile),
             }
         }
         RuleName::Random => {
@@ -303,13 +339,22 @@ fn describe_rule(rule: &SelectionRule) -> String {
         SelectionRule::Greedy { signal, k } => {
             format!("greedy budget of {k} × L slots by {signal} coverage")
         }
-        SelectionRule::Das { domain, general, k } => {
+        SelectionRule::Das {
+            domain,
+            general,
+            k,
+            signal,
+        } => {
             let general = if general.is_empty() {
                 "the other subjects".to_string()
             } else {
                 general.join("+")
             };
-            format!("DAS top-{k} per layer for {domain} against {general}")
+            let on = match signal {
+                RoutingSignal::Score => String::new(),
+                other => format!(" (DAS on {other}s)"),
+            };
+            format!("DAS top-{k} per layer for {domain} against {general}{on}")
         }
         SelectionRule::Random { k, seed } => format!("{k} random experts per layer (seed {seed})"),
         SelectionRule::RandomMatched { seed, matched, .. } => format!(
@@ -383,6 +428,7 @@ pub(crate) fn print_accounting(
         percent(a.total_reduction),
         percent(a.expert_reduction)
     )?;
+    let mass = |share: Option<f64>| share.map_or_else(|| "n/a (counts only)".into(), percent);
     writeln!(
         out,
         "Routing captured (share of activations / of routing weight)"
@@ -390,13 +436,13 @@ pub(crate) fn print_accounting(
     let mut rows = vec![vec![
         "(all subjects)".to_string(),
         percent(a.pooled_coverage.count_share),
-        percent(a.pooled_coverage.mass_share),
+        mass(a.pooled_coverage.mass_share),
     ]];
     for c in &a.coverage {
         rows.push(vec![
             c.subject.clone(),
             percent(c.count_share),
-            percent(c.mass_share),
+            mass(c.mass_share),
         ]);
     }
     table(out, &rows)?;
@@ -419,6 +465,7 @@ mod tests {
             signal: SignalArg::Count,
             domain: None,
             general: vec![],
+            das_signal: DasSignalArg::Auto,
             seed: 0,
             match_selection: None,
             experts: None,

@@ -191,7 +191,8 @@ pub fn specialisation(profile: &RoutingProfile) -> Result<Specialisation> {
             (d.name.clone(), v)
         })
         .collect();
-    let m = hot_set_jaccard_matrix(profile, HotSignal::Count, hot_k);
+    let m = hot_set_jaccard_matrix(profile, HotSignal::Count, hot_k)
+        .map_err(|e| DemoError::msg(e.to_string()))?;
     let idx = |n: &str| m.subjects.iter().position(|s| s == n);
     let pairs = QUOTED_PAIRS
         .iter()

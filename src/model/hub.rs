@@ -252,6 +252,33 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Only the `config.json` of a model: a folder's, a file given directly, or a hub repo's (from
+/// the cache, else downloaded alone — no tokenizer or weights).
+pub fn resolve_config(model: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_dir() {
+        let config = path.join("config.json");
+        return if config.is_file() {
+            Ok(config)
+        } else {
+            Err(ModelError::msg(format!(
+                "{}: no config.json in this folder",
+                path.display()
+            )))
+        };
+    }
+    if !looks_like_hub_id(model) {
+        return Err(ModelError::msg(format!(
+            "{model}: no such file or folder, and not a hub id (owner/name)"
+        )));
+    }
+    let mut repo = HubRepo::new(model, revision, None);
+    Ok(repo.fetch("config.json", true)?.expect("required"))
+}
+
 /// Resolves a hub id to its files, using the cache first and downloading what is missing.
 pub fn resolve_hub(
     repo_id: &str,

@@ -14,7 +14,9 @@ pub mod routing_profile;
 pub mod traces;
 
 pub use recorder::ProfileRecorder;
-pub use routing_profile::{ProfileModel, RoutingProfile, SubjectProfile};
+pub use routing_profile::{
+    MissingSignal, ProfileModel, ProfileSource, RoutingProfile, RoutingSignal, SubjectProfile,
+};
 pub use traces::{SequenceTrace, TraceHeader, TraceLayer};
 
 /// Errors reading or validating profile and traces files.

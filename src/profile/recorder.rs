@@ -132,7 +132,9 @@ impl RoutingHook for ProfileRecorder {
         let mut token = 0usize;
         for (seq, (&subject, &len)) in batch.subjects.iter().zip(&batch.lens).enumerate() {
             let p = &mut self.subjects[subject];
-            let (count, mass, score) = (&mut p.count[row], &mut p.mass[row], &mut p.score[row]);
+            let count = &mut p.count[row];
+            let mass = &mut p.mass.as_mut().expect("recorded profiles carry mass")[row];
+            let score = &mut p.score.as_mut().expect("recorded profiles carry scores")[row];
             for t in token..token + len {
                 for j in 0..k {
                     let ex = e.topk_indices[t * k + j] as usize;

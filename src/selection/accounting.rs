@@ -121,43 +121,39 @@ pub struct SubjectCoverage {
     pub subject: String,
     /// Σ_{(l,e)∈sel} count[l][e] / Σ_{l,e} count[l][e].
     pub count_share: f64,
-    /// Σ_{(l,e)∈sel} mass[l][e] / Σ_{l,e} mass[l][e].
-    pub mass_share: f64,
+    /// Σ_{(l,e)∈sel} mass[l][e] / Σ_{l,e} mass[l][e]; `None` for count-only profiles.
+    pub mass_share: Option<f64>,
 }
 
-/// Share of a subject's activations (count) and routing weight (mass) that falls on the selected
-/// cells, over all MoE layers. 0 for a subject without activations.
+/// Share of a subject's activations (count) and routing weight (mass, when the profile carries
+/// it) that falls on the selected cells, over all MoE layers. 0 for a subject without
+/// activations.
 pub fn routing_coverage(
     selection: &Selection,
     moe_layers: &[usize],
     subject: &SubjectProfile,
 ) -> SubjectCoverage {
-    let (mut count_in, mut count_all, mut mass_in, mut mass_all) = (0u64, 0u64, 0.0, 0.0);
-    for (row, &layer) in moe_layers.iter().enumerate() {
-        let (Some(count), Some(mass)) = (subject.count.get(row), subject.mass.get(row)) else {
-            continue;
-        };
-        for (e, (&c, &m)) in count.iter().zip(mass).enumerate() {
-            count_all += c;
-            mass_all += m;
-            if selection.contains(layer, e) {
-                count_in += c;
-                mass_in += m;
+    let share = |rows: &[Vec<f64>]| {
+        let (mut inside, mut all) = (0.0, 0.0);
+        for (row, &layer) in rows.iter().zip(moe_layers) {
+            for (e, &v) in row.iter().enumerate() {
+                all += v;
+                if selection.contains(layer, e) {
+                    inside += v;
+                }
             }
         }
-    }
+        if all > 0.0 { inside / all } else { 0.0 }
+    };
+    let counts: Vec<Vec<f64>> = subject
+        .count
+        .iter()
+        .map(|r| r.iter().map(|&c| c as f64).collect())
+        .collect();
     SubjectCoverage {
         subject: subject.name.clone(),
-        count_share: if count_all == 0 {
-            0.0
-        } else {
-            count_in as f64 / count_all as f64
-        },
-        mass_share: if mass_all > 0.0 {
-            mass_in / mass_all
-        } else {
-            0.0
-        },
+        count_share: share(&counts),
+        mass_share: subject.mass().ok().map(share),
     }
 }
 
@@ -310,11 +306,11 @@ pub(crate) mod tests {
         let mut a = SubjectProfile::empty("math", 2, 4);
         a.tokens = 5;
         a.count = vec![vec![4, 3, 2, 1], vec![5, 5, 0, 0]];
-        a.mass = vec![vec![2.0, 1.0, 1.0, 1.0], vec![1.0, 4.0, 0.0, 0.0]];
+        a.mass = Some(vec![vec![2.0, 1.0, 1.0, 1.0], vec![1.0, 4.0, 0.0, 0.0]]);
         let mut b = SubjectProfile::empty("law", 2, 4);
         b.tokens = 5;
         b.count = vec![vec![0, 0, 5, 5], vec![0, 0, 5, 5]];
-        b.mass = vec![vec![0.0, 0.0, 2.5, 2.5], vec![0.0, 0.0, 2.5, 2.5]];
+        b.mass = Some(vec![vec![0.0, 0.0, 2.5, 2.5], vec![0.0, 0.0, 2.5, 2.5]]);
         RoutingProfile::new(model, vec![a, b])
     }
 
@@ -342,7 +338,7 @@ pub(crate) mod tests {
         assert_eq!(a.all_experts_adapter_bytes, 1152 * 4);
         // math counts in selection: 4 + 3 + 5 = 12 of 20; mass 2 + 1 + 4 = 7 of 10.
         assert_eq!(a.coverage[0].count_share, 0.6);
-        assert!((a.coverage[0].mass_share - 0.7).abs() < 1e-12);
+        assert!((a.coverage[0].mass_share.unwrap() - 0.7).abs() < 1e-12);
         assert_eq!(a.coverage[1].count_share, 0.0);
         // Pooled: 12 of 40.
         assert_eq!(a.pooled_coverage.count_share, 0.3);

@@ -21,7 +21,7 @@ use super::{LayerExperts, Selection, SelectionError, SelectionModel};
 use crate::analysis::das::{GeneralSet, domain_advantage};
 use crate::analysis::hot::{HotSignal, check_k, signal_matrix};
 use crate::analysis::{AnalysisError, find_subject, top_k_indices};
-use crate::profile::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, RoutingSignal, SubjectProfile};
 
 /// A rule and its parameters, as recorded in a selection file (`"rule": {"name": "hot", ...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,11 +34,14 @@ pub enum SelectionRule {
     /// `k · L` slots: one per layer, then by marginal coverage of `signal`.
     Greedy { signal: HotSignal, k: usize },
     /// The `k` highest-DAS experts of every layer for `domain` against `general` (empty: the
-    /// other subjects pooled).
+    /// other subjects pooled), DAS computed on `signal` (routing scores, or counts for
+    /// count-only profiles).
     Das {
         domain: String,
         general: Vec<String>,
         k: usize,
+        #[serde(default = "score_signal")]
+        signal: RoutingSignal,
     },
     /// `k` experts per layer uniformly at random.
     Random { k: usize, seed: u64 },
@@ -53,6 +56,10 @@ pub enum SelectionRule {
     },
     /// Cells listed by hand (GUI clicks or `--experts`).
     Explicit,
+}
+
+fn score_signal() -> RoutingSignal {
+    RoutingSignal::Score
 }
 
 /// Serialises a layer → count map as a list of `{"layer", "experts"}` objects: integer map keys
@@ -90,12 +97,12 @@ pub fn hot_top_k(
     moe_layers: &[usize],
     signal: HotSignal,
     k: usize,
-) -> LayerExperts {
-    signal_matrix(subject, signal)
+) -> Result<LayerExperts, AnalysisError> {
+    Ok(signal_matrix(subject, signal)?
         .iter()
         .zip(moe_layers)
         .map(|(row, &layer)| (layer, top_k_indices(row, k).into_iter().collect()))
-        .collect()
+        .collect())
 }
 
 /// Coverage threshold: per layer, the fewest experts (by descending `signal`) whose share of the
@@ -111,7 +118,7 @@ pub fn coverage_threshold(
             "coverage threshold {threshold} is outside (0, 1]"
         )));
     }
-    Ok(signal_matrix(subject, signal)
+    Ok(signal_matrix(subject, signal)?
         .iter()
         .zip(moe_layers)
         .map(|(row, &layer)| {
@@ -141,8 +148,8 @@ pub fn greedy_budget(
     moe_layers: &[usize],
     signal: HotSignal,
     k: usize,
-) -> LayerExperts {
-    let matrix = signal_matrix(subject, signal);
+) -> Result<LayerExperts, AnalysisError> {
+    let matrix = signal_matrix(subject, signal)?;
     let ranked: Vec<Vec<usize>> = matrix
         .iter()
         .map(|row| top_k_indices(row, row.len()))
@@ -172,12 +179,12 @@ pub fn greedy_budget(
         taken[l] += 1;
         remaining -= 1;
     }
-    ranked
+    Ok(ranked
         .iter()
         .zip(&taken)
         .zip(moe_layers)
         .map(|((r, &n), &layer)| (layer, r[..n].iter().copied().collect()))
-        .collect()
+        .collect())
 }
 
 /// DAS top-k: each layer's `k` experts with the highest DAS (ties: lower expert).
@@ -257,7 +264,7 @@ pub fn select(
     let (experts, data_name) = match rule {
         SelectionRule::Hot { signal, k } => {
             check_k(*k, model.num_experts)?;
-            (hot_top_k(&data_profile, layers, *signal, *k), data_name)
+            (hot_top_k(&data_profile, layers, *signal, *k)?, data_name)
         }
         SelectionRule::Coverage { signal, threshold } => (
             coverage_threshold(&data_profile, layers, *signal, *threshold)?,
@@ -265,11 +272,17 @@ pub fn select(
         ),
         SelectionRule::Greedy { signal, k } => {
             check_k(*k, model.num_experts)?;
-            (greedy_budget(&data_profile, layers, *signal, *k), data_name)
+            (greedy_budget(&data_profile, layers, *signal, *k)?, data_name)
         }
-        SelectionRule::Das { domain, general, k } => {
+        SelectionRule::Das {
+            domain,
+            general,
+            k,
+            signal,
+        } => {
             check_k(*k, model.num_experts)?;
-            let das = domain_advantage(profile, domain, &GeneralSet::from_names(general))?;
+            let das =
+                domain_advantage(profile, domain, &GeneralSet::from_names(general), *signal)?;
             (das_top_k(&das.das, layers, *k), domain.clone())
         }
         SelectionRule::Random { k, seed } => (
@@ -304,10 +317,12 @@ mod tests {
 
     fn subject(count: Vec<Vec<u64>>) -> SubjectProfile {
         let mut s = SubjectProfile::empty("a", count.len(), count[0].len());
-        s.mass = count
-            .iter()
-            .map(|r| r.iter().map(|&c| c as f64 / 10.0).collect())
-            .collect();
+        s.mass = Some(
+            count
+                .iter()
+                .map(|r| r.iter().map(|&c| c as f64 / 10.0).collect())
+                .collect(),
+        );
         s.count = count;
         s
     }
@@ -326,13 +341,13 @@ mod tests {
         let mut math = SubjectProfile::empty("math", 2, 4);
         math.tokens = 10;
         math.count = vec![vec![8, 6, 4, 2], vec![10, 5, 3, 2]];
-        math.mass = vec![vec![1.0, 4.0, 1.0, 0.5], vec![5.0, 1.0, 1.0, 1.0]];
-        math.score = vec![vec![4.0, 3.0, 2.0, 1.0], vec![1.0, 1.0, 1.0, 7.0]];
+        math.mass = Some(vec![vec![1.0, 4.0, 1.0, 0.5], vec![5.0, 1.0, 1.0, 1.0]]);
+        math.score = Some(vec![vec![4.0, 3.0, 2.0, 1.0], vec![1.0, 1.0, 1.0, 7.0]]);
         let mut law = SubjectProfile::empty("law", 2, 4);
         law.tokens = 10;
         law.count = vec![vec![2, 4, 6, 8], vec![5, 5, 5, 5]];
-        law.mass = vec![vec![0.5, 1.0, 1.5, 2.0], vec![1.0, 1.0, 1.0, 1.0]];
-        law.score = vec![vec![1.0, 2.0, 3.0, 4.0], vec![4.0, 2.0, 2.0, 2.0]];
+        law.mass = Some(vec![vec![0.5, 1.0, 1.5, 2.0], vec![1.0, 1.0, 1.0, 1.0]]);
+        law.score = Some(vec![vec![1.0, 2.0, 3.0, 4.0], vec![4.0, 2.0, 2.0, 2.0]]);
         RoutingProfile::new(model, vec![math, law])
     }
 
@@ -401,21 +416,21 @@ mod tests {
         // Gains: layer 0 next = 0.3, layer 1 next = 0.35 → layer 1 gets slot 3;
         // then layer 0 (0.3) vs layer 1 (0.15) → layer 0 gets slot 4.
         let s = subject(vec![vec![50, 30, 20, 0], vec![40, 35, 15, 10]]);
-        let sel = greedy_budget(&s, &[4, 5], HotSignal::Count, 2);
+        let sel = greedy_budget(&s, &[4, 5], HotSignal::Count, 2).unwrap();
         assert_eq!(sel[&4], set(&[0, 1]));
         assert_eq!(sel[&5], set(&[0, 1]));
         // k = 3 → 6 slots: two more after the above. Layer 0 next 0.2, layer 1 next 0.15 →
         // layer 0; then layer 0 next 0.0 vs layer 1 0.15 → layer 1.
-        let sel = greedy_budget(&s, &[4, 5], HotSignal::Count, 3);
+        let sel = greedy_budget(&s, &[4, 5], HotSignal::Count, 3).unwrap();
         assert_eq!(sel[&4], set(&[0, 1, 2]));
         assert_eq!(sel[&5], set(&[0, 1, 2]));
         // Skewed: layer 1 is flat, so it takes the extra slots.
         let s = subject(vec![vec![97, 1, 1, 1], vec![25, 25, 25, 25]]);
-        let sel = greedy_budget(&s, &[0, 1], HotSignal::Count, 2);
+        let sel = greedy_budget(&s, &[0, 1], HotSignal::Count, 2).unwrap();
         assert_eq!(sel[&0], set(&[0]));
         assert_eq!(sel[&1], set(&[0, 1, 2]));
         // Budget above L·N fills every layer and stops.
-        let sel = greedy_budget(&s, &[0, 1], HotSignal::Count, 9);
+        let sel = greedy_budget(&s, &[0, 1], HotSignal::Count, 9).unwrap();
         assert_eq!(sel[&0].len() + sel[&1].len(), 8);
     }
 
@@ -426,6 +441,7 @@ mod tests {
             domain: "math".into(),
             general: vec![],
             k: 1,
+            signal: RoutingSignal::Score,
         };
         let s = select(&p, &rule, None).unwrap();
         // math − law means: layer 1 [0.3, 0.1, -0.1, -0.3]; layer 3 [-0.3, -0.1, -0.1, 0.5].
@@ -435,6 +451,7 @@ mod tests {
             domain: "poetry".into(),
             general: vec![],
             k: 1,
+            signal: RoutingSignal::Score,
         };
         let err = select(&p, &unknown, None).unwrap_err().to_string();
         assert!(err.contains("unknown subject 'poetry'"), "{err}");

@@ -219,7 +219,8 @@ impl SteeringSpec {
         if top_n == 0 {
             return Err(SteerError::Invalid("top-N must be at least 1".into()));
         }
-        let das = domain_advantage(profile, domain, general)?;
+        let signal = crate::analysis::das::default_das_signal(profile);
+        let das = domain_advantage(profile, domain, general, signal)?;
         let cells: Vec<(usize, usize)> =
             top_das_experts(&das.das, &profile.model.moe_layers, top_n)
                 .into_iter()

@@ -172,7 +172,8 @@ impl Trainer {
             },
         )
         .map_err(|e| TrainError::Invalid(format!("re-profiling for DAS: {e}")))?;
-        let das = domain_advantage(&profile, &domain, &GeneralSet::OtherSubjects)
+        let signal = crate::profile::RoutingSignal::Score;
+        let das = domain_advantage(&profile, &domain, &GeneralSet::OtherSubjects, signal)
             .map_err(|e| TrainError::Invalid(format!("DAS: {e}")))?;
         let k = experts_per_layer
             .unwrap_or_else(|| (self.info.num_experts / 4).max(1))
@@ -184,6 +185,7 @@ impl Trainer {
                 domain: domain.clone(),
                 general: Vec::new(),
                 k,
+                signal,
             },
             experts,
         )?;
