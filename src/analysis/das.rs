@@ -253,7 +253,8 @@ mod tests {
     #[test]
     fn das_against_a_named_subject() {
         let p = profile();
-        let d = domain_advantage(&p, "math", &GeneralSet::Named(vec!["law".into()]), SCORE).unwrap();
+        let d =
+            domain_advantage(&p, "math", &GeneralSet::Named(vec!["law".into()]), SCORE).unwrap();
         assert_eq!(d.general, vec!["law"]);
         assert!(close_rows(
             &d.das,
@@ -284,9 +285,8 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("math, law, code"), "{err}");
-        let err =
-            domain_advantage(&p, "math", &GeneralSet::Named(vec!["nope".into()]), SCORE)
-                .unwrap_err();
+        let err = domain_advantage(&p, "math", &GeneralSet::Named(vec!["nope".into()]), SCORE)
+            .unwrap_err();
         assert!(matches!(err, AnalysisError::UnknownSubject { .. }));
         let mut single = p.clone();
         single.subjects.truncate(1);
@@ -315,8 +315,8 @@ mod tests {
         }
         let p = RoutingProfile::new(p.model, p.subjects);
         assert_eq!(default_das_signal(&p), RoutingSignal::Count);
-        let d = domain_advantage(&p, "math", &GeneralSet::OtherSubjects, RoutingSignal::Count)
-            .unwrap();
+        let d =
+            domain_advantage(&p, "math", &GeneralSet::OtherSubjects, RoutingSignal::Count).unwrap();
         assert_eq!(d.signal, RoutingSignal::Count);
         // General = law + code, 30 tokens: layer 0 [6, 10, 14] / 30, layer 1 [12, 11, 7] / 30.
         let expected = vec![

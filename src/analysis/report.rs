@@ -245,6 +245,17 @@ pub fn build_report(
     let das_signal = options
         .das_signal
         .unwrap_or_else(|| default_das_signal(profile));
+    if !profile.has(das_signal)
+        && let Some(first) = profile.subjects.first()
+    {
+        let missing = first
+            .signal(das_signal)
+            .expect_err("a signal the profile lacks");
+        return Err(AnalysisError::missing(
+            missing,
+            "compute DAS on counts instead",
+        ));
+    }
     if das_signal != RoutingSignal::Score && options.das_signal.is_none() {
         notes.push(format!(
             "DAS is on counts (how much more often a subject's tokens choose each expert): \

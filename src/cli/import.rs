@@ -89,7 +89,10 @@ pub fn run_with(
     profile
         .save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    let source = profile.source.as_ref().expect("imported profiles name their source");
+    let source = profile
+        .source
+        .as_ref()
+        .expect("imported profiles name their source");
     writeln!(
         out,
         "imported {} records ({} tokens, {} subjects) from {} file(s) in {:.1} s",
@@ -100,6 +103,13 @@ pub fn run_with(
         started.elapsed().as_secs_f64()
     )?;
     writeln!(out, "layers: {}", source.layer_mapping)?;
+    if let Some(why) = &shape.layout_missing {
+        writeln!(
+            out,
+            "note: no module layout from the config ({why}); parameter accounting and PEFT \
+             export of selections need one"
+        )?;
+    }
     if source.skipped_positions > 0 {
         writeln!(
             out,

@@ -507,7 +507,14 @@ fn write_csv(
     }
     file(
         "c_das.csv",
-        &["subject", "general", "signal", "k", "c_das", "c_das_per_layer"],
+        &[
+            "subject",
+            "general",
+            "signal",
+            "k",
+            "c_das",
+            "c_das_per_layer",
+        ],
         r.das
             .iter()
             .map(|d| {

@@ -1,19 +1,14 @@
 //! llama.cpp's moe-trace CSV: one `layer,expert` row per chosen expert (layer = the `blk.N`
 //! block index), no token column, an optional `layer,expert` header. A layer's tokens are its
-//! rows ÷ top-k.
+//! rows ÷ top-k. The file has no subjects: `--subject`, else the file's name.
 
 use super::{ImportError, ImportOptions, Monitor, Result, Tally, display, for_each_line};
 
 pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_>) -> Result<()> {
-    let Some(subject) = options.subject.as_deref() else {
-        return Err(ImportError::Invalid(
-            "a llama.cpp moe-trace has no subject labels: name its subject with --subject".into(),
-        ));
-    };
-    let subject = tally.subject(subject);
     let n = tally.shape().num_experts;
     let k = tally.shape().top_k as u64;
     for path in &options.files {
+        let subject = tally.subject(&super::file_subject(path, options.subject.as_deref()));
         // Rows per layer of this file, counted as they come, added at the end.
         let mut per_layer: Vec<Vec<u64>> = Vec::new();
         for_each_line(path, monitor, |line, text| {

@@ -7,7 +7,10 @@
 use serde::Deserialize;
 
 use super::nested_ints::NestedInts;
-use super::{ImportError, ImportOptions, Monitor, Result, Tally, display, for_each_line, record_subject};
+use super::{
+    ImportError, ImportOptions, Monitor, Result, Tally, display, for_each_parsed_line,
+    record_subject,
+};
 
 #[derive(Deserialize)]
 struct Record {
@@ -24,14 +27,19 @@ struct Record {
 pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_>) -> Result<()> {
     let mut mtp = 0u64;
     for path in &options.files {
-        for_each_line(path, monitor, |line, text| {
+        let parse = |line: u64, text: &[u8]| -> Result<Record> {
+            serde_json::from_slice(text).map_err(|e| ImportError::Line {
+                path: display(path),
+                line,
+                msg: format!("not a Megatron-LM router trace line: {e}"),
+            })
+        };
+        for_each_parsed_line(path, monitor, parse, |line, record| {
             let bad = |msg: String| ImportError::Line {
                 path: display(path),
                 line,
                 msg,
             };
-            let record: Record = serde_json::from_slice(text)
-                .map_err(|e| bad(format!("not a Megatron-LM router trace line: {e}")))?;
             let (Some(layer), Some(indices)) = (record.layer, record.top_indices.as_ref()) else {
                 return Err(bad(
                     "no layer and top_indices: not a Megatron-LM router trace record \

@@ -97,7 +97,11 @@ pub enum ImportError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {msg}")]
-    Line { path: String, line: u64, msg: String },
+    Line {
+        path: String,
+        line: u64,
+        msg: String,
+    },
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
     #[error("{0}")]
@@ -192,6 +196,54 @@ pub(crate) fn for_each_line(
     }
 }
 
+/// Lines of text read per parallel batch: enough to keep every core busy, small enough that
+/// memory stays flat whatever the file's size.
+const BATCH_BYTES: usize = 32 << 20;
+
+/// [`for_each_line`] with the parsing spread over the cores: lines are read in batches of about
+/// [`BATCH_BYTES`], `parse` runs on a batch's lines in parallel while `consume` takes the
+/// previous batch's results, in file order (so the first error reported is the first in the
+/// file).
+pub(crate) fn for_each_parsed_line<T: Send>(
+    path: &Path,
+    monitor: &mut Monitor<'_>,
+    parse: impl Fn(u64, &[u8]) -> Result<T> + Sync,
+    mut consume: impl FnMut(u64, T) -> Result<()> + Send,
+) -> Result<()> {
+    use rayon::prelude::*;
+    type Parsed<T> = Vec<(u64, Result<T>)>;
+    let parse_batch = |batch: Vec<(u64, Vec<u8>)>| -> Parsed<T> {
+        batch
+            .into_par_iter()
+            .map(|(line, text)| (line, parse(line, &text)))
+            .collect()
+    };
+    let mut consume_batch = |parsed: Parsed<T>| -> Result<()> {
+        for (line, item) in parsed {
+            consume(line, item?)?;
+        }
+        Ok(())
+    };
+    let mut pending: Parsed<T> = Vec::new();
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    for_each_line(path, monitor, |line, text| {
+        batch_bytes += text.len();
+        batch.push((line, text.to_vec()));
+        if batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
+            let ready = std::mem::take(&mut batch);
+            let previous = std::mem::take(&mut pending);
+            let (parsed, consumed) = rayon::join(|| parse_batch(ready), || consume_batch(previous));
+            consumed?;
+            pending = parsed;
+        }
+        Ok(())
+    })?;
+    consume_batch(pending)?;
+    consume_batch(parse_batch(batch))
+}
+
 /// The subject of a record: its own `subject` field, else `--subject`.
 pub(crate) fn record_subject<'a>(
     own: Option<&'a str>,
@@ -206,6 +258,15 @@ pub(crate) fn record_subject<'a>(
             line,
             msg: "no subject: the record has no \"subject\" field; name one with --subject".into(),
         })
+}
+
+/// The subject of a file without subject labels (recorder dumps, CSV traces): `--subject`,
+/// else the file's name without its extension.
+pub(crate) fn file_subject(path: &Path, default: Option<&str>) -> String {
+    default.map(str::to_string).unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| display(path), |s| s.to_string_lossy().into_owned())
+    })
 }
 
 /// Imports `options.files` as a count-only profile of the model `shape` describes.

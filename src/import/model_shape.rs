@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::model::info::Family;
+use crate::model::info::{AttentionKind, Family, ModuleLayout};
 use crate::model::loader::detect_family;
 use crate::model::router::ScoreFn;
 use crate::profile::ProfileModel;
@@ -29,6 +29,13 @@ pub struct RoutingShape {
     pub num_experts: usize,
     pub top_k: usize,
     pub score_fn: ScoreFn,
+    /// Module names and projection shapes (for parameter accounting and PEFT export), when the
+    /// config has everything the family's loader needs.
+    pub layout: Option<ModuleLayout>,
+    /// Each decoder layer's token mixing (empty without a layout).
+    pub attention_kinds: Vec<AttentionKind>,
+    /// Why there is no layout, if there is none.
+    pub layout_missing: Option<String>,
 }
 
 impl RoutingShape {
@@ -38,10 +45,19 @@ impl RoutingShape {
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
-        Self::from_config(path, &json, id)
+        let mut shape = Self::from_config(path, &json, id)?;
+        match crate::model::families::layout_from_config(shape.family, &text) {
+            Ok((layout, kinds)) => {
+                shape.layout = Some(layout);
+                shape.attention_kinds = kinds;
+            }
+            Err(e) => shape.layout_missing = Some(e.to_string()),
+        }
+        Ok(shape)
     }
 
-    /// The shape of a parsed `config.json` (`path` names it in errors).
+    /// The routing shape of a parsed `config.json` (`path` names it in errors); no layout
+    /// ([`RoutingShape::from_config_file`] adds it).
     pub fn from_config(path: &Path, json: &Value, id: &str) -> Result<Self, String> {
         let family = detect_family(path, json).map_err(|e| e.to_string())?;
         // Multimodal repos (Qwen3.5, Gemma 4) nest the language model in `text_config`.
@@ -104,9 +120,7 @@ impl RoutingShape {
             )));
         }
         if top_k == 0 || top_k > num_experts {
-            return Err(bad(format!(
-                "top-k {top_k} is outside 1..={num_experts}"
-            )));
+            return Err(bad(format!("top-k {top_k} is outside 1..={num_experts}")));
         }
         let sigmoid = c.get("scoring_func").and_then(Value::as_str) == Some("sigmoid")
             || matches!(family, Family::MiniMaxM2 | Family::Glm4Moe)
@@ -123,10 +137,13 @@ impl RoutingShape {
             } else {
                 ScoreFn::Softmax
             },
+            layout: None,
+            attention_kinds: Vec::new(),
+            layout_missing: None,
         })
     }
 
-    /// The profile's model record (no module layout: projection shapes need the weights).
+    /// The profile's model record.
     pub fn profile_model(&self) -> ProfileModel {
         ProfileModel {
             id: self.id.clone(),
@@ -135,8 +152,8 @@ impl RoutingShape {
             num_experts: self.num_experts,
             top_k: self.top_k,
             score_fn: self.score_fn,
-            layout: None,
-            attention_kinds: Vec::new(),
+            layout: self.layout.clone(),
+            attention_kinds: self.attention_kinds.clone(),
         }
     }
 }
@@ -191,7 +208,10 @@ mod tests {
         assert!(err.contains("no MoE layers"), "{err}");
         let err = shape(r#"{"model_type": "olmoe", "num_hidden_layers": 2, "num_experts": 8}"#)
             .unwrap_err();
-        assert!(err.contains("config.json") && err.contains("num_experts_per_tok"), "{err}");
+        assert!(
+            err.contains("config.json") && err.contains("num_experts_per_tok"),
+            "{err}"
+        );
         let err = shape(r#"{"model_type": "llama", "num_hidden_layers": 2}"#).unwrap_err();
         assert!(err.contains("unsupported model"), "{err}");
     }

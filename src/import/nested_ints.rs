@@ -151,8 +151,8 @@ impl Element<'_> {
                 self.depth
             )));
         }
-        let v = i32::try_from(v)
-            .map_err(|_| E::custom(format!("expert id {v} is out of range")))?;
+        let v =
+            i32::try_from(v).map_err(|_| E::custom(format!("expert id {v} is out of range")))?;
         self.out.push(v);
         Ok(())
     }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::torch_file::{TensorRef, TorchFile, Value};
 use super::{
-    ImportError, ImportOptions, LayerMap, Monitor, Result, Tally, display, for_each_line,
+    ImportError, ImportOptions, LayerMap, Monitor, Result, Tally, display, for_each_parsed_line,
     record_subject,
 };
 
@@ -84,57 +84,32 @@ pub fn read(
             monitor.advance(std::fs::metadata(path).map_or(0, |m| m.len()))?;
             continue;
         }
-        let mut bytes = Vec::new();
-        let mut ids = Vec::new();
-        for_each_line(path, monitor, |line, text| {
+        let parse = |line: u64, text: &[u8]| -> Result<Vec<Response>> {
+            parse_line(text).map_err(|msg| ImportError::Line {
+                path: display(path),
+                line,
+                msg,
+            })
+        };
+        for_each_parsed_line(path, monitor, parse, |line, responses| {
             let bad = |msg: String| ImportError::Line {
                 path: display(path),
                 line,
                 msg,
             };
-            let records = match serde_json::from_slice::<Line>(text) {
-                Ok(Line::One(r)) => vec![*r],
-                Ok(Line::Many(r)) => r,
-                Err(e) => return Err(bad(format!("not an SGLang response line: {e}"))),
-            };
-            for record in records {
+            for response in responses {
                 let subject = record_subject(
-                    record.subject.as_deref(),
+                    response.subject.as_deref(),
                     options.subject.as_deref(),
                     path,
                     line,
                 )?;
                 let subject = tally.subject(subject);
-                let usage = record.usage.as_ref();
-                let mut metas: Vec<&Meta> = record.meta_info.iter().collect();
-                for c in &record.choices {
-                    metas.extend(c.sgl_ext.iter().chain(&c.meta_info));
-                }
-                let metas: Vec<&Meta> = metas
-                    .into_iter()
-                    .filter(|m| m.routed_experts.is_some())
-                    .collect();
-                if metas.is_empty() {
-                    let hint = if record.prompt_routed_experts.is_some() {
-                        " (it has prompt_routed_experts: a vLLM response? use --format vllm)"
-                    } else {
-                        " (was the server started with --enable-return-routed-experts and the request sent with \"return_routed_experts\": true?)"
-                    };
-                    return Err(bad(format!(
-                        "no meta_info.routed_experts: not an SGLang response with routed experts{hint}"
-                    )));
-                }
                 tally.add_sequence(subject);
                 tally.records += 1;
-                for meta in metas {
-                    let prompt = meta
-                        .prompt_tokens
-                        .or(usage.and_then(|u| u.prompt_tokens));
-                    let completion = meta
-                        .completion_tokens
-                        .or(usage.and_then(|u| u.completion_tokens));
-                    decode(meta, &mut bytes, &mut ids).map_err(&bad)?;
-                    let layers = engine_layers(ids.len(), prompt, completion, tally)
+                for routed in response.routed {
+                    let ids = &routed.ids;
+                    let layers = engine_layers(ids.len(), routed.prompt, routed.completion, tally)
                         .map_err(&bad)?;
                     let m = match &map {
                         Some((l, m)) if *l == layers => m,
@@ -152,7 +127,7 @@ pub fn read(
                     let k = tally.shape().top_k;
                     let width = layers * k;
                     let rows = ids.len() / width;
-                    let split = match (options.positions, prompt) {
+                    let split = match (options.positions, routed.prompt) {
                         (super::Positions::All, _) => 0,
                         (_, Some(p)) => (p as usize).min(rows),
                         (_, None) => {
@@ -186,12 +161,71 @@ pub fn read(
     Ok(map.map(|(_, m)| m))
 }
 
+/// One response of a line, its routed experts decoded.
+struct Response {
+    subject: Option<String>,
+    routed: Vec<Routed>,
+}
+
+/// One `routed_experts` array with the token counts that say which rows are the prompt's.
+struct Routed {
+    ids: Vec<i32>,
+    prompt: Option<u64>,
+    completion: Option<u64>,
+}
+
+/// Parses a line (one response or an array of them) and decodes its routed experts.
+fn parse_line(text: &[u8]) -> std::result::Result<Vec<Response>, String> {
+    let records = match serde_json::from_slice::<Line>(text) {
+        Ok(Line::One(r)) => vec![*r],
+        Ok(Line::Many(r)) => r,
+        Err(e) => return Err(format!("not an SGLang response line: {e}")),
+    };
+    let mut bytes = Vec::new();
+    records
+        .into_iter()
+        .map(|record| {
+            let usage = record.usage.as_ref();
+            let mut metas: Vec<&Meta> = record.meta_info.iter().collect();
+            for c in &record.choices {
+                metas.extend(c.sgl_ext.iter().chain(&c.meta_info));
+            }
+            metas.retain(|m| m.routed_experts.is_some());
+            if metas.is_empty() {
+                let hint = if record.prompt_routed_experts.is_some() {
+                    " (it has prompt_routed_experts: a vLLM response? use --format vllm)"
+                } else {
+                    " (was the server started with --enable-return-routed-experts and the \
+                     request sent with \"return_routed_experts\": true?)"
+                };
+                return Err(format!(
+                    "no meta_info.routed_experts: not an SGLang response with routed experts{hint}"
+                ));
+            }
+            let routed = metas
+                .into_iter()
+                .map(|meta| {
+                    let mut ids = Vec::new();
+                    decode(meta, &mut bytes, &mut ids)?;
+                    Ok(Routed {
+                        ids,
+                        prompt: meta.prompt_tokens.or(usage.and_then(|u| u.prompt_tokens)),
+                        completion: meta
+                            .completion_tokens
+                            .or(usage.and_then(|u| u.completion_tokens)),
+                    })
+                })
+                .collect::<std::result::Result<_, String>>()?;
+            Ok(Response {
+                subject: record.subject.clone(),
+                routed,
+            })
+        })
+        .collect()
+}
+
 /// Decodes `meta.routed_experts` into `ids`.
-fn decode(
-    meta: &Meta,
-    bytes: &mut Vec<u8>,
-    ids: &mut Vec<i32>,
-) -> std::result::Result<(), String> {
+fn decode(meta: &Meta, bytes: &mut Vec<u8>, ids: &mut Vec<i32>) -> std::result::Result<(), String> {
     let text = meta.routed_experts.as_deref().unwrap_or_default();
     bytes.clear();
     base64::engine::general_purpose::STANDARD
@@ -218,15 +252,19 @@ fn decode(
         ));
     }
     ids.clear();
-    ids.extend(bytes.chunks_exact(size).map(|b| match dtype {
-        "int32" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        "uint32" => i32::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(i32::MAX),
-        "int16" => i32::from(i16::from_le_bytes([b[0], b[1]])),
-        "uint16" => i32::from(u16::from_le_bytes([b[0], b[1]])),
-        "int8" => i32::from(b[0] as i8),
-        "uint8" => i32::from(b[0]),
-        _ => i64::from_le_bytes(b.try_into().expect("8 bytes"))
-            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+    ids.extend(bytes.chunks_exact(size).map(|b| {
+        match dtype {
+            "int32" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            "uint32" => {
+                i32::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(i32::MAX)
+            }
+            "int16" => i32::from(i16::from_le_bytes([b[0], b[1]])),
+            "uint16" => i32::from(u16::from_le_bytes([b[0], b[1]])),
+            "int8" => i32::from(b[0] as i8),
+            "uint8" => i32::from(b[0]),
+            _ => i64::from_le_bytes(b.try_into().expect("8 bytes"))
+                .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        }
     }));
     Ok(())
 }
@@ -254,18 +292,25 @@ fn engine_layers(
                 rows == r || rows + 1 == r
             })
     };
-    candidates.iter().copied().find(|&l| fits(l)).ok_or_else(|| {
-        let rows = match expected_rows {
-            Some(r) => format!(" for {} rows (prompt + completion − 1)", r.saturating_sub(1)),
-            None => String::new(),
-        };
-        format!(
-            "routed_experts holds {values} values{rows}, which is not whole rows of \
+    candidates
+        .iter()
+        .copied()
+        .find(|&l| fits(l))
+        .ok_or_else(|| {
+            let rows = match expected_rows {
+                Some(r) => format!(
+                    " for {} rows (prompt + completion − 1)",
+                    r.saturating_sub(1)
+                ),
+                None => String::new(),
+            };
+            format!(
+                "routed_experts holds {values} values{rows}, which is not whole rows of \
              layers × top-k: the model has {} decoder layers ({} MoE) × top-{k}",
-            shape.num_layers,
-            shape.moe_layers.len()
-        )
-    })
+                shape.num_layers,
+                shape.moe_layers.len()
+            )
+        })
 }
 
 /// True for zip archives (`torch.save` files start with `PK`).
@@ -294,14 +339,10 @@ fn read_dump(
         path: display(path),
         msg,
     };
-    let Some(subject) = options.subject.as_deref() else {
-        return Err(bad(
-            "a recorder dump has no subject labels: name its subject with --subject".into(),
-        ));
-    };
+    let subject = super::file_subject(path, options.subject.as_deref());
     let mut file = TorchFile::open(path).map_err(&bad)?;
     let root = file.root.clone();
-    let subject = tally.subject(subject);
+    let subject = tally.subject(&subject);
     if let Some(Value::Tensor(counts)) = root.get("logical_count") {
         let [_, layers, experts] = counts.shape[..] else {
             return Err(bad(format!(
@@ -365,22 +406,19 @@ fn read_dump(
                 for s in 0..slots {
                     let id = values[(l * tokens + t) * slots + s];
                     ids[(t * layers + l) * slots + s] =
-                        logical(id, l, physical_to_logical.as_ref()).map_err(|e| {
-                            bad(format!("records[{i}], layer {l}, token {t}: {e}"))
-                        })?;
+                        logical(id, l, physical_to_logical.as_ref())
+                            .map_err(|e| bad(format!("records[{i}], layer {l}, token {t}: {e}")))?;
                 }
             }
         }
-        tally
-            .add_positions(subject, &ids, slots, &m)
-            .map_err(|e| {
-                bad(format!(
-                    "records[{i}], token {}: expert {}, but the model has {} experts",
-                    e.position,
-                    e.expert,
-                    tally.shape().num_experts
-                ))
-            })?;
+        tally.add_positions(subject, &ids, slots, &m).map_err(|e| {
+            bad(format!(
+                "records[{i}], token {}: expert {}, but the model has {} experts",
+                e.position,
+                e.expert,
+                tally.shape().num_experts
+            ))
+        })?;
         tally.records += 1;
     }
     Ok(())
@@ -431,9 +469,7 @@ fn layer_map(
 ) -> std::result::Result<LayerMap, String> {
     match map {
         Some((l, m)) if *l == layers => Ok(m.clone()),
-        Some((l, _)) => Err(format!(
-            "{layers} layers, but earlier records have {l}"
-        )),
+        Some((l, _)) => Err(format!("{layers} layers, but earlier records have {l}")),
         None => {
             let m = LayerMap::for_layer_count(layers, tally.shape())?;
             *map = Some((layers, m.clone()));

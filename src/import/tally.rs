@@ -43,9 +43,7 @@ impl LayerMap {
             });
         }
         if engine_layers == shape.num_layers {
-            let dense: Vec<usize> = (0..shape.num_layers)
-                .filter(|l| !moe.contains(l))
-                .collect();
+            let dense: Vec<usize> = (0..shape.num_layers).filter(|l| !moe.contains(l)).collect();
             return Ok(Self {
                 rows: (0..engine_layers)
                     .map(|l| moe.iter().position(|&m| m == l))
@@ -75,12 +73,10 @@ impl LayerMap {
             let rows: Vec<Option<usize>> = (0..=max)
                 .map(|n| to_decoder(n).and_then(|l| moe.iter().position(|&m| m == l)))
                 .collect();
-            seen.iter()
-                .all(|&n| rows[n].is_some())
-                .then(|| Self {
-                    rows,
-                    description: how,
-                })
+            seen.iter().all(|&n| rows[n].is_some()).then(|| Self {
+                rows,
+                description: how,
+            })
         };
         let listed = layer_ranges(&seen.iter().copied().collect::<Vec<_>>());
         if let Some(m) = build(
@@ -91,10 +87,13 @@ impl LayerMap {
         }
         if let Some(m) = build(
             &|n| n.checked_sub(1),
-            format!("engine layers {listed} = decoder layers {}, numbered from 1", {
-                let shifted: Vec<usize> = seen.iter().map(|n| n.saturating_sub(1)).collect();
-                layer_ranges(&shifted)
-            }),
+            format!(
+                "engine layers {listed} = decoder layers {}, numbered from 1",
+                {
+                    let shifted: Vec<usize> = seen.iter().map(|n| n.saturating_sub(1)).collect();
+                    layer_ranges(&shifted)
+                }
+            ),
         ) {
             return Ok(m);
         }
@@ -370,6 +369,9 @@ mod tests {
             num_experts: 4,
             top_k: 2,
             score_fn: ScoreFn::Sigmoid,
+            layout: None,
+            attention_kinds: Vec::new(),
+            layout_missing: None,
         }
     }
 
@@ -377,7 +379,11 @@ mod tests {
     fn layer_counts_map_all_layers_or_moe_layers() {
         let all = LayerMap::for_layer_count(4, &shape()).unwrap();
         assert_eq!(all.rows, vec![None, Some(0), Some(1), Some(2)]);
-        assert!(all.description.contains("dense layers 0"), "{}", all.description);
+        assert!(
+            all.description.contains("dense layers 0"),
+            "{}",
+            all.description
+        );
         let moe = LayerMap::for_layer_count(3, &shape()).unwrap();
         assert_eq!(moe.rows, vec![Some(0), Some(1), Some(2)]);
         let err = LayerMap::for_layer_count(5, &shape()).unwrap_err();
@@ -391,7 +397,11 @@ mod tests {
         assert_eq!(zero.rows, vec![None, Some(0), Some(1), Some(2)]);
         let one = LayerMap::for_layer_numbers(&set(&[2, 3, 4]), &shape()).unwrap();
         assert_eq!(one.rows[2..], [Some(0), Some(1), Some(2)]);
-        assert!(one.description.contains("numbered from 1"), "{}", one.description);
+        assert!(
+            one.description.contains("numbered from 1"),
+            "{}",
+            one.description
+        );
         let ordinal = LayerMap::for_layer_numbers(&set(&[0, 1]), &shape()).unwrap();
         assert_eq!(ordinal.rows, vec![Some(0), Some(1)]);
         assert!(LayerMap::for_layer_numbers(&set(&[9]), &shape()).is_err());
@@ -422,7 +432,10 @@ mod tests {
         let p = t.finish("vllm", vec!["f".into()], Some(&map)).unwrap();
         let law = p.subject("law").unwrap();
         assert_eq!(law.tokens, 1);
-        assert_eq!(law.count, vec![vec![0, 1, 1, 0], vec![1, 0, 0, 1], vec![0, 2, 0, 0]]);
+        assert_eq!(
+            law.count,
+            vec![vec![0, 1, 1, 0], vec![1, 0, 0, 1], vec![0, 2, 0, 0]]
+        );
         assert!(p.is_count_only());
         assert_eq!(p.source.unwrap().skipped_positions, 1);
     }

@@ -119,9 +119,8 @@ impl TorchFile {
     /// Opens `path` and decodes its pickle. Errors are plain messages (the caller names the file).
     pub fn open(path: &Path) -> Result<Self, String> {
         let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-            format!("not a torch.save file (a zip archive with data.pkl): {e}")
-        })?;
+        let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+            .map_err(|e| format!("not a torch.save file (a zip archive with data.pkl): {e}"))?;
         let pkl = archive
             .file_names()
             .filter_map(|n| n.ok())
@@ -273,7 +272,8 @@ fn rebuild_tensor(args: Object) -> Result<Value, String> {
     let Object::Tuple(id) = id.as_ref() else {
         return Err("tensor storage id is not a tuple".into());
     };
-    let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) = (id.get(1), id.get(2))
+    let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) =
+        (id.get(1), id.get(2))
     else {
         return Err("tensor storage id has no class and key".into());
     };

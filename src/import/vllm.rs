@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::nested_ints::NestedInts;
 use super::{
-    ImportError, ImportOptions, LayerMap, Monitor, Result, Tally, display, for_each_line,
+    ImportError, ImportOptions, LayerMap, Monitor, Result, Tally, display, for_each_parsed_line,
     record_subject,
 };
 
@@ -44,14 +44,19 @@ pub fn read(
 ) -> Result<Option<LayerMap>> {
     let mut map: Option<(usize, LayerMap)> = None;
     for path in &options.files {
-        for_each_line(path, monitor, |line, text| {
+        let parse = |line: u64, text: &[u8]| -> Result<Record> {
+            serde_json::from_slice(text).map_err(|e| ImportError::Line {
+                path: display(path),
+                line,
+                msg: format!("not a vLLM response line: {e}"),
+            })
+        };
+        for_each_parsed_line(path, monitor, parse, |line, record| {
             let bad = |msg: String| ImportError::Line {
                 path: display(path),
                 line,
                 msg,
             };
-            let record: Record = serde_json::from_slice(text)
-                .map_err(|e| bad(format!("not a vLLM response line: {e}")))?;
             let generated = record
                 .choices
                 .iter()
@@ -114,17 +119,15 @@ pub fn read(
                         &map.insert((layers, m)).1
                     }
                 };
-                tally
-                    .add_positions(subject, &a.values, k, m)
-                    .map_err(|e| {
-                        bad(format!(
-                            "token {} has expert {} (slot {}), but the model has {} experts",
-                            e.position,
-                            e.expert,
-                            e.slot,
-                            tally.shape().num_experts
-                        ))
-                    })?;
+                tally.add_positions(subject, &a.values, k, m).map_err(|e| {
+                    bad(format!(
+                        "token {} has expert {} (slot {}), but the model has {} experts",
+                        e.position,
+                        e.expert,
+                        e.slot,
+                        tally.shape().num_experts
+                    ))
+                })?;
             }
             Ok(())
         })?;

@@ -173,7 +173,12 @@ impl SubjectProfile {
     }
 
     /// A subject with no tokens yet, carrying `signals` (count always).
-    pub fn empty_with(name: &str, layers: usize, experts: usize, signals: &[RoutingSignal]) -> Self {
+    pub fn empty_with(
+        name: &str,
+        layers: usize,
+        experts: usize,
+        signals: &[RoutingSignal],
+    ) -> Self {
         let zeros = |signal| {
             signals
                 .contains(&signal)
@@ -240,7 +245,10 @@ impl SubjectProfile {
         for (a, b) in self.count.iter_mut().zip(&other.count) {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         }
-        for (mine, theirs) in [(&mut self.mass, &other.mass), (&mut self.score, &other.score)] {
+        for (mine, theirs) in [
+            (&mut self.mass, &other.mass),
+            (&mut self.score, &other.score),
+        ] {
             match (mine.as_mut(), theirs) {
                 (Some(a), Some(b)) => {
                     for (a, b) in a.iter_mut().zip(b) {
@@ -496,7 +504,10 @@ mod tests {
         p.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""signals":["count"]"#), "{text}");
-        assert!(!text.contains("mass") && !text.contains("score\""), "{text}");
+        assert!(
+            !text.contains("mass") && !text.contains("score\""),
+            "{text}"
+        );
         assert_eq!(RoutingProfile::load(&path).unwrap(), p);
     }
 

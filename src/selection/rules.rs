@@ -272,7 +272,10 @@ pub fn select(
         ),
         SelectionRule::Greedy { signal, k } => {
             check_k(*k, model.num_experts)?;
-            (greedy_budget(&data_profile, layers, *signal, *k)?, data_name)
+            (
+                greedy_budget(&data_profile, layers, *signal, *k)?,
+                data_name,
+            )
         }
         SelectionRule::Das {
             domain,
@@ -281,8 +284,7 @@ pub fn select(
             signal,
         } => {
             check_k(*k, model.num_experts)?;
-            let das =
-                domain_advantage(profile, domain, &GeneralSet::from_names(general), *signal)?;
+            let das = domain_advantage(profile, domain, &GeneralSet::from_names(general), *signal)?;
             (das_top_k(&das.das, layers, *k), domain.clone())
         }
         SelectionRule::Random { k, seed } => (

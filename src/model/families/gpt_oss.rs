@@ -383,14 +383,10 @@ fn load_experts(vb: &WeightSource, cfg: &Config) -> Result<Vec<SwiGlu>> {
 /// expert's slices of them.
 const EXPERT_NAMES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 
-pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+/// A gpt-oss `config.json` parsed and checked as [`load`] reads it, with each layer's attention.
+fn checked_config(json: &str) -> Result<(Config, Vec<AttentionKind>)> {
     let cfg: Config = parse_config(Family::GptOss, json)?;
-    let (h, nh, nkv, hd) = (
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_kv_heads(),
-        cfg.head_dim(),
-    );
+    let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
     let (e, k) = (cfg.num_local_experts, cfg.num_experts_per_tok);
     if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 2 != 0 {
         return Err(bad(format!(
@@ -403,6 +399,50 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         )));
     }
     let attention_kinds = cfg.attention_kinds()?;
+    Ok((cfg, attention_kinds))
+}
+
+/// The module layout: the per-expert slices of the fused (or split) expert tensors, as named by
+/// [`EXPERT_NAMES`], whichever way the checkpoint stores them.
+fn layout(cfg: &Config) -> ModuleLayout {
+    let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+    ModuleLayout {
+        expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
+        expert_projections: vec![
+            Projection::new(EXPERT_NAMES[0], h, inter),
+            Projection::new(EXPERT_NAMES[1], h, inter),
+            Projection::new(EXPERT_NAMES[2], inter, h),
+        ],
+        shared_expert_prefix: None,
+        shared_expert_projections: Vec::new(),
+        attention_prefix: "model.layers.{layer}.self_attn".into(),
+        attention_projections: standard_attention_projections(
+            h,
+            cfg.num_attention_heads,
+            cfg.num_kv_heads(),
+            cfg.head_dim(),
+        ),
+        router: "model.layers.{layer}.mlp.router".into(),
+        router_in: h,
+    }
+}
+
+/// The module layout and per-layer attention [`load`] reports, from the `config.json` text
+/// alone.
+pub fn config_layout(json: &str) -> Result<(ModuleLayout, Vec<AttentionKind>)> {
+    let (cfg, attention_kinds) = checked_config(json)?;
+    Ok((layout(&cfg), attention_kinds))
+}
+
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    let (cfg, attention_kinds) = checked_config(json)?;
+    let (h, nh, nkv, hd) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.head_dim(),
+    );
+    let (e, k) = (cfg.num_local_experts, cfg.num_experts_per_tok);
     let (inv_freq, attention_factor) = rope_parameters(&cfg)?;
     let rotary = Arc::new(Rotary::from_inv_freq(
         &inv_freq,
@@ -468,21 +508,6 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         lm_head_bias: false,
     };
     let (embed, norm, lm_head) = load_embed_norm_head(&vb, &head, ctx.routing_only)?;
-    let inter = cfg.intermediate_size;
-    let layout = ModuleLayout {
-        expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
-        expert_projections: vec![
-            Projection::new(EXPERT_NAMES[0], h, inter),
-            Projection::new(EXPERT_NAMES[1], h, inter),
-            Projection::new(EXPERT_NAMES[2], inter, h),
-        ],
-        shared_expert_prefix: None,
-        shared_expert_projections: Vec::new(),
-        attention_prefix: "model.layers.{layer}.self_attn".into(),
-        attention_projections: standard_attention_projections(h, nh, nkv, hd),
-        router: "model.layers.{layer}.mlp.router".into(),
-        router_in: h,
-    };
     let info = InfoParts {
         family: Family::GptOss,
         num_layers: cfg.num_hidden_layers,
@@ -495,7 +520,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         hidden_size: h,
         vocab_size: cfg.vocab_size,
         max_position_embeddings: cfg.max_position_embeddings,
-        layout,
+        layout: layout(&cfg),
     }
     .into_info(ctx);
     Ok(Box::new(DecoderStack {

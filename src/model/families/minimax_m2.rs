@@ -46,13 +46,14 @@ fn yes() -> bool {
     true
 }
 
-pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+/// The [`StandardSpec`] of a `config.json`.
+pub fn spec(json: &str) -> Result<StandardSpec> {
     let c: Config = parse_config(Family::MiniMaxM2, json)?;
     let head_dim = c
         .head_dim
         .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
     let rotary_dim = c.rotary_dim.unwrap_or(head_dim);
-    let spec = StandardSpec {
+    Ok(StandardSpec {
         family: Family::MiniMaxM2,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -92,6 +93,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         shared: None,
         sliding_window: None,
         tie_word_embeddings: c.tie_word_embeddings,
-    };
-    build_standard(spec, vb, ctx)
+    })
+}
+
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    build_standard(spec(json)?, vb, ctx)
 }

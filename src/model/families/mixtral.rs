@@ -44,10 +44,13 @@ fn default_theta() -> f64 {
     1e6
 }
 
-pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+/// The [`StandardSpec`] of a `config.json`.
+pub fn spec(json: &str) -> Result<StandardSpec> {
     let c: Config = parse_config(Family::Mixtral, json)?;
-    let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
-    let spec = StandardSpec {
+    let head_dim = c
+        .head_dim
+        .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
+    Ok(StandardSpec {
         family: Family::Mixtral,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -78,6 +81,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         shared: None,
         sliding_window: c.sliding_window,
         tie_word_embeddings: c.tie_word_embeddings,
-    };
-    build_standard(spec, vb, ctx)
+    })
+}
+
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    build_standard(spec(json)?, vb, ctx)
 }

@@ -45,10 +45,11 @@ fn default_eps() -> f64 {
     1e-5
 }
 
-pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+/// The [`StandardSpec`] of a `config.json`.
+pub fn spec(json: &str) -> Result<StandardSpec> {
     let c: Config = parse_config(Family::Olmoe, json)?;
-    let head_dim = c.hidden_size / c.num_attention_heads;
-    let spec = StandardSpec {
+    let head_dim = c.hidden_size / c.num_attention_heads.max(1);
+    Ok(StandardSpec {
         family: Family::Olmoe,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -79,6 +80,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         shared: None,
         sliding_window: None,
         tie_word_embeddings: c.tie_word_embeddings,
-    };
-    build_standard(spec, vb, ctx)
+    })
+}
+
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    build_standard(spec(json)?, vb, ctx)
 }

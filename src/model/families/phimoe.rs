@@ -73,7 +73,8 @@ fn bad(msg: impl std::fmt::Display) -> ModelError {
     ModelError::msg(format!("PhiMoEForCausalLM config.json: {msg}"))
 }
 
-pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+/// The [`StandardSpec`] of a `config.json`.
+pub fn spec(json: &str) -> Result<StandardSpec> {
     let c: Config = parse_config(Family::PhiMoe, json)?;
     let head_dim = c
         .head_dim
@@ -114,7 +115,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
             )));
         }
     };
-    let spec = StandardSpec {
+    Ok(StandardSpec {
         family: Family::PhiMoe,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -147,6 +148,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         shared: None,
         sliding_window: c.sliding_window,
         tie_word_embeddings: c.tie_word_embeddings,
-    };
-    build_standard(spec, vb, ctx)
+    })
+}
+
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    build_standard(spec(json)?, vb, ctx)
 }

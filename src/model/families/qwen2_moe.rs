@@ -71,10 +71,13 @@ pub fn qwen_moe_layers(
         .collect()
 }
 
-pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+/// The [`StandardSpec`] of a `config.json`.
+pub fn spec(json: &str) -> Result<StandardSpec> {
     let c: Config = parse_config(Family::Qwen2Moe, json)?;
-    let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
-    let spec = StandardSpec {
+    let head_dim = c
+        .head_dim
+        .unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
+    Ok(StandardSpec {
         family: Family::Qwen2Moe,
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -118,6 +121,9 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
             None
         },
         tie_word_embeddings: c.tie_word_embeddings,
-    };
-    build_standard(spec, vb, ctx)
+    })
+}
+
+pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
+    build_standard(spec(json)?, vb, ctx)
 }

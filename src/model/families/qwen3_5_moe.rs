@@ -192,18 +192,117 @@ impl TextConfig {
     }
 }
 
-/// The text config of a `config.json` (nested `text_config` or flat) and whether the LM head is
-/// tied to the embedding (the top-level field wins over the text config's).
-pub fn text_config(json: &str) -> Result<(TextConfig, bool)> {
+/// What [`text_config`] reads from a `config.json`.
+#[derive(Debug, Clone)]
+pub struct ParsedConfig {
+    pub text: TextConfig,
+    /// Whether the LM head is tied to the embedding (the top-level field wins over the text
+    /// config's).
+    pub tie_word_embeddings: bool,
+    /// The language model is nested in `text_config` (a multimodal config), not flat.
+    pub nested: bool,
+}
+
+/// Prefix of the language model's tensors in the hub's multimodal checkpoints.
+const NESTED_TEXT_PREFIX: &str = "model.language_model";
+/// Prefix of the language model's tensors in a text-only checkpoint.
+const FLAT_TEXT_PREFIX: &str = "model";
+
+impl ParsedConfig {
+    /// Where the language model's tensors sit in a checkpoint of this config:
+    /// `model.language_model` for the hub's multimodal layout (nested config), `model` for a
+    /// text-only one (flat config). [`load`] goes by the tensors it finds instead, which agree
+    /// with this in checkpoints saved by transformers.
+    pub fn text_prefix(&self) -> &'static str {
+        match self.nested {
+            true => NESTED_TEXT_PREFIX,
+            false => FLAT_TEXT_PREFIX,
+        }
+    }
+}
+
+/// The text config of a `config.json` (nested `text_config` or flat).
+pub fn text_config(json: &str) -> Result<ParsedConfig> {
     let family = Family::Qwen3_5Moe;
     let value: serde_json::Value = parse_config(family, json)?;
     let top_tie = value.get("tie_word_embeddings").and_then(|v| v.as_bool());
-    let text: TextConfig = match value.get("text_config") {
-        Some(t) if t.is_object() => parse_config(family, &t.to_string())?,
-        _ => parse_config(family, json)?,
+    let (text, nested): (TextConfig, bool) = match value.get("text_config") {
+        Some(t) if t.is_object() => (parse_config(family, &t.to_string())?, true),
+        _ => (parse_config(family, json)?, false),
     };
-    let tie = top_tie.or(text.tie_word_embeddings).unwrap_or(false);
-    Ok((text, tie))
+    let tie_word_embeddings = top_tie.or(text.tie_word_embeddings).unwrap_or(false);
+    Ok(ParsedConfig {
+        text,
+        tie_word_embeddings,
+        nested,
+    })
+}
+
+/// Each layer's token mixing.
+fn attention_kinds(mixers: &[Mixer]) -> Vec<AttentionKind> {
+    mixers
+        .iter()
+        .map(|m| match m {
+            Mixer::Linear => AttentionKind::Linear,
+            Mixer::Full => AttentionKind::Full,
+        })
+        .collect()
+}
+
+/// The module layout of the language model whose tensors sit under `text`.
+fn layout(c: &TextConfig, text: &str) -> ModuleLayout {
+    let (h, nh, nkv, hd) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
+    let shared_size = c.shared_expert_intermediate_size;
+    let dn = c.delta_net();
+    let gate_up_down = ["gate_proj", "up_proj", "down_proj"];
+    // Attention projections relative to the layer: a layer has either the gated attention's
+    // (`self_attn.*`) or the DeltaNet's (`linear_attn.*`); the layout lists both sets.
+    let mut attention_projections = vec![
+        Projection::new("self_attn.q_proj", h, 2 * nh * hd),
+        Projection::new("self_attn.k_proj", h, nkv * hd),
+        Projection::new("self_attn.v_proj", h, nkv * hd),
+        Projection::new("self_attn.o_proj", nh * hd, h),
+    ];
+    attention_projections.extend([
+        Projection::new("linear_attn.in_proj_qkv", h, dn.conv_channels()),
+        Projection::new("linear_attn.in_proj_z", h, dn.value_dim()),
+        Projection::new("linear_attn.in_proj_b", h, dn.num_value_heads),
+        Projection::new("linear_attn.in_proj_a", h, dn.num_value_heads),
+        Projection::new("linear_attn.out_proj", dn.value_dim(), h),
+    ]);
+    ModuleLayout {
+        // The checkpoint fuses each layer's experts into `experts.gate_up_proj` and
+        // `experts.down_proj`; expert modules are named as in the unfused layout transformers
+        // converts from (`experts.{expert}.gate_proj` …), one module per expert projection.
+        expert_prefix: format!("{text}.layers.{{layer}}.mlp.experts.{{expert}}"),
+        expert_projections: swiglu_projections(h, c.moe_intermediate_size, gate_up_down),
+        shared_expert_prefix: (shared_size > 0)
+            .then(|| format!("{text}.layers.{{layer}}.mlp.shared_expert")),
+        shared_expert_projections: match shared_size {
+            0 => Vec::new(),
+            s => swiglu_projections(h, s, gate_up_down),
+        },
+        attention_prefix: format!("{text}.layers.{{layer}}"),
+        attention_projections,
+        router: format!("{text}.layers.{{layer}}.mlp.gate"),
+        router_in: h,
+    }
+}
+
+/// The module layout and per-layer token mixing [`load`] reports, from the `config.json` text
+/// alone, with module names under [`ParsedConfig::text_prefix`].
+pub fn config_layout(json: &str) -> Result<(ModuleLayout, Vec<AttentionKind>)> {
+    let parsed = text_config(json)?;
+    let mixers = parsed.text.mixers()?;
+    Ok((
+        layout(&parsed.text, parsed.text_prefix()),
+        attention_kinds(&mixers),
+    ))
 }
 
 /// A zero-centred RMSNorm (`x̂ · (1 + w)`) as an [`RmsNorm`] whose weight is `1 + w`, added in f32.
@@ -238,7 +337,8 @@ fn load_expert(
 }
 
 pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeModel>> {
-    let (c, tie) = text_config(json)?;
+    let parsed = text_config(json)?;
+    let (c, tie) = (&parsed.text, parsed.tie_word_embeddings);
     let mixers = c.mixers()?;
     let (theta, rotary_dim) = c.rotary()?;
     let (h, nh, nkv, hd) = (
@@ -249,10 +349,10 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
     );
     let (n_exp, inter) = (c.num_experts, c.moe_intermediate_size);
     // The hub layout nests the language model; a text-only checkpoint keeps it at `model`.
-    let text = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
-        "model.language_model"
+    let text = if vb.contains_tensor(&format!("{NESTED_TEXT_PREFIX}.embed_tokens.weight")) {
+        NESTED_TEXT_PREFIX
     } else {
-        "model"
+        FLAT_TEXT_PREFIX
     };
     let tvb = vb.pp(text);
     let rotary = Arc::new(Rotary::new(
@@ -350,60 +450,19 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
     } else {
         Some(Linear::new(embed.clone(), None))
     };
-    let shared_size = c.shared_expert_intermediate_size;
-    let dn = c.delta_net();
-    let gate_up_down = ["gate_proj", "up_proj", "down_proj"];
-    // Attention projections relative to the layer: a layer has either the gated attention's
-    // (`self_attn.*`) or the DeltaNet's (`linear_attn.*`); the layout lists both sets.
-    let mut attention_projections = vec![
-        Projection::new("self_attn.q_proj", h, 2 * nh * hd),
-        Projection::new("self_attn.k_proj", h, nkv * hd),
-        Projection::new("self_attn.v_proj", h, nkv * hd),
-        Projection::new("self_attn.o_proj", nh * hd, h),
-    ];
-    attention_projections.extend([
-        Projection::new("linear_attn.in_proj_qkv", h, dn.conv_channels()),
-        Projection::new("linear_attn.in_proj_z", h, dn.value_dim()),
-        Projection::new("linear_attn.in_proj_b", h, dn.num_value_heads),
-        Projection::new("linear_attn.in_proj_a", h, dn.num_value_heads),
-        Projection::new("linear_attn.out_proj", dn.value_dim(), h),
-    ]);
-    let layout = ModuleLayout {
-        // The checkpoint fuses each layer's experts into `experts.gate_up_proj` and
-        // `experts.down_proj`; expert modules are named as in the unfused layout transformers
-        // converts from (`experts.{expert}.gate_proj` …), one module per expert projection.
-        expert_prefix: format!("{text}.layers.{{layer}}.mlp.experts.{{expert}}"),
-        expert_projections: swiglu_projections(h, inter, gate_up_down),
-        shared_expert_prefix: (shared_size > 0)
-            .then(|| format!("{text}.layers.{{layer}}.mlp.shared_expert")),
-        shared_expert_projections: match shared_size {
-            0 => Vec::new(),
-            s => swiglu_projections(h, s, gate_up_down),
-        },
-        attention_prefix: format!("{text}.layers.{{layer}}"),
-        attention_projections,
-        router: format!("{text}.layers.{{layer}}.mlp.gate"),
-        router_in: h,
-    };
     let info = InfoParts {
         score_fn: crate::model::router::ScoreFn::Softmax,
         family: Family::Qwen3_5Moe,
         num_layers: c.num_hidden_layers,
         moe_layers,
-        attention_kinds: mixers
-            .iter()
-            .map(|m| match m {
-                Mixer::Linear => AttentionKind::Linear,
-                Mixer::Full => AttentionKind::Full,
-            })
-            .collect(),
+        attention_kinds: attention_kinds(&mixers),
         num_experts: n_exp,
         top_k: c.num_experts_per_tok,
-        num_shared_experts: usize::from(shared_size > 0),
+        num_shared_experts: usize::from(c.shared_expert_intermediate_size > 0),
         hidden_size: h,
         vocab_size: c.vocab_size,
         max_position_embeddings: c.max_position_embeddings,
-        layout,
+        layout: layout(c, text),
     }
     .into_info(ctx);
     Ok(Box::new(DecoderStack {
@@ -432,10 +491,14 @@ mod tests {
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0,
                                 "partial_rotary_factor": 0.25, "mrope_section": [1, 1, 2]}}"#;
         let nested = format!(r#"{{"tie_word_embeddings": true, "text_config": {text}}}"#);
-        let (flat, flat_tie) = text_config(text).unwrap();
-        let (inner, inner_tie) = text_config(&nested).unwrap();
-        assert!(!flat_tie && inner_tie);
-        for c in [flat, inner] {
+        let flat = text_config(text).unwrap();
+        let inner = text_config(&nested).unwrap();
+        assert!(!flat.tie_word_embeddings && inner.tie_word_embeddings);
+        assert_eq!(
+            (flat.text_prefix(), inner.text_prefix()),
+            ("model", "model.language_model")
+        );
+        for c in [flat.text, inner.text] {
             assert_eq!(c.rotary().unwrap(), (1000.0, 8));
             // No layer_types: every 4th layer is full attention.
             assert_eq!(
@@ -445,7 +508,7 @@ mod tests {
             assert_eq!(c.delta_net().conv_channels(), 2 * 16 * 128 + 32 * 128);
         }
         let yarn = text.replace(r#""rope_type": "default""#, r#""rope_type": "yarn""#);
-        let err = text_config(&yarn).unwrap().0.rotary().unwrap_err();
+        let err = text_config(&yarn).unwrap().text.rotary().unwrap_err();
         assert!(err.to_string().contains("yarn"), "{err}");
     }
 }

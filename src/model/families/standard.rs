@@ -1,7 +1,8 @@
 //! The decoder shape OLMoE, Qwen2-MoE, Qwen3-MoE, Mixtral, GLM-4.5 and MiniMax-M2 share: GQA
 //! attention with (possibly partial) RoPE, SwiGLU experts behind a linear router (softmax, or
-//! sigmoid with a selection bias), optional shared expert and dense layers. Each family file
-//! maps its HF config onto a [`StandardSpec`]; [`build_standard`] loads the weights.
+//! sigmoid with a selection bias), optional shared expert and dense layers. Each family file's
+//! `spec` maps its HF config onto a [`StandardSpec`], which gives the module layout without any
+//! weights; [`build_standard`] loads the weights.
 
 use std::sync::Arc;
 
@@ -108,6 +109,54 @@ pub struct StandardSpec {
     pub tie_word_embeddings: bool,
 }
 
+impl StandardSpec {
+    /// The module layout of the model this spec describes (config only, no weights).
+    pub fn layout(&self) -> ModuleLayout {
+        let h = self.hidden_size;
+        let moe = self.moe_prefix;
+        ModuleLayout {
+            expert_prefix: format!("model.layers.{{layer}}.{moe}.experts.{{expert}}"),
+            expert_projections: swiglu_projections(
+                h,
+                self.expert_intermediate_size,
+                self.expert_names,
+            ),
+            shared_expert_prefix: self
+                .shared
+                .map(|sh| format!("model.layers.{{layer}}.{moe}.{}", sh.name)),
+            shared_expert_projections: self
+                .shared
+                .map(|sh| {
+                    swiglu_projections(
+                        h,
+                        sh.intermediate_size,
+                        ["gate_proj", "up_proj", "down_proj"],
+                    )
+                })
+                .unwrap_or_default(),
+            attention_prefix: "model.layers.{layer}.self_attn".into(),
+            attention_projections: standard_attention_projections(
+                h,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+            ),
+            router: format!("model.layers.{{layer}}.{moe}.gate"),
+            router_in: h,
+        }
+    }
+
+    /// Each decoder layer's attention: all sliding-window with `sliding_window`, else all full.
+    pub fn attention_kinds(&self) -> Vec<AttentionKind> {
+        let kind = match self.sliding_window {
+            Some(window) => AttentionKind::Sliding { window },
+            None => AttentionKind::Full,
+        };
+        vec![kind; self.num_layers]
+    }
+}
+
+/// Builds the model `spec` describes from its weights.
 pub fn build_standard(
     spec: StandardSpec,
     vb: WeightSource,
@@ -280,39 +329,11 @@ pub fn build_standard(
         lm_head_bias: s.lm_head_bias,
     };
     let (embed, norm, lm_head) = load_embed_norm_head(&vb, &head, ctx.routing_only)?;
-    let attention_projections = standard_attention_projections(h, nh, nkv, hd);
-    let layout = ModuleLayout {
-        expert_prefix: format!("model.layers.{{layer}}.{}.experts.{{expert}}", s.moe_prefix),
-        expert_projections: swiglu_projections(h, s.expert_intermediate_size, s.expert_names),
-        shared_expert_prefix: s
-            .shared
-            .map(|sh| format!("model.layers.{{layer}}.{}.{}", s.moe_prefix, sh.name)),
-        shared_expert_projections: s
-            .shared
-            .map(|sh| {
-                swiglu_projections(
-                    h,
-                    sh.intermediate_size,
-                    ["gate_proj", "up_proj", "down_proj"],
-                )
-            })
-            .unwrap_or_default(),
-        attention_prefix: "model.layers.{layer}.self_attn".into(),
-        attention_projections,
-        router: format!("model.layers.{{layer}}.{}.gate", s.moe_prefix),
-        router_in: h,
-    };
     let info = InfoParts {
         family: s.family,
         num_layers: s.num_layers,
         moe_layers: s.moe_layers.clone(),
-        attention_kinds: vec![
-            match s.sliding_window {
-                Some(window) => AttentionKind::Sliding { window },
-                None => AttentionKind::Full,
-            };
-            s.num_layers
-        ],
+        attention_kinds: s.attention_kinds(),
         num_experts: s.num_experts,
         top_k: s.top_k,
         num_shared_experts: usize::from(s.shared.is_some()),
@@ -324,7 +345,7 @@ pub fn build_standard(
         hidden_size: h,
         vocab_size: s.vocab_size,
         max_position_embeddings: s.max_position_embeddings,
-        layout,
+        layout: s.layout(),
     }
     .into_info(ctx);
     Ok(Box::new(DecoderStack {

@@ -11,7 +11,7 @@ use crate::model::error::Result;
 use crate::model::families::{
     BuildCtx, HeadSpec, InfoParts, load_embed_norm_head, parse_config, swiglu_projections,
 };
-use crate::model::info::{Family, ModuleLayout};
+use crate::model::info::{AttentionKind, Family, ModuleLayout};
 use crate::model::layers::{
     DecoderLayer, DecoderStack, FeedForward, GluActivation, Linear, MoeBlock, NormKind, RmsNorm,
     Rotary, SharedExpert, SwiGlu,
@@ -125,17 +125,12 @@ fn v3_router(cfg: &Config, top_k: usize) -> Result<RouterConfig> {
     })
 }
 
-fn build(
-    json: &str,
-    vb: WeightSource,
-    ctx: &BuildCtx,
-    opts: Options,
-    family: Family,
-) -> Result<Box<dyn MoeModel>> {
+/// A DeepSeek `config.json` parsed and checked as [`load`] and [`load_v3`] read it, with the
+/// router rule of its MoE layers (V3's correction bias, a weight, left out).
+fn checked_config(json: &str, family: Family) -> Result<(Config, RouterConfig)> {
     let v3 = family == Family::DeepseekV3;
     let cfg: Config = parse_config(family, json)?;
     validate(&cfg, v3)?;
-    let h = cfg.hidden_size;
     let top_k = cfg
         .num_experts_per_tok
         .ok_or_else(|| bad("num_experts_per_tok is required"))?;
@@ -160,6 +155,56 @@ fn build(
             expert_scale: None,
         }
     };
+    Ok((cfg, router_cfg))
+}
+
+/// The width of the fused shared experts, `None` without any.
+fn shared_intermediate_size(cfg: &Config) -> Option<usize> {
+    cfg.n_shared_experts.map(|n| cfg.moe_intermediate_size * n)
+}
+
+/// The module layout of a checked config.
+fn layout(cfg: &Config) -> ModuleLayout {
+    let h = cfg.hidden_size;
+    let names = ["gate_proj", "up_proj", "down_proj"];
+    let shared_inter = shared_intermediate_size(cfg);
+    ModuleLayout {
+        expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
+        expert_projections: swiglu_projections(h, cfg.moe_intermediate_size, names),
+        shared_expert_prefix: shared_inter
+            .map(|_| "model.layers.{layer}.mlp.shared_experts".into()),
+        shared_expert_projections: shared_inter
+            .map(|inter| swiglu_projections(h, inter, names))
+            .unwrap_or_default(),
+        attention_prefix: "model.layers.{layer}.self_attn".into(),
+        attention_projections: attention_projections(cfg),
+        router: "model.layers.{layer}.mlp.gate".into(),
+        router_in: h,
+    }
+}
+
+/// Every layer's attention is full MLA.
+fn attention_kinds(cfg: &Config) -> Vec<AttentionKind> {
+    vec![AttentionKind::Full; cfg.num_hidden_layers]
+}
+
+/// The module layout and per-layer attention [`load`] (`DeepseekV2`) or [`load_v3`]
+/// (`DeepseekV3`) reports, from the `config.json` text alone.
+pub fn config_layout(json: &str, family: Family) -> Result<(ModuleLayout, Vec<AttentionKind>)> {
+    let (cfg, _) = checked_config(json, family)?;
+    Ok((layout(&cfg), attention_kinds(&cfg)))
+}
+
+fn build(
+    json: &str,
+    vb: WeightSource,
+    ctx: &BuildCtx,
+    opts: Options,
+    family: Family,
+) -> Result<Box<dyn MoeModel>> {
+    let v3 = family == Family::DeepseekV3;
+    let (cfg, router_cfg) = checked_config(json, family)?;
+    let h = cfg.hidden_size;
     let (inv_freq, attention_factor) = rope_parameters(&cfg)?;
     let rotary = Arc::new(Rotary::from_inv_freq(
         &inv_freq,
@@ -175,7 +220,7 @@ fn build(
     } else {
         1.0
     };
-    let shared_inter = cfg.n_shared_experts.map(|n| cfg.moe_intermediate_size * n);
+    let shared_inter = shared_intermediate_size(&cfg);
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     let mut moe_layers = Vec::new();
     for li in 0..cfg.num_hidden_layers {
@@ -256,33 +301,19 @@ fn build(
         lm_head_bias: false,
     };
     let (embed, norm, lm_head) = load_embed_norm_head(&vb, &head, ctx.routing_only)?;
-    let names = ["gate_proj", "up_proj", "down_proj"];
-    let layout = ModuleLayout {
-        expert_prefix: "model.layers.{layer}.mlp.experts.{expert}".into(),
-        expert_projections: swiglu_projections(h, cfg.moe_intermediate_size, names),
-        shared_expert_prefix: shared_inter
-            .map(|_| "model.layers.{layer}.mlp.shared_experts".into()),
-        shared_expert_projections: shared_inter
-            .map(|inter| swiglu_projections(h, inter, names))
-            .unwrap_or_default(),
-        attention_prefix: "model.layers.{layer}.self_attn".into(),
-        attention_projections: attention_projections(&cfg),
-        router: "model.layers.{layer}.mlp.gate".into(),
-        router_in: h,
-    };
     let info = InfoParts {
         family,
         num_layers: cfg.num_hidden_layers,
         moe_layers,
-        attention_kinds: vec![crate::model::info::AttentionKind::Full; cfg.num_hidden_layers],
+        attention_kinds: attention_kinds(&cfg),
         num_experts: cfg.n_routed_experts,
-        top_k,
+        top_k: router_cfg.top_k,
         num_shared_experts: cfg.n_shared_experts.unwrap_or(0),
         score_fn: router_cfg.score_fn,
         hidden_size: h,
         vocab_size: cfg.vocab_size,
         max_position_embeddings: cfg.max_position_embeddings,
-        layout,
+        layout: layout(&cfg),
     }
     .into_info(ctx);
     Ok(Box::new(DecoderStack {

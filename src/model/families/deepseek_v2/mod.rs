@@ -42,7 +42,7 @@ pub mod load;
 pub mod mla;
 
 pub use config::{Config, rope_parameters};
-pub use load::{Options, load, load_v3, load_with};
+pub use load::{Options, config_layout, load, load_v3, load_with};
 pub use mla::MlaAttention;
 
 #[cfg(test)]

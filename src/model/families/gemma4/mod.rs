@@ -130,14 +130,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         family: Family::Gemma4,
         num_layers: c.num_hidden_layers,
         moe_layers: moe_layers.clone(),
-        attention_kinds: (0..c.num_hidden_layers)
-            .map(|li| match c.is_sliding(li) {
-                true => AttentionKind::Sliding {
-                    window: c.sliding_window,
-                },
-                false => AttentionKind::Full,
-            })
-            .collect(),
+        attention_kinds: attention_kinds(c),
         num_experts: moe_settings.map_or(0, |m| m.num_experts),
         top_k: moe_settings.map_or(0, |m| m.top_k),
         num_shared_experts: usize::from(moe_settings.is_some()),
@@ -233,6 +226,25 @@ fn load_moe(
         post_experts_norm: norm("post_feedforward_layernorm_2")?,
         post_mlp_norm: norm("post_feedforward_layernorm_1")?,
     })
+}
+
+/// The module layout and per-layer attention [`load`] reports, from the `config.json` text
+/// alone.
+pub fn config_layout(json: &str) -> Result<(ModuleLayout, Vec<AttentionKind>)> {
+    let c = Config::parse(json)?.text_config;
+    Ok((layout(&c, c.moe()?), attention_kinds(&c)))
+}
+
+/// Each layer's attention: sliding-window or full, by `layer_types`.
+fn attention_kinds(c: &TextConfig) -> Vec<AttentionKind> {
+    (0..c.num_hidden_layers)
+        .map(|li| match c.is_sliding(li) {
+            true => AttentionKind::Sliding {
+                window: c.sliding_window,
+            },
+            false => AttentionKind::Full,
+        })
+        .collect()
 }
 
 /// Module names for LoRA accounting and adapter export. The routed experts are fused in the
