@@ -97,7 +97,9 @@ fn every_engine_format_imports_to_the_counts_it_holds() {
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
     let model = fx.join("config.json");
-    let cases: [(&str, &str, Vec<&str>, &[&str], &str); 8] = [
+    // (format, key in expected.json, files, extra arguments, words of the layer mapping)
+    type Case<'a> = (&'a str, &'a str, Vec<&'a str>, &'a [&'a str], &'a str);
+    let cases: [Case; 8] = [
         (
             "vllm",
             "vllm_http.jsonl",

@@ -63,7 +63,7 @@ pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_
                 continue;
             }
             let rows: u64 = counts.iter().sum();
-            if rows % k != 0 {
+            if !rows.is_multiple_of(k) {
                 return Err(ImportError::File {
                     path: display(path),
                     msg: format!(

@@ -245,7 +245,7 @@ fn decode(meta: &Meta, bytes: &mut Vec<u8>, ids: &mut Vec<i32>) -> std::result::
             ));
         }
     };
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(format!(
             "routed_experts holds {} bytes, not a whole number of {dtype} values",
             bytes.len()
@@ -286,7 +286,7 @@ fn engine_layers(
     let expected_rows = prompt.map(|p| p + completion.unwrap_or(0));
     let fits = |l: usize| {
         let width = l * k;
-        values % width == 0
+        values.is_multiple_of(width)
             && expected_rows.is_none_or(|r| {
                 let rows = (values / width) as u64;
                 rows == r || rows + 1 == r

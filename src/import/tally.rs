@@ -73,7 +73,7 @@ impl LayerMap {
             let rows: Vec<Option<usize>> = (0..=max)
                 .map(|n| to_decoder(n).and_then(|l| moe.iter().position(|&m| m == l)))
                 .collect();
-            seen.iter().all(|&n| rows[n].is_some()).then(|| Self {
+            seen.iter().all(|&n| rows[n].is_some()).then_some(Self {
                 rows,
                 description: how,
             })

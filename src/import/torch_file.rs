@@ -225,7 +225,7 @@ fn convert(object: Object) -> Value {
                 module_name,
                 class_name,
             } if module_name == "torch._utils" && class_name == "_rebuild_tensor_v2" => {
-                rebuild_tensor(*args).unwrap_or_else(|why| Value::Other(why))
+                rebuild_tensor(*args).unwrap_or_else(Value::Other)
             }
             other => Value::Other(format!("{other:?}")),
         },
