@@ -2,13 +2,17 @@
 //! block index), no token column, an optional `layer,expert` header. A layer's tokens are its
 //! rows ÷ top-k. The file has no subjects: `--subject`, else the file's name.
 
-use super::{ImportError, ImportOptions, Monitor, Result, Tally, display, for_each_line};
+use super::reading::{ImportError, ImportOptions, Monitor, Result, display, for_each_line};
+use super::tally::Tally;
 
 pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_>) -> Result<()> {
     let n = tally.shape().num_experts;
     let k = tally.shape().top_k as u64;
     for path in &options.files {
-        let subject = tally.subject(&super::file_subject(path, options.subject.as_deref()));
+        let subject = tally.subject(&super::reading::file_subject(
+            path,
+            options.subject.as_deref(),
+        ));
         // Rows per layer of this file, counted as they come, added at the end.
         let mut per_layer: Vec<Vec<u64>> = Vec::new();
         for_each_line(path, monitor, |line, text| {

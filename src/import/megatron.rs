@@ -7,10 +7,10 @@
 use serde::Deserialize;
 
 use super::nested_ints::NestedInts;
-use super::{
-    ImportError, ImportOptions, Monitor, Result, Tally, display, for_each_parsed_line,
-    record_subject,
+use super::reading::{
+    ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, record_subject,
 };
+use super::tally::Tally;
 
 #[derive(Deserialize)]
 struct Record {

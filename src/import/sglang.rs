@@ -16,11 +16,11 @@ use std::path::Path;
 use base64::Engine;
 use serde::Deserialize;
 
-use super::torch_file::{TensorRef, TorchFile, Value};
-use super::{
-    ImportError, ImportOptions, LayerMap, Monitor, Result, Tally, display, for_each_parsed_line,
-    record_subject,
+use super::reading::{
+    ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, record_subject,
 };
+use super::tally::{LayerMap, Tally};
+use super::torch_file::{TensorRef, TorchFile, Value};
 
 #[derive(Deserialize, Default)]
 struct Meta {
@@ -128,7 +128,7 @@ pub fn read(
                     let width = layers * k;
                     let rows = ids.len() / width;
                     let split = match (options.positions, routed.prompt) {
-                        (super::Positions::All, _) => 0,
+                        (super::reading::Positions::All, _) => 0,
                         (_, Some(p)) => (p as usize).min(rows),
                         (_, None) => {
                             return Err(bad(
@@ -139,9 +139,9 @@ pub fn read(
                         }
                     };
                     let (from, to) = match options.positions {
-                        super::Positions::All => (0, rows),
-                        super::Positions::Prompt => (0, split),
-                        super::Positions::Generated => (split, rows),
+                        super::reading::Positions::All => (0, rows),
+                        super::reading::Positions::Prompt => (0, split),
+                        super::reading::Positions::Generated => (split, rows),
                     };
                     tally
                         .add_positions(subject, &ids[from * width..to * width], k, m)
@@ -339,7 +339,7 @@ fn read_dump(
         path: display(path),
         msg,
     };
-    let subject = super::file_subject(path, options.subject.as_deref());
+    let subject = super::reading::file_subject(path, options.subject.as_deref());
     let mut file = TorchFile::open(path).map_err(&bad)?;
     let root = file.root.clone();
     let subject = tally.subject(&subject);

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::RoutingShape;
+use super::model_shape::RoutingShape;
 use crate::model::info::layer_ranges;
 use crate::profile::{ProfileSource, RoutingProfile, RoutingSignal, SubjectProfile};
 
