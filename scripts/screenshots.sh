@@ -9,18 +9,20 @@
 #     mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
 #
 # Usage: scripts/screenshots.sh [view ...]
-#   (views: heatmap subjects load das tokens selection steering training gguf)
+#   (views: heatmap subjects load das tokens selection steering training gguf imported)
 # The steering view steers a neutral prompt toward the code_python DAS top-16 experts (bias 2)
 # and waits for both continuations and the routing difference; the training view trains LoRA on
 # the law hot-25 % selection for 60 steps and waits for it to finish. The gguf view opens the
 # model tab with a Q8_0 GGUF test fixture loaded (llama.cpp's converter; tokenizer from the
-# file's metadata) and profiled on the demo prompts.
+# file's metadata) and profiled on the demo prompts. The imported view opens a count-only profile
+# imported from 50,000 tokens of DeepSeek-V3-shaped SGLang routing (58 MoE layers × 256 experts,
+# written by examples/make_import_bench.rs), heatmap of one subject against the pooled routing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VIEWS=("$@")
 if [ ${#VIEWS[@]} -eq 0 ]; then
-  VIEWS=(heatmap subjects load das tokens selection steering training gguf)
+  VIEWS=(heatmap subjects load das tokens selection steering training gguf imported)
 fi
 SIZE=${SCREENSHOT_SIZE:-1280x800}
 DISPLAY_NUM=${SCREENSHOT_DISPLAY:-:97}
@@ -30,7 +32,7 @@ for tool in Xvfb import; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install xvfb imagemagick)" >&2; exit 1; }
 done
 
-cargo build --release --bin moescope
+cargo build --release --bin moescope --example make_import_bench
 BIN=target/release/moescope
 
 WORK=$(mktemp -d)
@@ -60,6 +62,13 @@ for view in "${VIEWS[@]}"; do
   if [ "$view" = gguf ]; then
     hook=load
     args=(gui --model "$PWD/tests/fixtures/gguf/olmoe-q8_0.gguf" --data "$PWD/../shared/demo-corpus/prompts")
+  fi
+  if [ "$view" = imported ]; then
+    hook=heatmap
+    target/release/examples/make_import_bench "$WORK/routing" 50000 >/dev/null
+    "$BIN" import --format sglang "$WORK/routing/sglang.jsonl" --model "$WORK/routing" \
+      --out "$WORK/routing/imported.json" >/dev/null
+    args=(gui --profile "$WORK/routing/imported.json")
   fi
   MOESCOPE_SCREENSHOT="$hook" MOESCOPE_SCREENSHOT_READY="$ready" "$BIN" "${args[@]}" >"$WORK/app-$view.log" 2>&1 &
   APP_PID=$!

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Import benchmark (BENCHMARKS.md, "Importing engine routing"): writes DeepSeek-V3-shaped
 # routing of TOKENS tokens (default 1,000,000) as vLLM and SGLang responses into DIR, then times
-# `moescope import` on each with /usr/bin/time (wall time and peak RSS).
+# `moescope import` on each with /usr/bin/time (wall time and peak RSS), then the obvious Python
+# reading of the vLLM file (scripts/bench/import_reference.py: json + numpy) as a reference.
 #
 #   scripts/bench/import_scale.sh DIR [TOKENS]
 set -eu
@@ -16,3 +17,6 @@ for format in vllm sglang; do
         target/release/moescope import --format "$format" "$dir/$format.jsonl" \
         --model "$dir" --out "$dir/$format-profile.json"
 done
+echo "== python json + numpy (vllm)"
+/usr/bin/time -f "%e s wall, %M KB peak RSS, %P CPU" \
+    python3 scripts/bench/import_reference.py "$dir/vllm.jsonl"
