@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture, moescope};
+use common::{fixture, moescope, moescope_env};
 use moescope::import::RoutingShape;
 use moescope::profile::{RoutingProfile, SequenceTrace};
 use serde_json::Value;
@@ -531,6 +531,7 @@ fn count_only_profiles_report_and_select_on_counts() {
         !ok && text.contains("routing mass") && text.contains("by count instead"),
         "{text}"
     );
+    let peft = dir.path().join("peft");
     let (ok, text) = run(&[
         "select",
         &s(&p),
@@ -540,6 +541,73 @@ fn count_only_profiles_report_and_select_on_counts() {
         "2",
         "--out",
         &s(&sel),
+        "--peft-config",
+        &s(&peft),
     ]);
     assert!(ok, "{text}");
+    assert!(text.contains("n/a (counts only)"), "{text}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let targets = config["target_modules"].as_array().unwrap();
+    // 2 experts × 4 MoE layers × 3 projections, named as the model's checkpoint names them.
+    assert_eq!(targets.len(), 24, "{targets:?}");
+    assert!(
+        targets.iter().any(|t| t
+            .as_str()
+            .unwrap()
+            .starts_with("model.layers.1.mlp.experts.")),
+        "{targets:?}"
+    );
+}
+
+#[test]
+fn a_hub_model_needs_only_its_config_in_the_cache() {
+    // An HF cache holding deepseek-ai/DeepSeek-V3-shaped config.json and nothing else: no
+    // tokenizer, no weights. Offline, the import reads the config from the snapshot.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--tiny--moe-routing");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::copy(import_dir().join("config.json"), snap.join("config.json")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let out = cache.path().join("p.json");
+    let file = import_dir().join("vllm_http.jsonl");
+    let args = [
+        "import",
+        "--format",
+        "vllm",
+        &s(&file),
+        "--model",
+        "tiny/moe-routing",
+        "--out",
+        &s(&out),
+    ];
+    let o = moescope_env(&args, &[("HF_HUB_CACHE", cache.path().to_str().unwrap())]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = RoutingProfile::load(&out).unwrap();
+    assert_eq!(p.model.id, "tiny/moe-routing");
+    assert!(p.model.layout.is_some());
+    let missing = [
+        "import",
+        "--format",
+        "vllm",
+        &s(&file),
+        "--model",
+        "tiny/absent",
+        "--out",
+        &s(&out),
+    ];
+    let o = moescope_env(
+        &missing,
+        &[("HF_HUB_CACHE", cache.path().to_str().unwrap())],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("tiny/absent") && err.contains("config.json"),
+        "{err}"
+    );
 }
