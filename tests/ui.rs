@@ -15,7 +15,7 @@ use moescope::gui::state::{JobKind, RunningJob};
 use moescope::gui::{MoeScopeApp, Tab, UiState};
 use moescope::inference::profiling::{ProfileOptions, run_profile};
 use moescope::model::{LoadOptions, load_model};
-use moescope::profile::RoutingProfile;
+use moescope::profile::{ProfileSource, RoutingProfile, RoutingSignal};
 use moescope::worker::Event;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/olmoe");
@@ -896,4 +896,138 @@ fn a_gguf_model_loads_and_its_summary_shows_the_quant_types() {
         h.state().state.ui.recent_models.first().map(String::as_str),
         Some(file)
     );
+}
+
+/// The fixture profile as `moescope import` makes one from a serving engine's routing: counts
+/// only (no mass, no scores), with where it came from.
+fn count_only_profile() -> Arc<RoutingProfile> {
+    let mut p = (*profile()).clone();
+    for s in &mut p.subjects {
+        s.mass = None;
+        s.score = None;
+    }
+    p.signals = vec![RoutingSignal::Count];
+    p.source = Some(ProfileSource {
+        format: "vllm".into(),
+        files: vec!["routing.jsonl".into()],
+        records: 12,
+        tokens: p.subjects.iter().map(|s| s.tokens).sum(),
+        skipped_positions: 3,
+        layer_mapping: "3 engine layers = the model's 3 MoE layers".into(),
+    });
+    p.validate("count-only fixture profile")
+        .expect("a valid count-only profile");
+    Arc::new(p)
+}
+
+/// Opens the heatmap's metric picker unless it is open.
+fn open_metric_picker(h: &mut Harness<'_, MoeScopeApp>) {
+    if h.query_by_label("count share").is_none() {
+        h.get_by_label("Metric").click();
+        h.run();
+    }
+}
+
+#[test]
+fn a_count_only_profile_offers_count_metrics_instead_of_mass_and_scores() {
+    use egui_kittest::kittest::NodeT;
+    use moescope::gui::HeatmapMetric;
+    use moescope::gui::panels::selection::RuleKind;
+
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1200.0, 760.0))
+        .with_pixels_per_point(1.0)
+        .build_eframe(|cc| {
+            // Routing mass was the metric of the last session.
+            let ui = UiState {
+                metric: HeatmapMetric::RoutingMass,
+                ..UiState::default()
+            };
+            let mut app = MoeScopeApp::bare(cc, ui);
+            app.state.set_profile(count_only_profile(), None);
+            app
+        });
+    h.ctx.all_styles_mut(|s| s.interaction.tooltip_delay = 0.0);
+    settle(&mut h);
+    // The heatmap switched to count share, said so, and draws it.
+    assert_eq!(h.state().state.ui.metric, HeatmapMetric::CountShare);
+    assert!(
+        h.state()
+            .state
+            .messages
+            .iter()
+            .any(|m| m.text.contains("count share") && m.text.contains("counts only")),
+        "{:?}",
+        h.state().state.messages
+    );
+    assert!(h.state().heatmap.last_layout.is_some());
+    // The profile summary says what it carries and where it came from.
+    assert!(
+        h.query_all_by_label_contains("counts only, imported from vllm (1 file)")
+            .count()
+            >= 1
+    );
+    assert!(
+        h.query_by_label_contains("layer mapping: 3 engine layers")
+            .is_some()
+    );
+    assert!(h.query_by_label_contains("skipped positions: 3").is_some());
+
+    // Routing mass and routing score are listed, disabled, and clicking them changes nothing.
+    for name in ["routing mass", "routing score"] {
+        open_metric_picker(&mut h);
+        let entry = h.get_by_label(name);
+        assert!(entry.accesskit_node().is_disabled(), "{name} is selectable");
+        entry.hover();
+        h.run();
+        assert!(
+            h.query_by_label_contains("imported routing records which experts were chosen")
+                .is_some(),
+            "no hover text saying why {name} is off"
+        );
+        h.get_by_label(name).click();
+        h.run();
+        assert_eq!(h.state().state.ui.metric, HeatmapMetric::CountShare);
+    }
+
+    // DAS is offered on counts, and the heatmap says so.
+    open_metric_picker(&mut h);
+    h.get_by_label("DAS on counts vs general").click();
+    h.run();
+    assert_eq!(h.state().state.ui.metric, HeatmapMetric::DasVsGeneral);
+    assert!(
+        h.query_by_label_contains("DAS on counts: share of the subject's tokens")
+            .is_some()
+    );
+    assert!(
+        h.state().heatmap.last_layout.is_some(),
+        "DAS on counts drawn"
+    );
+
+    // The DAS tab computes on counts, says why, and its selection rule records it.
+    h.state_mut().state.ui.tab = Tab::Das;
+    h.run();
+    let why = h.get_by_label_contains("DAS on counts: share of the domain's tokens");
+    let text = why.accesskit_node().value().unwrap_or_default().to_string();
+    assert!(
+        text.contains("no routing scores (imported from vllm)"),
+        "{text}"
+    );
+    assert!(h.query_by_label("DAS on counts").is_some(), "table header");
+    h.get_by_label_contains("Select top-").click();
+    h.run();
+    match &h.state().state.selection_rule {
+        moescope::selection::SelectionRule::Das { signal, .. } => {
+            assert_eq!(*signal, RoutingSignal::Count);
+        }
+        other => panic!("selection made by {other:?}"),
+    }
+    assert!(!h.state().state.selected.is_empty());
+
+    // The Selection tab falls back from the mass rule to counts.
+    h.state_mut().selection.rule = RuleKind::HotMass;
+    h.state_mut().state.ui.tab = Tab::Selection;
+    h.run();
+    assert_eq!(h.state().selection.rule, RuleKind::HotCount);
+    assert!(h.query_by_label_contains("DAS on counts top-").is_some());
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::PromptSet;
 use crate::inference::eval::EvalReport;
 use crate::model::ModelInfo;
-use crate::profile::RoutingProfile;
+use crate::profile::{RoutingProfile, RoutingSignal};
 use crate::render::{ColorScale, HeatmapView};
 use crate::selection::SelectionRule;
 use crate::train::{StepMetrics, TrainSummary};
@@ -72,11 +72,12 @@ pub enum HeatmapMetric {
     /// count / Σ_e count of the layer.
     #[default]
     CountShare,
-    /// Mean routing weight per token (mass / tokens).
+    /// Mean routing weight per token (mass / tokens); not offered for count-only profiles.
     RoutingMass,
-    /// Mean routing score per token (score / tokens).
+    /// Mean routing score per token (score / tokens); not offered for count-only profiles.
     RoutingScore,
-    /// DAS of the subject against the other subjects pooled.
+    /// DAS of the subject against the other subjects pooled, on routing scores (on counts for
+    /// profiles without them).
     DasVsGeneral,
     /// Count share of the subject minus the pooled count share.
     SubjectMinusPooled,
@@ -112,6 +113,48 @@ impl HeatmapMetric {
     /// Metrics comparing one subject with others need a subject (not pooled).
     pub fn needs_subject(self) -> bool {
         self.is_signed()
+    }
+
+    /// The routing signal beyond counts the metric is made of, if any.
+    pub fn required_signal(self) -> Option<RoutingSignal> {
+        match self {
+            HeatmapMetric::RoutingMass => Some(RoutingSignal::Mass),
+            HeatmapMetric::RoutingScore => Some(RoutingSignal::Score),
+            _ => None,
+        }
+    }
+
+    /// Whether `profile` carries what the metric is made of.
+    pub fn is_available(self, profile: &RoutingProfile) -> bool {
+        self.required_signal().is_none_or(|s| profile.has(s))
+    }
+
+    /// Why the metric cannot be shown for `profile` (`None` when it can).
+    pub fn unavailable_reason(self, profile: &RoutingProfile) -> Option<String> {
+        let signal = self.required_signal().filter(|&s| !profile.has(s))?;
+        let why = if profile.source.is_some() {
+            " — imported routing records which experts were chosen, not their weights or scores"
+        } else {
+            ""
+        };
+        Some(format!(
+            "Not available: this profile carries {}, without {}{why}. Use count share instead.",
+            profile.signals_caption(),
+            signal.describe()
+        ))
+    }
+
+    /// The metric's name for `profile`: DAS names the signal it is computed on when that is
+    /// not the routing score (`DAS on counts vs general`).
+    pub fn label(self, profile: &RoutingProfile) -> &'static str {
+        match self {
+            HeatmapMetric::DasVsGeneral
+                if crate::analysis::das::default_das_signal(profile) == RoutingSignal::Count =>
+            {
+                "DAS on counts vs general"
+            }
+            m => m.name(),
+        }
     }
 }
 
@@ -392,6 +435,25 @@ impl AppState {
         self.top_tokens = None;
         self.profile_path = path;
         self.profile_generation += 1;
+        self.fit_metric_to_profile();
+    }
+
+    /// Switches the heatmap to count share when the profile lacks what its metric is made of
+    /// (routing mass or scores of a count-only profile), saying so.
+    pub fn fit_metric_to_profile(&mut self) {
+        let Some(profile) = &self.profile else {
+            return;
+        };
+        let metric = self.ui.metric;
+        if metric.is_available(profile) {
+            return;
+        }
+        let caption = profile.signals_caption();
+        self.ui.metric = HeatmapMetric::CountShare;
+        self.info(format!(
+            "the heatmap shows count share: the profile has no {} ({caption})",
+            metric.name()
+        ));
     }
 
     /// Row `row` of the profile's matrices as a decoder layer index.

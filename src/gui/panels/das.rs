@@ -1,12 +1,15 @@
-//! DAS panel: domain and general pickers, the ranked (layer, expert) table, C-DAS@k and
-//! "select top-k".
+//! DAS panel: domain and general pickers, the signal DAS is computed on (routing scores, or
+//! counts for profiles without scores: "DAS on counts"), the ranked (layer, expert) table,
+//! C-DAS@k and "select top-k".
 
 use std::collections::BTreeSet;
 
 use crate::analysis::das::{
-    CumulativeDas, ExpertDas, GeneralSet, cumulative_das, domain_advantage, top_das_experts,
+    CumulativeDas, ExpertDas, GeneralSet, cumulative_das, default_das_signal, domain_advantage,
+    top_das_experts,
 };
 use crate::gui::state::AppState;
+use crate::profile::{RoutingProfile, RoutingSignal};
 use crate::selection::{SelectionRule, select};
 
 /// The ranked experts and C-DAS of one (domain, general) choice, or why there are none.
@@ -94,9 +97,10 @@ impl DasPanel {
                 })
                 .response
                 .labelled_by(das_general_label.id);
-            ui.label("k");
-            ui.add(egui::Slider::new(&mut self.k, 1..=n));
+            ui.add(egui::Slider::new(&mut self.k, 1..=n).text("k"));
         });
+        let signal = default_das_signal(&profile);
+        ui.weak(signal_caption(&profile, signal));
         let key: Key = (
             state.profile_generation,
             self.domain.clone(),
@@ -109,6 +113,7 @@ impl DasPanel {
                 &profile,
                 self.domain.as_deref().unwrap_or_default(),
                 &GeneralSet::from_names(&general_names),
+                signal,
             )
             .map(|d| {
                 (
@@ -142,10 +147,15 @@ impl DasPanel {
                     domain: self.domain.clone().unwrap_or_default(),
                     general: self.general.iter().cloned().collect(),
                     k: self.k,
+                    signal,
                 };
                 match select(&profile, &rule, None) {
                     Ok(s) => {
-                        state.info(format!("selected {} experts by DAS", s.len()));
+                        state.info(format!(
+                            "selected {} experts by {}",
+                            s.len(),
+                            das_name(signal)
+                        ));
                         state.set_selection(&s);
                     }
                     Err(e) => state.error(format!("{e:#}")),
@@ -161,7 +171,7 @@ impl DasPanel {
                     ui.strong("rank");
                     ui.strong("layer");
                     ui.strong("expert");
-                    ui.strong("DAS");
+                    ui.strong(das_name(signal));
                     ui.strong("selected");
                     ui.end_row();
                     for (i, e) in ranked.iter().enumerate() {
@@ -180,5 +190,36 @@ impl DasPanel {
                     }
                 });
         });
+    }
+}
+
+/// DAS named by its signal (`DAS on counts`).
+fn das_name(signal: RoutingSignal) -> &'static str {
+    match signal {
+        RoutingSignal::Count => "DAS on counts",
+        RoutingSignal::Mass => "DAS on routing mass",
+        RoutingSignal::Score => "DAS",
+    }
+}
+
+/// The line saying what DAS is computed on for `profile`.
+fn signal_caption(profile: &RoutingProfile, signal: RoutingSignal) -> String {
+    match signal {
+        RoutingSignal::Score => "DAS on routing scores: mean score per token of the domain minus \
+                                 the general set's"
+            .to_string(),
+        RoutingSignal::Count => {
+            let origin = match &profile.source {
+                Some(src) => format!(" (imported from {})", src.format),
+                None => String::new(),
+            };
+            format!(
+                "DAS on counts: share of the domain's tokens choosing each expert minus the \
+                 general set's — this profile has no routing scores{origin}"
+            )
+        }
+        RoutingSignal::Mass => "DAS on routing mass: mean routing weight per token of the \
+                                domain minus the general set's"
+            .to_string(),
     }
 }

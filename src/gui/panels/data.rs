@@ -1,11 +1,13 @@
 //! Data panel: demo prompts or a JSONL / CSV / Parquet file (MMLU-Pro recognised), subject and
 //! text columns chosen from a preview, prompts per subject, run / cancel profiling, save / open
-//! profile files.
+//! profile files, and the loaded profile's summary (which routing signals it carries when not all
+//! three and, for imported routing, where it came from).
 
 use std::path::{Path, PathBuf};
 
 use crate::gui::dialogs::{DialogPurpose, Dialogs};
 use crate::gui::state::{AppState, JobKind};
+use crate::profile::{ProfileSource, RoutingSignal};
 
 #[derive(Default)]
 pub struct DataPanel {
@@ -214,8 +216,50 @@ impl DataPanel {
                 p.model.id,
                 p.subjects.len()
             ));
+            if p.signals.len() < RoutingSignal::ALL.len() || p.source.is_some() {
+                ui.weak(format!("signals: {}", p.signals_caption()));
+            }
+            if let Some(src) = &p.source {
+                source_ui(ui, src);
+            }
         }
     }
+}
+
+/// Where an imported profile's routing came from: files, records, positions counted and
+/// skipped, and how the engine's layers map to the model's (wrapped lines: the mapping can be
+/// long).
+fn source_ui(ui: &mut egui::Ui, src: &ProfileSource) {
+    egui::CollapsingHeader::new(format!("imported from {}", src.format))
+        .id_salt("profile_source")
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.label(format!("files: {}", files_text(&src.files)));
+            ui.label(format!(
+                "{} records, {} token positions",
+                src.records, src.tokens
+            ));
+            ui.label(format!(
+                "skipped positions: {} (no routing recorded: prefix-cache hits, padding)",
+                src.skipped_positions
+            ));
+            ui.label(format!("layer mapping: {}", src.layer_mapping));
+        });
+}
+
+/// The first few file names, and how many more.
+fn files_text(files: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = files
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if files.len() > SHOWN {
+        text.push_str(&format!(" and {} more", files.len() - SHOWN));
+    }
+    text
 }
 
 /// A combo box over `columns` (plus "auto"); true when the choice changed.

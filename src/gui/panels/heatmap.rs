@@ -1,10 +1,13 @@
 //! The layers × experts heatmap: metric and subject pickers, colour scale and legend, hover
 //! tooltip, click to toggle an expert, drag to select a rectangle, zoom and pan.
+//!
+//! A count-only profile (imported routing) offers the count-based metrics only: routing mass
+//! and routing score are listed disabled, saying why, and DAS is labelled "DAS on counts".
 
-use crate::analysis::das::{GeneralSet, domain_advantage};
+use crate::analysis::das::{GeneralSet, default_das_signal, domain_advantage};
 use crate::analysis::divergence::activation_distribution;
 use crate::gui::state::{AppState, HeatmapMetric};
-use crate::profile::{RoutingProfile, SubjectProfile};
+use crate::profile::{RoutingProfile, RoutingSignal, SubjectProfile};
 use crate::render::legend_ui;
 use crate::render::{ColorMap, ColorScale, Heatmap, HeatmapLayout, HeatmapStyle, Matrix};
 
@@ -49,15 +52,20 @@ pub fn metric_matrix(
             .iter()
             .map(|r| activation_distribution(r))
             .collect(),
-        HeatmapMetric::RoutingMass => per_token(&data.mass),
-        HeatmapMetric::RoutingScore => per_token(&data.score),
+        HeatmapMetric::RoutingMass => per_token(data.mass().map_err(|e| e.to_string())?),
+        HeatmapMetric::RoutingScore => per_token(data.score().map_err(|e| e.to_string())?),
         HeatmapMetric::DasVsGeneral => {
             let Some(name) = subject else {
                 return Err("DAS needs a subject: choose one instead of pooled".into());
             };
-            domain_advantage(profile, name, &GeneralSet::OtherSubjects)
-                .map_err(|e| e.to_string())?
-                .das
+            domain_advantage(
+                profile,
+                name,
+                &GeneralSet::OtherSubjects,
+                default_das_signal(profile),
+            )
+            .map_err(|e| e.to_string())?
+            .das
         }
         HeatmapMetric::SubjectMinusPooled => {
             if subject.is_none() {
@@ -90,6 +98,19 @@ pub fn rank_in_row(m: &Matrix, row: usize, col: usize) -> Option<usize> {
             .filter(|&(c, &x)| x > v || (x == v && c < col))
             .count(),
     )
+}
+
+/// What the DAS heatmap shows, naming the signal it is computed on.
+fn das_caption(profile: &RoutingProfile) -> String {
+    match default_das_signal(profile) {
+        RoutingSignal::Count => format!(
+            "DAS on counts: share of the subject's tokens choosing each expert minus the other \
+             subjects' (the profile has no routing scores: {})",
+            profile.signals_caption()
+        ),
+        _ => "DAS on routing scores: mean score per token of the subject minus the other subjects'"
+            .to_string(),
+    }
 }
 
 fn format_value(metric: HeatmapMetric, v: f32) -> String {
@@ -131,8 +152,10 @@ impl HeatmapPanel {
             });
             return;
         };
+        state.fit_metric_to_profile();
         controls_ui(ui, state, &profile);
         let metric = state.ui.metric;
+        let metric_label = metric.label(&profile);
         let scale = state.ui.scale;
         let matrix = match self.matrix(state, &profile) {
             Ok(m) => m.clone(),
@@ -154,9 +177,15 @@ impl HeatmapPanel {
                 state.selected.len()
             ));
         });
+        if metric == HeatmapMetric::DasVsGeneral {
+            ui.weak(das_caption(&profile));
+        }
         let caption = profile.model.layer_kinds_caption();
         if !caption.is_empty() {
             ui.weak(format!("Rows are the MoE layers. {caption}"));
+        }
+        if profile.signals.len() < RoutingSignal::ALL.len() {
+            ui.weak(format!("Signals: {}", profile.signals_caption()));
         }
         let mask = state.selection_mask();
         let mut view = state.ui.heatmap_view;
@@ -176,7 +205,7 @@ impl HeatmapPanel {
             let selected = state.selected.contains(&(layer, col));
             resp.response.clone().on_hover_ui_at_pointer(|ui| {
                 ui.label(format!("layer {layer}, expert {col}"));
-                ui.label(format!("{}: {}", metric.name(), format_value(metric, v)));
+                ui.label(format!("{metric_label}: {}", format_value(metric, v)));
                 ui.label(format!("rank in layer: {rank} of {}", matrix.cols));
                 if let Some(top) = state
                     .top_tokens
@@ -215,10 +244,21 @@ fn controls_ui(ui: &mut egui::Ui, state: &mut AppState, profile: &RoutingProfile
     ui.horizontal_wrapped(|ui| {
         let heatmap_metric_label = ui.label("Metric");
         egui::ComboBox::from_id_salt("heatmap_metric")
-            .selected_text(state.ui.metric.name())
+            .selected_text(state.ui.metric.label(profile))
             .show_ui(ui, |ui| {
                 for m in HeatmapMetric::ALL {
-                    ui.selectable_value(&mut state.ui.metric, m, m.name());
+                    match m.unavailable_reason(profile) {
+                        None => {
+                            ui.selectable_value(&mut state.ui.metric, m, m.label(profile));
+                        }
+                        Some(reason) => {
+                            ui.add_enabled(
+                                false,
+                                egui::Button::selectable(false, m.label(profile)),
+                            )
+                            .on_disabled_hover_text(reason);
+                        }
+                    }
                 }
             })
             .response

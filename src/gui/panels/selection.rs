@@ -1,13 +1,17 @@
 //! Selection panel: apply a rule (hot / mass / coverage / greedy / DAS / random) with a budget,
 //! or edit by clicking the heatmap; selected count, LoRA parameters and reduction vs all
 //! experts, coverage; save / load selection files; export PEFT and ESFT configs.
+//!
+//! On a profile without routing mass (imported routing, counts only) the mass rule is listed
+//! disabled, saying why, DAS is computed on counts and coverage is of activations only.
 
 use std::path::PathBuf;
 
 use crate::analysis::HotSignal;
+use crate::analysis::das::default_das_signal;
 use crate::gui::state::AppState;
 use crate::gui::widgets::text::human;
-use crate::profile::RoutingProfile;
+use crate::profile::{RoutingProfile, RoutingSignal};
 use crate::selection::accounting::require_layout;
 use crate::selection::export::{write_esft_config, write_peft_config};
 use crate::selection::{
@@ -46,6 +50,29 @@ impl RuleKind {
             RuleKind::Random => "random (seeded)",
         }
     }
+
+    /// The rule's name for `profile`: DAS says when it is computed on counts.
+    pub fn label(self, profile: &RoutingProfile) -> &'static str {
+        match self {
+            RuleKind::Das if default_das_signal(profile) == RoutingSignal::Count => {
+                "DAS top-k (on counts)"
+            }
+            r => r.name(),
+        }
+    }
+
+    /// Why the rule cannot run on `profile` (`None` when it can): the mass rule needs routing
+    /// mass, which count-only profiles do not carry.
+    pub fn unavailable_reason(self, profile: &RoutingProfile) -> Option<String> {
+        (self == RuleKind::HotMass && !profile.has(RoutingSignal::Mass)).then(|| {
+            format!(
+                "Not available: this profile carries {}, without {}. Use hot top-k (count) \
+                 instead.",
+                profile.signals_caption(),
+                RoutingSignal::Mass.describe()
+            )
+        })
+    }
 }
 
 /// What the cached accounting was computed for: profile generation, LoRA rank, selected cells.
@@ -83,8 +110,9 @@ impl Default for SelectionPanel {
 }
 
 impl SelectionPanel {
-    /// The rule with the panel's parameters.
-    pub fn rule(&self) -> SelectionRule {
+    /// The rule with the panel's parameters, for `profile` (DAS on counts when it has no
+    /// routing scores).
+    pub fn rule(&self, profile: &RoutingProfile) -> SelectionRule {
         let k = self.k.max(1);
         match self.rule {
             RuleKind::HotCount => SelectionRule::Hot {
@@ -107,6 +135,7 @@ impl SelectionPanel {
                 domain: self.data.clone().unwrap_or_default(),
                 general: Vec::new(),
                 k,
+                signal: default_das_signal(profile),
             },
             RuleKind::Random => SelectionRule::Random { k, seed: self.seed },
         }
@@ -125,19 +154,37 @@ impl SelectionPanel {
         }
     }
 
+    /// Switches from a rule the profile cannot run (the mass rule on a count-only profile) to
+    /// its count version, saying so.
+    fn fit_rule_to(&mut self, state: &mut AppState, profile: &RoutingProfile) {
+        if self.rule.unavailable_reason(profile).is_some() {
+            state.info(format!(
+                "the selection rule is now {}: the profile has no routing mass ({})",
+                RuleKind::HotCount.name(),
+                profile.signals_caption()
+            ));
+            self.rule = RuleKind::HotCount;
+        }
+    }
+
     pub fn apply(&mut self, state: &mut AppState) {
         let Some(profile) = state.profile.clone() else {
             state.error("no profile: profile a dataset or open a profile first");
             return;
         };
         self.fit_to(&profile);
+        self.fit_rule_to(state, &profile);
         let data = match self.rule {
             RuleKind::Das | RuleKind::Random => None,
             _ => self.data.as_deref(),
         };
-        match select(&profile, &self.rule(), data) {
+        match select(&profile, &self.rule(&profile), data) {
             Ok(s) => {
-                state.info(format!("{}: {} experts", self.rule.name(), s.len()));
+                state.info(format!(
+                    "{}: {} experts",
+                    self.rule.label(&profile),
+                    s.len()
+                ));
                 state.set_selection(&s);
             }
             Err(e) => state.error(format!("{e:#}")),
@@ -151,13 +198,25 @@ impl SelectionPanel {
         };
         let n = profile.model.num_experts.max(1);
         self.fit_to(&profile);
+        self.fit_rule_to(state, &profile);
         ui.heading("Rule");
         ui.horizontal_wrapped(|ui| {
             egui::ComboBox::from_id_salt("rule_kind")
-                .selected_text(self.rule.name())
+                .selected_text(self.rule.label(&profile))
                 .show_ui(ui, |ui| {
                     for r in RuleKind::ALL {
-                        ui.selectable_value(&mut self.rule, r, r.name());
+                        match r.unavailable_reason(&profile) {
+                            None => {
+                                ui.selectable_value(&mut self.rule, r, r.label(&profile));
+                            }
+                            Some(reason) => {
+                                ui.add_enabled(
+                                    false,
+                                    egui::Button::selectable(false, r.label(&profile)),
+                                )
+                                .on_disabled_hover_text(reason);
+                            }
+                        }
                     }
                 })
                 .response
@@ -248,19 +307,28 @@ impl SelectionPanel {
                             ui.label(format!("{:.2} MB", a.adapter_bytes as f64 / 1e6));
                             ui.end_row();
                             ui.label("coverage (pooled)");
-                            ui.label(format!(
-                                "{:.1}% of activations, {:.1}% of routing mass",
-                                a.pooled_coverage.count_share * 100.0,
-                                a.pooled_coverage.mass_share * 100.0
-                            ));
+                            ui.label(match a.pooled_coverage.mass_share {
+                                Some(mass) => format!(
+                                    "{:.1}% of activations, {:.1}% of routing mass",
+                                    a.pooled_coverage.count_share * 100.0,
+                                    mass * 100.0
+                                ),
+                                None => format!(
+                                    "{:.1}% of activations (no routing mass: counts only)",
+                                    a.pooled_coverage.count_share * 100.0
+                                ),
+                            });
                             ui.end_row();
                             for c in &a.coverage {
                                 ui.weak(&c.subject);
-                                ui.weak(format!(
-                                    "{:.1}% / {:.1}%",
-                                    c.count_share * 100.0,
-                                    c.mass_share * 100.0
-                                ));
+                                ui.weak(match c.mass_share {
+                                    Some(mass) => format!(
+                                        "{:.1}% / {:.1}%",
+                                        c.count_share * 100.0,
+                                        mass * 100.0
+                                    ),
+                                    None => format!("{:.1}%", c.count_share * 100.0),
+                                });
                                 ui.end_row();
                             }
                         });
@@ -348,7 +416,16 @@ fn rule_text(rule: &SelectionRule) -> String {
             format!("coverage ≥ {:.0}%", threshold * 100.0)
         }
         SelectionRule::Greedy { k, .. } => format!("greedy budget {k}·L"),
-        SelectionRule::Das { domain, k, .. } => format!("DAS top-{k} for {domain}"),
+        SelectionRule::Das {
+            domain, k, signal, ..
+        } => {
+            let das = match signal {
+                RoutingSignal::Count => "DAS on counts",
+                RoutingSignal::Mass => "DAS on routing mass",
+                RoutingSignal::Score => "DAS",
+            };
+            format!("{das} top-{k} for {domain}")
+        }
         SelectionRule::Random { k, seed } => format!("random {k} per layer, seed {seed}"),
         SelectionRule::RandomMatched { seed, .. } => format!("random matched, seed {seed}"),
         SelectionRule::Explicit => "by hand".into(),
