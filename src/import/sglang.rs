@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::reading::{
     ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, record_subject,
 };
-use super::tally::{LayerMap, Tally};
+use super::tally::{FixedLayers, LayerMap, Tally};
 use super::torch_file::{TensorRef, TorchFile, Value};
 
 #[derive(Deserialize, Default)]
@@ -77,10 +77,10 @@ pub fn read(
     options: &ImportOptions,
     monitor: &mut Monitor<'_>,
 ) -> Result<Option<LayerMap>> {
-    let mut map: Option<(usize, LayerMap)> = None;
+    let mut layer_map = FixedLayers::default();
     for path in &options.files {
         if is_zip(path)? {
-            read_dump(tally, options, path, &mut map)?;
+            read_dump(tally, options, path, &mut layer_map)?;
             monitor.advance(std::fs::metadata(path).map_or(0, |m| m.len()))?;
             continue;
         }
@@ -111,19 +111,7 @@ pub fn read(
                     let ids = &routed.ids;
                     let layers = engine_layers(ids.len(), routed.prompt, routed.completion, tally)
                         .map_err(&bad)?;
-                    let m = match &map {
-                        Some((l, m)) if *l == layers => m,
-                        Some((l, _)) => {
-                            return Err(bad(format!(
-                                "{layers} layers per row, but earlier records have {l}"
-                            )));
-                        }
-                        None => {
-                            let m =
-                                LayerMap::for_layer_count(layers, tally.shape()).map_err(&bad)?;
-                            &map.insert((layers, m)).1
-                        }
-                    };
+                    let m = layer_map.map(layers, tally.shape()).map_err(&bad)?;
                     let k = tally.shape().top_k;
                     let width = layers * k;
                     let rows = ids.len() / width;
@@ -158,7 +146,7 @@ pub fn read(
             Ok(())
         })?;
     }
-    Ok(map.map(|(_, m)| m))
+    Ok(layer_map.into_map())
 }
 
 /// One response of a line, its routed experts decoded.
@@ -333,7 +321,7 @@ fn read_dump(
     tally: &mut Tally,
     options: &ImportOptions,
     path: &Path,
-    map: &mut Option<(usize, LayerMap)>,
+    layer_map: &mut FixedLayers,
 ) -> Result<()> {
     let bad = |msg: String| ImportError::File {
         path: display(path),
@@ -351,7 +339,7 @@ fn read_dump(
             )));
         };
         check_experts(experts, tally).map_err(&bad)?;
-        let m = layer_map(map, layers, tally).map_err(&bad)?;
+        let m = layer_map.map(layers, tally.shape()).map_err(&bad)?.clone();
         let values = file.read_i64(counts).map_err(&bad)?;
         let mut per_layer = vec![vec![0u64; experts]; layers];
         for step in values.chunks_exact(layers * experts) {
@@ -397,7 +385,7 @@ fn read_dump(
                 topk.shape
             )));
         };
-        let m = layer_map(map, layers, tally).map_err(&bad)?;
+        let m = layer_map.map(layers, tally.shape()).map_err(&bad)?.clone();
         let values = file.read_i64(topk).map_err(&bad)?;
         ids.clear();
         ids.resize(tokens * layers * slots, -1);
@@ -459,21 +447,4 @@ fn check_experts(experts: usize, tally: &Tally) -> std::result::Result<(), Strin
         ));
     }
     Ok(())
-}
-
-/// The map for `layers` engine layers, the same for every record.
-fn layer_map(
-    map: &mut Option<(usize, LayerMap)>,
-    layers: usize,
-    tally: &Tally,
-) -> std::result::Result<LayerMap, String> {
-    match map {
-        Some((l, m)) if *l == layers => Ok(m.clone()),
-        Some((l, _)) => Err(format!("{layers} layers, but earlier records have {l}")),
-        None => {
-            let m = LayerMap::for_layer_count(layers, tally.shape())?;
-            *map = Some((layers, m.clone()));
-            Ok(m)
-        }
-    }
 }

@@ -112,6 +112,31 @@ impl LayerMap {
     }
 }
 
+/// The layer map of a format whose rows hold a fixed number of engine layers: decided by the
+/// first record, required of every later one.
+#[derive(Debug, Default)]
+pub struct FixedLayers(Option<(usize, LayerMap)>);
+
+impl FixedLayers {
+    /// The map for rows of `layers` engine layers.
+    pub fn map(&mut self, layers: usize, shape: &RoutingShape) -> Result<&LayerMap, String> {
+        match &mut self.0 {
+            Some((l, _)) if *l != layers => Err(format!(
+                "{layers} layers per token, but earlier records have {l}"
+            )),
+            Some((_, m)) => Ok(m),
+            slot @ None => Ok(&slot
+                .insert((layers, LayerMap::for_layer_count(layers, shape)?))
+                .1),
+        }
+    }
+
+    /// The map decided, if any record had rows.
+    pub fn into_map(self) -> Option<LayerMap> {
+        self.0.map(|(_, m)| m)
+    }
+}
+
 /// One subject's counts while importing.
 struct SubjectTally {
     name: String,
@@ -174,7 +199,8 @@ impl Tally {
     /// Adds token positions given as `[position][engine layer][slot]` ids, flattened, with
     /// `map` from engine layers to rows. Ids below 0 are empty slots; a position with no id in
     /// any MoE layer (vLLM's prefix-cache hits, SGLang's padding) is skipped and counted as
-    /// such. Returns the position of the first id ≥ the model's experts, if any.
+    /// such. An id ≥ the model's experts is an error naming its position; the tally is then
+    /// incomplete, and the import stops.
     pub fn add_positions(
         &mut self,
         subject: usize,
@@ -420,15 +446,6 @@ mod tests {
         ];
         t.add_positions(s, &ids, 2, &map).unwrap();
         assert_eq!(t.skipped_positions, 1);
-        let bad = [0, 0, 1, 9, 0, 0, 0, 0];
-        assert_eq!(
-            t.add_positions(s, &bad, 2, &map).unwrap_err(),
-            BadExpert {
-                position: 0,
-                slot: 1,
-                expert: 9
-            }
-        );
         let p = t.finish("vllm", vec!["f".into()], Some(&map)).unwrap();
         let law = p.subject("law").unwrap();
         assert_eq!(law.tokens, 1);
@@ -438,6 +455,18 @@ mod tests {
         );
         assert!(p.is_count_only());
         assert_eq!(p.source.unwrap().skipped_positions, 1);
+
+        let mut t = Tally::new(shape());
+        let s = t.subject("law");
+        let bad = [0, 0, 1, 9, 0, 0, 0, 0];
+        assert_eq!(
+            t.add_positions(s, &bad, 2, &map).unwrap_err(),
+            BadExpert {
+                position: 0,
+                slot: 1,
+                expert: 9
+            }
+        );
     }
 
     #[test]

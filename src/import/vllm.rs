@@ -11,7 +11,7 @@ use super::nested_ints::NestedInts;
 use super::reading::{
     ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, record_subject,
 };
-use super::tally::{LayerMap, Tally};
+use super::tally::{FixedLayers, LayerMap, Tally};
 
 #[derive(Deserialize)]
 struct Record {
@@ -42,7 +42,7 @@ pub fn read(
     options: &ImportOptions,
     monitor: &mut Monitor<'_>,
 ) -> Result<Option<LayerMap>> {
-    let mut map: Option<(usize, LayerMap)> = None;
+    let mut layer_map = FixedLayers::default();
     for path in &options.files {
         let parse = |line: u64, text: &[u8]| -> Result<Record> {
             serde_json::from_slice(text).map_err(|e| ImportError::Line {
@@ -107,18 +107,7 @@ pub fn read(
                         "rows of {layers} layers × {k} experts, but the model's top-k is {top_k}"
                     )));
                 }
-                let m = match &map {
-                    Some((l, m)) if *l == layers => m,
-                    Some((l, _)) => {
-                        return Err(bad(format!(
-                            "{layers} layers per token, but earlier records have {l}"
-                        )));
-                    }
-                    None => {
-                        let m = LayerMap::for_layer_count(layers, tally.shape()).map_err(&bad)?;
-                        &map.insert((layers, m)).1
-                    }
-                };
+                let m = layer_map.map(layers, tally.shape()).map_err(&bad)?;
                 tally.add_positions(subject, &a.values, k, m).map_err(|e| {
                     bad(format!(
                         "token {} has expert {} (slot {}), but the model has {} experts",
@@ -132,5 +121,5 @@ pub fn read(
             Ok(())
         })?;
     }
-    Ok(map.map(|(_, m)| m))
+    Ok(layer_map.into_map())
 }
