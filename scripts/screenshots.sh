@@ -64,7 +64,6 @@ for view in "${VIEWS[@]}"; do
     args=(gui --model "$PWD/tests/fixtures/gguf/olmoe-q8_0.gguf" --data "$PWD/../shared/demo-corpus/prompts")
   fi
   if [ "$view" = imported ]; then
-    hook=heatmap
     target/release/examples/make_import_bench "$WORK/routing" 50000 >/dev/null
     "$BIN" import --format sglang "$WORK/routing/sglang.jsonl" --model "$WORK/routing" \
       --out "$WORK/routing/imported.json" >/dev/null

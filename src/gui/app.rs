@@ -59,7 +59,7 @@ pub struct MoeScopeApp {
 
 impl MoeScopeApp {
     /// The app as `moescope gui` starts it: persisted UI state, a worker, and the jobs `args`
-    /// ask for (the demo when no model is given).
+    /// ask for (the demo when neither a model nor a profile is given).
     pub fn new(cc: &eframe::CreationContext<'_>, args: GuiArgs) -> Self {
         let ui: UiState = cc
             .storage
@@ -129,6 +129,13 @@ impl MoeScopeApp {
                 self.model_panel.model_field = model.clone();
                 s.auto_profile = args.profile.is_none() && s.prompts.is_some();
                 s.load_model_with_adapter(model, args.adapter.clone());
+            }
+            // A profile on its own (often imported routing of a model too big to load here)
+            // is explored without a model: the demo's would not be the profile's.
+            None if args.profile.is_some() => {
+                if let Ok(dir) = crate::demo::demo_dir() {
+                    self.demo_prompts = Some(dir.join("prompts"));
+                }
             }
             None => match crate::demo::demo_dir() {
                 Ok(dir) => {

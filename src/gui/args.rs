@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// `moescope gui` options (all optional: with none, the embedded demo opens).
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct GuiArgs {
-    /// Model folder, GGUF file or HF hub id to load (default: the embedded demo).
+    /// Model folder, GGUF file or HF hub id to load (default: the embedded demo, unless a
+    /// profile is opened on its own).
     #[arg(long)]
     pub model: Option<String>,
     /// Prompt dataset (JSONL / CSV / Parquet, or a prompt folder) to profile.

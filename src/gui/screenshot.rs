@@ -1,5 +1,6 @@
-//! `scripts/screenshots.sh` support: with `MOESCOPE_SCREENSHOT=<view>` the app opens that tab,
-//! and once the profile is ready makes a selection (a token trace, a steered generation or a
+//! `scripts/screenshots.sh` support: with `MOESCOPE_SCREENSHOT=<view>` the app opens that tab
+//! (`imported`: the heatmap of an imported profile, nothing selected), and once the profile is
+//! ready makes a selection (a token trace, a steered generation or a
 //! short training run, depending on the view), lets a few frames settle, then touches the file
 //! named by `MOESCOPE_SCREENSHOT_READY`.
 
@@ -65,13 +66,16 @@ impl ScreenshotHook {
                         .find(|s| profile.subject(s).is_some())
                         .or_else(|| profile.subjects.first().map(|s| s.name.as_str()))
                         .map(str::to_string);
-                    if self.view == "heatmap" {
+                    if self.view == "heatmap" || self.view == "imported" {
                         state.ui.metric = HeatmapMetric::SubjectMinusPooled;
                         state.ui.heatmap_subject = subject.clone();
                     }
                     selection.data = subject;
                 }
-                selection.apply(state);
+                // The imported view shows the routing alone, without a selection drawn over it.
+                if self.view != "imported" {
+                    selection.apply(state);
+                }
                 if self.view == "tokens"
                     && let Some(p) = state.prompts.as_ref().and_then(|p| p.prompts.first())
                 {
