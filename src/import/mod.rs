@@ -85,3 +85,55 @@ pub fn import(
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::info::Family;
+    use crate::model::router::ScoreFn;
+
+    fn shape() -> RoutingShape {
+        RoutingShape {
+            id: "m".into(),
+            family: Family::Olmoe,
+            num_layers: 2,
+            moe_layers: vec![0, 1],
+            num_experts: 4,
+            top_k: 1,
+            score_fn: ScoreFn::Softmax,
+            layout: None,
+            attention_kinds: Vec::new(),
+            layout_missing: None,
+        }
+    }
+
+    fn options(file: &std::path::Path) -> ImportOptions {
+        ImportOptions {
+            format: ImportFormat::LlamaCpp,
+            files: vec![file.to_path_buf()],
+            subject: Some("s".into()),
+            positions: Positions::All,
+        }
+    }
+
+    #[test]
+    fn a_cancelled_import_stops_with_nothing_and_progress_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.csv");
+        // 5 MB of `layer,expert` rows: one progress report at 4 MB.
+        let rows = "0,1\n1,2\n".repeat(5 << 20 >> 3);
+        std::fs::write(&file, &rows).unwrap();
+        let mut reports = Vec::new();
+        let cancel = AtomicBool::new(false);
+        let p = import(&shape(), &options(&file), &cancel, &mut |r| reports.push(r)).unwrap();
+        assert_eq!(p.subjects[0].tokens, (5 << 20 >> 3) as u64);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].bytes_total, rows.len() as u64);
+        assert!(reports[0].bytes_done >= 4 << 20);
+
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = import(&shape(), &options(&file), &cancel, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, ImportError::Cancelled), "{err}");
+        assert!(err.to_string().contains("nothing was written"));
+    }
+}

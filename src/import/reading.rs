@@ -117,6 +117,9 @@ impl<'a> Monitor<'a> {
 
     /// Counts `bytes` more read; reports every 4 MB. Errors once cancelled.
     pub fn advance(&mut self, bytes: u64) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(ImportError::Cancelled);
+        }
         self.done += bytes;
         if self.done - self.last_report >= 4 << 20 {
             self.last_report = self.done;
@@ -124,9 +127,6 @@ impl<'a> Monitor<'a> {
                 bytes_done: self.done,
                 bytes_total: self.total,
             });
-            if self.cancel.load(Ordering::Relaxed) {
-                return Err(ImportError::Cancelled);
-            }
         }
         Ok(())
     }
