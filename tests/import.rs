@@ -502,6 +502,12 @@ fn count_only_profiles_report_and_select_on_counts() {
         "{text}"
     );
 
+    let (ok, text) = run(&["compare", &s(&p), &s(&p)]);
+    assert!(
+        ok && text.contains("on counts: a profile has no routing scores"),
+        "{text}"
+    );
+
     let sel = dir.path().join("s.json");
     let (ok, text) = run(&[
         "select",

@@ -12,10 +12,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::AnalysisError;
-use super::das::mean_scores;
+use super::das::per_token_means;
 use super::divergence::{activation_distribution, kl_divergence, kl_vs_pooled};
 use super::hot::{HotSignal, hot_sets, per_layer_jaccard};
-use crate::profile::{ProfileModel, RoutingProfile, SequenceTrace, SubjectProfile};
+use crate::profile::{ProfileModel, RoutingProfile, RoutingSignal, SequenceTrace, SubjectProfile};
 
 /// Errors unless both models have the same architecture, MoE layers and expert count.
 pub fn check_same_model(a: &ProfileModel, b: &ProfileModel) -> Result<(), AnalysisError> {
@@ -62,15 +62,27 @@ pub fn routing_consistency(mean_before: &[Vec<f64>], mean_after: &[Vec<f64>]) ->
     if cells == 0 { 0.0 } else { sum / cells as f64 }
 }
 
-/// RC between two subjects' (or pooled profiles') mean routing scores.
+/// RC between two subjects' (or pooled profiles') per-token means of `signal`: routing scores
+/// (the definition), or counts for count-only profiles (RC on how often each expert is chosen).
 pub fn routing_consistency_between(
     before: &SubjectProfile,
     after: &SubjectProfile,
+    signal: RoutingSignal,
 ) -> Result<f64, AnalysisError> {
     Ok(routing_consistency(
-        &mean_scores(before)?,
-        &mean_scores(after)?,
+        &per_token_means(before, signal)?,
+        &per_token_means(after, signal)?,
     ))
+}
+
+/// The signal RC is computed on for two profiles: routing scores when both carry them, else
+/// counts.
+pub fn rc_signal(before: &RoutingProfile, after: &RoutingProfile) -> RoutingSignal {
+    if before.has(RoutingSignal::Score) && after.has(RoutingSignal::Score) {
+        RoutingSignal::Score
+    } else {
+        RoutingSignal::Count
+    }
 }
 
 /// One subject's routing shift between the two profiles, per MoE layer.
@@ -86,7 +98,8 @@ pub struct SubjectKlShift {
     /// KL(q_after ‖ q_before) of the subject's own activation distributions; `None` where it is
     /// infinite (an expert chosen after but never before) or the layer has no activations.
     pub divergence: Vec<Option<f64>>,
-    /// RC of this subject's mean routing scores (`None` if either side has no tokens).
+    /// RC of this subject's per-token means of the comparison's `rc_signal` (`None` if either
+    /// side has no tokens).
     pub routing_consistency: Option<f64>,
 }
 
@@ -96,6 +109,7 @@ pub fn subject_kl_shift(
     pooled_before: &SubjectProfile,
     after: &SubjectProfile,
     pooled_after: &SubjectProfile,
+    rc_signal: RoutingSignal,
 ) -> SubjectKlShift {
     let kl_before = kl_vs_pooled(before, pooled_before);
     let kl_after = kl_vs_pooled(after, pooled_after);
@@ -121,8 +135,12 @@ pub fn subject_kl_shift(
         kl_before,
         kl_after,
         divergence,
-        routing_consistency: routing_consistency_between(before, after).ok(),
+        routing_consistency: routing_consistency_between(before, after, rc_signal).ok(),
     }
+}
+
+fn score_signal() -> RoutingSignal {
+    RoutingSignal::Score
 }
 
 /// Per-layer hot-set agreement of the two profiles.
@@ -141,6 +159,10 @@ pub struct ProfileComparison {
     pub k: usize,
     /// RC over all subjects pooled (`None` if a profile has no tokens).
     pub routing_consistency: Option<f64>,
+    /// What RC compares: mean routing scores, or selection frequencies when a profile carries
+    /// counts only.
+    #[serde(default = "score_signal")]
+    pub rc_signal: RoutingSignal,
     pub hot_set_jaccard: Vec<LayerHotJaccard>,
     pub mean_hot_set_jaccard: f64,
     /// Subjects present in both profiles, in the first profile's order.
@@ -163,6 +185,7 @@ pub fn compare_profiles(
     check_same_model(&before.model, &after.model)?;
     super::hot::check_k(k, before.model.num_experts)?;
     let (pooled_before, pooled_after) = (before.pooled(), after.pooled());
+    let rc = rc_signal(before, after);
     let per_layer = per_layer_jaccard(
         &hot_sets(&pooled_before, signal, k)?,
         &hot_sets(&pooled_after, signal, k)?,
@@ -178,7 +201,7 @@ pub fn compare_profiles(
         .filter_map(|b| {
             after
                 .subject(&b.name)
-                .map(|a| subject_kl_shift(b, &pooled_before, a, &pooled_after))
+                .map(|a| subject_kl_shift(b, &pooled_before, a, &pooled_after, rc))
         })
         .collect();
     let missing = |x: &RoutingProfile, y: &RoutingProfile| {
@@ -192,7 +215,8 @@ pub fn compare_profiles(
         model: before.model.id.clone(),
         signal,
         k,
-        routing_consistency: routing_consistency_between(&pooled_before, &pooled_after).ok(),
+        routing_consistency: routing_consistency_between(&pooled_before, &pooled_after, rc).ok(),
+        rc_signal: rc,
         hot_set_jaccard: before
             .model
             .moe_layers
@@ -326,6 +350,30 @@ mod tests {
     }
 
     #[test]
+    fn rc_on_counts_when_a_profile_has_no_scores() {
+        // One subject of 2 tokens, 2 layers × 2 experts, top-1: selection frequencies
+        // [1, 0] before and [0.5, 0.5] after in both layers → RC = 4 · 0.5² / 4 = 0.25.
+        let mut before = SubjectProfile::empty("a", 2, 2);
+        before.tokens = 2;
+        before.count = vec![vec![2, 0], vec![2, 0]];
+        let mut after = SubjectProfile::empty("a", 2, 2);
+        after.tokens = 2;
+        after.count = vec![vec![1, 1], vec![1, 1]];
+        after.score = None;
+        after.mass = None;
+        let m = model(2);
+        let (b, a) = (
+            RoutingProfile::new(m.clone(), vec![before]),
+            RoutingProfile::new(m, vec![after]),
+        );
+        assert_eq!(rc_signal(&b, &a), RoutingSignal::Count);
+        let c = compare_profiles(&b, &a, HotSignal::Count, 1).unwrap();
+        assert_eq!(c.rc_signal, RoutingSignal::Count);
+        assert!((c.routing_consistency.unwrap() - 0.25).abs() < 1e-12);
+        assert!((c.subjects[0].routing_consistency.unwrap() - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
     fn rc_hand_computed() {
         // Differences 0.1, -0.1, 0.2, 0 → squares 0.01, 0.01, 0.04, 0 → sum 0.06 / 4 = 0.015.
         let a = vec![vec![0.5, 0.5], vec![0.4, 0.6]];
@@ -429,7 +477,7 @@ mod tests {
     fn kl_divergence_is_none_when_infinite() {
         let before = subject("a", 1, vec![vec![1, 0], vec![1, 0]], vec![vec![0.0; 2]; 2]);
         let after = subject("a", 1, vec![vec![0, 1], vec![1, 0]], vec![vec![0.0; 2]; 2]);
-        let s = subject_kl_shift(&before, &before, &after, &after);
+        let s = subject_kl_shift(&before, &before, &after, &after, RoutingSignal::Score);
         assert_eq!(s.divergence, vec![None, Some(0.0)]);
     }
 

@@ -46,13 +46,8 @@ impl GeneralSet {
     }
 }
 
-/// Mean routing score per token, `score[l][e] / tokens` (ḡ of the DAS paper).
-pub fn mean_scores(subject: &SubjectProfile) -> Result<Vec<Vec<f64>>, AnalysisError> {
-    per_token_means(subject, RoutingSignal::Score)
-}
-
-/// `signal[l][e] / tokens`: the mean per token of a signal (for counts, the share of tokens
-/// choosing the expert).
+/// `signal[l][e] / tokens`: the mean per token of a signal (for scores, ḡ of the DAS paper;
+/// for counts, the share of tokens choosing the expert).
 pub fn per_token_means(
     subject: &SubjectProfile,
     signal: RoutingSignal,

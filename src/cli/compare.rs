@@ -102,10 +102,14 @@ pub fn run_to(args: CompareArgs, out: &mut dyn Write) -> Result<()> {
 
 fn print_comparison(c: &ProfileComparison, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "Model {}", c.model)?;
+    let on = match c.rc_signal {
+        crate::profile::RoutingSignal::Score => "",
+        _ => ", on counts: a profile has no routing scores",
+    };
     match c.routing_consistency {
         Some(rc) => writeln!(
             out,
-            "Routing consistency RC (all subjects pooled): {rc:.6e}"
+            "Routing consistency RC (all subjects pooled{on}): {rc:.6e}"
         )?,
         None => writeln!(out, "Routing consistency: n/a (a profile has no tokens)")?,
     }

@@ -50,7 +50,8 @@ impl LayerMap {
                     .collect(),
                 description: format!(
                     "{engine_layers} engine layers = all decoder layers; the placeholders of dense \
-                     layers {} are ignored",
+                     layer{} {} are ignored",
+                    if dense.len() == 1 { "" } else { "s" },
                     layer_ranges(&dense)
                 ),
             });
@@ -406,7 +407,7 @@ mod tests {
         let all = LayerMap::for_layer_count(4, &shape()).unwrap();
         assert_eq!(all.rows, vec![None, Some(0), Some(1), Some(2)]);
         assert!(
-            all.description.contains("dense layers 0"),
+            all.description.contains("dense layer 0 are ignored"),
             "{}",
             all.description
         );
