@@ -20,6 +20,23 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Runs `moescope import --format FORMAT FILES... --model MODEL --out OUT EXTRA...`.
+fn run_import(
+    format: &str,
+    files: &[PathBuf],
+    model: &Path,
+    extra: &[&str],
+    out: &Path,
+) -> (Vec<String>, std::process::Output) {
+    let mut args = vec!["import".to_string(), "--format".into(), format.into()];
+    args.extend(files.iter().map(|f| s(f)));
+    args.extend(["--model".into(), s(model), "--out".into(), s(out)]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = moescope(&argv);
+    (args, output)
+}
+
 /// Runs `moescope import` and returns the profile (panics with stderr on failure).
 fn import(
     format: &str,
@@ -28,12 +45,7 @@ fn import(
     extra: &[&str],
     out: &Path,
 ) -> RoutingProfile {
-    let mut args = vec!["import".to_string(), "--format".into(), format.into()];
-    args.extend(files.iter().map(|f| s(f)));
-    args.extend(["--model".into(), s(model), "--out".into(), s(out)]);
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = moescope(&argv);
+    let (args, o) = run_import(format, files, model, extra, out);
     assert!(
         o.status.success(),
         "{args:?}: {}",
@@ -50,12 +62,7 @@ fn import_fails(
     extra: &[&str],
     out: &Path,
 ) -> String {
-    let mut args = vec!["import".to_string(), "--format".into(), format.into()];
-    args.extend(files.iter().map(|f| s(f)));
-    args.extend(["--model".into(), s(model), "--out".into(), s(out)]);
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = moescope(&argv);
+    let (args, o) = run_import(format, files, model, extra, out);
     assert!(!o.status.success(), "{args:?} succeeded");
     assert!(!out.exists(), "{} was written", out.display());
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -75,12 +75,7 @@ pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_
                     "num_tokens is {n}, but top_indices has {tokens} rows"
                 )));
             }
-            let subject = record_subject(
-                record.subject.as_deref(),
-                options.subject.as_deref(),
-                path,
-                line,
-            )?;
+            let subject = record_subject(record.subject.as_deref(), options, path, line)?;
             let subject = tally.subject(subject);
             tally
                 .add_layer_ids(

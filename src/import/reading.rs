@@ -223,12 +223,12 @@ pub(crate) fn for_each_parsed_line<T: Send>(
 /// The subject of a record: its own `subject` field, else `--subject`.
 pub(crate) fn record_subject<'a>(
     own: Option<&'a str>,
-    default: Option<&'a str>,
+    options: &'a ImportOptions,
     path: &Path,
     line: u64,
 ) -> Result<&'a str> {
     own.filter(|s| !s.is_empty())
-        .or(default)
+        .or(options.subject.as_deref())
         .ok_or_else(|| ImportError::Line {
             path: display(path),
             line,

@@ -98,15 +98,12 @@ pub fn read(
                 msg,
             };
             for response in responses {
-                let subject = record_subject(
+                let subject = tally.begin_request(record_subject(
                     response.subject.as_deref(),
-                    options.subject.as_deref(),
+                    options,
                     path,
                     line,
-                )?;
-                let subject = tally.subject(subject);
-                tally.add_sequence(subject);
-                tally.records += 1;
+                )?);
                 for routed in response.routed {
                     let ids = &routed.ids;
                     let layers = engine_layers(ids.len(), routed.prompt, routed.completion, tally)

@@ -193,8 +193,13 @@ impl Tally {
         self.subjects.len() - 1
     }
 
-    pub fn add_sequence(&mut self, subject: usize) {
+    /// Starts one request's routing (a sequence, a record) of subject `name`; returns the
+    /// subject's index.
+    pub fn begin_request(&mut self, name: &str) -> usize {
+        let subject = self.subject(name);
         self.subjects[subject].sequences += 1;
+        self.records += 1;
+        subject
     }
 
     /// Adds token positions given as `[position][engine layer][slot]` ids, flattened, with

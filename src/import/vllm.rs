@@ -82,15 +82,12 @@ pub fn read(
             if options.positions.generated() {
                 arrays.extend(generated);
             }
-            let subject = record_subject(
+            let subject = tally.begin_request(record_subject(
                 record.subject.as_deref(),
-                options.subject.as_deref(),
+                options,
                 path,
                 line,
-            )?;
-            let subject = tally.subject(subject);
-            tally.add_sequence(subject);
-            tally.records += 1;
+            )?);
             for a in arrays {
                 if a.rows() == 0 {
                     continue;
