@@ -2,7 +2,9 @@
 //! block index), no token column, an optional `layer,expert` header. A layer's tokens are its
 //! rows ÷ top-k. The file has no subjects: `--subject`, else the file's name.
 
-use super::reading::{ImportError, ImportOptions, Monitor, Result, display, for_each_line};
+use super::reading::{
+    ImportError, ImportOptions, Monitor, Result, display, for_each_line, line_error,
+};
 use super::tally::Tally;
 
 pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_>) -> Result<()> {
@@ -16,11 +18,7 @@ pub fn read(tally: &mut Tally, options: &ImportOptions, monitor: &mut Monitor<'_
         // Rows per layer of this file, counted as they come, added at the end.
         let mut per_layer: Vec<Vec<u64>> = Vec::new();
         for_each_line(path, monitor, |line, text| {
-            let bad = |msg: String| ImportError::Line {
-                path: display(path),
-                line,
-                msg,
-            };
+            let bad = line_error(path, line);
             let mut fields = text.split(|&b| b == b',');
             let (Some(a), Some(b), None) = (fields.next(), fields.next(), fields.next()) else {
                 return Err(bad(format!(

@@ -220,6 +220,30 @@ pub(crate) fn for_each_parsed_line<T: Send>(
     consume_batch(parse_batch(batch))
 }
 
+/// [`for_each_parsed_line`] over lines holding one JSON value each (`what` names the format in
+/// the error for a line that is not one).
+pub(crate) fn for_each_json_line<T: serde::de::DeserializeOwned + Send>(
+    path: &Path,
+    monitor: &mut Monitor<'_>,
+    what: &str,
+    consume: impl FnMut(u64, T) -> Result<()> + Send,
+) -> Result<()> {
+    let parse = |line: u64, text: &[u8]| -> Result<T> {
+        serde_json::from_slice(text)
+            .map_err(|e| line_error(path, line)(format!("not {what} line: {e}")))
+    };
+    for_each_parsed_line(path, monitor, parse, consume)
+}
+
+/// A function making the error of `line` of `path` from its message.
+pub(crate) fn line_error(path: &Path, line: u64) -> impl Fn(String) -> ImportError + '_ {
+    move |msg| ImportError::Line {
+        path: display(path),
+        line,
+        msg,
+    }
+}
+
 /// The subject of a record: its own `subject` field, else `--subject`.
 pub(crate) fn record_subject<'a>(
     own: Option<&'a str>,

@@ -17,7 +17,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::reading::{
-    ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, record_subject,
+    ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, line_error,
+    record_subject,
 };
 use super::tally::{FixedLayers, LayerMap, Tally};
 use super::torch_file::{TensorRef, TorchFile, Value};
@@ -92,11 +93,7 @@ pub fn read(
             })
         };
         for_each_parsed_line(path, monitor, parse, |line, responses| {
-            let bad = |msg: String| ImportError::Line {
-                path: display(path),
-                line,
-                msg,
-            };
+            let bad = line_error(path, line);
             for response in responses {
                 let subject = tally.begin_request(record_subject(
                     response.subject.as_deref(),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::nested_ints::NestedInts;
 use super::reading::{
-    ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, record_subject,
+    ImportOptions, Monitor, Result, for_each_json_line, line_error, record_subject,
 };
 use super::tally::{FixedLayers, LayerMap, Tally};
 
@@ -44,19 +44,8 @@ pub fn read(
 ) -> Result<Option<LayerMap>> {
     let mut layer_map = FixedLayers::default();
     for path in &options.files {
-        let parse = |line: u64, text: &[u8]| -> Result<Record> {
-            serde_json::from_slice(text).map_err(|e| ImportError::Line {
-                path: display(path),
-                line,
-                msg: format!("not a vLLM response line: {e}"),
-            })
-        };
-        for_each_parsed_line(path, monitor, parse, |line, record| {
-            let bad = |msg: String| ImportError::Line {
-                path: display(path),
-                line,
-                msg,
-            };
+        for_each_json_line(path, monitor, "a vLLM response", |line, record: Record| {
+            let bad = line_error(path, line);
             let generated = record
                 .choices
                 .iter()
