@@ -248,9 +248,10 @@ pub fn build_report(
     if !profile.has(das_signal)
         && let Some(first) = profile.subjects.first()
     {
-        let missing = first
-            .signal(das_signal)
-            .expect_err("a signal the profile lacks");
+        let missing = crate::profile::MissingSignal {
+            signal: das_signal,
+            subject: first.name.clone(),
+        };
         return Err(AnalysisError::missing(
             missing,
             "compute DAS on counts instead",

@@ -17,8 +17,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::reading::{
-    ImportError, ImportOptions, Monitor, Result, display, for_each_parsed_line, line_error,
-    record_subject,
+    ImportError, ImportOptions, Monitor, Positions, Result, display, for_each_parsed_line,
+    line_error, record_subject,
 };
 use super::tally::{FixedLayers, LayerMap, Tally};
 use super::torch_file::{TensorRef, TorchFile, Value};
@@ -109,9 +109,10 @@ pub fn read(
                     let k = tally.shape().top_k;
                     let width = layers * k;
                     let rows = ids.len() / width;
-                    let split = match (options.positions, routed.prompt) {
-                        (super::reading::Positions::All, _) => 0,
-                        (_, Some(p)) => (p as usize).min(rows),
+                    let (from, to) = match (options.positions, routed.prompt) {
+                        (Positions::All, _) => (0, rows),
+                        (Positions::Prompt, Some(p)) => (0, (p as usize).min(rows)),
+                        (Positions::Generated, Some(p)) => ((p as usize).min(rows), rows),
                         (_, None) => {
                             return Err(bad(
                                 "the response has no prompt_tokens, so prompt and generated \
@@ -119,11 +120,6 @@ pub fn read(
                                     .into(),
                             ));
                         }
-                    };
-                    let (from, to) = match options.positions {
-                        super::reading::Positions::All => (0, rows),
-                        super::reading::Positions::Prompt => (0, split),
-                        super::reading::Positions::Generated => (split, rows),
                     };
                     tally
                         .add_positions(subject, &ids[from * width..to * width], k, m)
@@ -323,7 +319,7 @@ fn read_dump(
     };
     let subject = super::reading::file_subject(path, options.subject.as_deref());
     let mut file = TorchFile::open(path).map_err(&bad)?;
-    let root = file.root.clone();
+    let root = std::mem::replace(&mut file.root, Value::None);
     let subject = tally.subject(&subject);
     if let Some(Value::Tensor(counts)) = root.get("logical_count") {
         let [_, layers, experts] = counts.shape[..] else {
@@ -333,7 +329,7 @@ fn read_dump(
             )));
         };
         check_experts(experts, tally).map_err(&bad)?;
-        let m = layer_map.map(layers, tally.shape()).map_err(&bad)?.clone();
+        let m = layer_map.map(layers, tally.shape()).map_err(&bad)?;
         let values = file.read_i64(counts).map_err(&bad)?;
         let mut per_layer = vec![vec![0u64; experts]; layers];
         for step in values.chunks_exact(layers * experts) {
@@ -379,7 +375,7 @@ fn read_dump(
                 topk.shape
             )));
         };
-        let m = layer_map.map(layers, tally.shape()).map_err(&bad)?.clone();
+        let m = layer_map.map(layers, tally.shape()).map_err(&bad)?;
         let values = file.read_i64(topk).map_err(&bad)?;
         ids.clear();
         ids.resize(tokens * layers * slots, -1);
@@ -393,7 +389,7 @@ fn read_dump(
                 }
             }
         }
-        tally.add_positions(subject, &ids, slots, &m).map_err(|e| {
+        tally.add_positions(subject, &ids, slots, m).map_err(|e| {
             bad(format!(
                 "records[{i}], token {}: expert {}, but the model has {} experts",
                 e.position,
