@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
+use moescope::model::adapter::AdapterFormChoice;
 use moescope::model::device::DeviceChoice;
 use moescope::model::router::NoHook;
 use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
@@ -19,7 +20,20 @@ use serde_json::Value;
 
 use common::{fixture, moescope};
 
-const FIXTURES: [&str; 4] = ["olmoe", "qwen2_moe", "mixtral", "deepseek_v2_group"];
+/// Fixtures with per-expert adapters made by PEFT on transformers 4.57 (tests/fixtures/make_peft.py).
+const FIXTURES: [&str; 5] = [
+    "olmoe",
+    "qwen2_moe",
+    "qwen3_moe",
+    "mixtral",
+    "deepseek_v2_group",
+];
+
+/// Fixtures with fused adapters made by PEFT on transformers 5 (make_peft_fused.py).
+const FUSED_FIXTURES: [&str; 4] = ["olmoe", "qwen3_moe", "mixtral", "qwen3_5_moe"];
+
+/// The fused fixtures MoEScope trains (not Qwen3.5: no training through gated DeltaNet).
+const TRAINABLE_FUSED_FIXTURES: [&str; 3] = ["olmoe", "qwen3_moe", "mixtral"];
 
 fn adapters_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,6 +109,45 @@ fn peft_made_adapters_give_pefts_logits() {
 }
 
 #[test]
+fn peft_fused_adapters_on_transformers5_give_pefts_logits() {
+    for name in FUSED_FIXTURES {
+        let dir = adapters_dir(name);
+        let (ids, want) = expected_logits(&dir.join("peft_fused_logits.json"));
+        let base = logits_with(name, None, &ids);
+        assert!(
+            max_diff(&base, &want) > 0.1,
+            "{name}: the fixture adapter should move the logits"
+        );
+        let got = logits_with(name, Some(&dir.join("peft_fused")), &ids);
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
+    }
+}
+
+#[test]
+fn moescope_fused_and_padded_adapters_give_the_logits_peft_computes_on_transformers5() {
+    for name in FUSED_FIXTURES {
+        let dir = adapters_dir(name);
+        // Qwen3.5 checkpoints are fused: transformers 5 loads only the fused form for them.
+        let forms: &[&str] = if name == "qwen3_5_moe" {
+            &["fused"]
+        } else {
+            &["fused", "padded"]
+        };
+        for form in forms {
+            let (ids, want) =
+                expected_logits(&dir.join(format!("moescope_{form}_in_peft_logits.json")));
+            let got = logits_with(name, Some(&dir.join(format!("moescope_{form}"))), &ids);
+            let d = max_diff(&got, &want);
+            assert!(
+                d < 1e-4,
+                "{name} ({form}): max logit difference to PEFT {d:e}"
+            );
+        }
+    }
+}
+
+#[test]
 fn moescope_written_adapters_give_the_logits_peft_computes_with_them() {
     for name in FIXTURES {
         let dir = adapters_dir(name);
@@ -152,7 +205,91 @@ fn options_for(name: &str, spec: &Value, selection: &Path, out: &Path) -> TrainO
     };
     opts.max_steps = Some(1);
     opts.batch_size = 2;
+    opts.adapter_form = AdapterFormChoice::PerExpert;
     opts
+}
+
+/// The adapter `train --adapter-form fused|padded` writes has the keys, shapes and config of the
+/// committed one PEFT loaded on transformers 5 (make_peft_fused.py), the fused form's unselected
+/// experts are exactly zero, and reading it back gives the per-expert adapter of the same run.
+#[test]
+fn trained_fused_and_padded_adapters_have_the_layout_peft_loaded() {
+    for name in TRAINABLE_FUSED_FIXTURES {
+        let dir = adapters_dir(name);
+        let spec = read_json(&dir.join("spec_fused.json"));
+        let tmp = tempfile::tempdir().unwrap();
+        let sel = tmp.path().join("selection.json");
+        write_selection(name, &spec, &sel);
+        let mut per_form = Vec::new();
+        for form in [
+            AdapterFormChoice::PerExpert,
+            AdapterFormChoice::Padded,
+            AdapterFormChoice::Fused,
+        ] {
+            let out = tmp.path().join(format!("{form:?}"));
+            let mut opts = options_for(name, &spec, &sel, &out);
+            opts.adapter_form = form;
+            let never = AtomicBool::new(false);
+            run_training(opts, &never, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+            per_form.push(out);
+        }
+        for (out, committed) in [(&per_form[1], "padded"), (&per_form[2], "fused")] {
+            let committed = dir.join(format!("moescope_{committed}"));
+            assert_eq!(
+                tensor_shapes(&out.join("adapter_model.safetensors")),
+                tensor_shapes(&committed.join("adapter_model.safetensors")),
+                "{name}: keys and shapes of {}",
+                committed.display()
+            );
+            let mut ours = read_json(&out.join("adapter_config.json"));
+            let mut theirs = read_json(&committed.join("adapter_config.json"));
+            for cfg in [&mut ours, &mut theirs] {
+                cfg.as_object_mut()
+                    .unwrap()
+                    .remove("base_model_name_or_path");
+            }
+            assert_eq!(ours, theirs, "{name}: config of {}", committed.display());
+        }
+        // The fused lora_A rows of experts outside the selection are zero, the others are not.
+        let fused = adapter_tensors(&per_form[2]);
+        let cells: BTreeMap<String, Vec<usize>> =
+            serde_json::from_value(spec["experts"].clone()).unwrap();
+        let num_experts = common::load(name).model.info().num_experts;
+        let mut checked = 0;
+        for (key, values) in &fused {
+            let Some(module) = key.strip_suffix(".lora_A.weight") else {
+                continue;
+            };
+            let module = module.replace(".base_layer", "");
+            let Some(layer) = module
+                .strip_suffix(".mlp.experts")
+                .and_then(|m| m.rsplit('.').next())
+            else {
+                continue;
+            };
+            let chosen = &cells[layer];
+            let per_expert = values.len() / num_experts;
+            for e in 0..num_experts {
+                let zero = values[e * per_expert..(e + 1) * per_expert]
+                    .iter()
+                    .all(|&v| v == 0.0);
+                assert_eq!(zero, !chosen.contains(&e), "{name}: {key} expert {e}");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 2 * cells.len(), "{name}: fused expert tensors");
+        // All three forms apply the same update.
+        let ids: Vec<u32> = serde_json::from_value(spec["input_ids"].clone()).unwrap();
+        let reference = logits_with(name, Some(&per_form[0]), &ids);
+        for out in &per_form[1..] {
+            let d = max_diff(&logits_with(name, Some(out), &ids), &reference);
+            assert!(
+                d < 1e-5,
+                "{name}: {} differs from per-expert by {d:e}",
+                out.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -211,6 +348,54 @@ fn trained_adapters_have_exactly_pefts_keys_shapes_and_config() {
             "fan_in_fan_out",
         ] {
             assert_eq!(ours[key], peft[key], "{name}: {key}");
+        }
+    }
+}
+
+/// `convert-adapter` takes the committed fused adapter to the per-expert form and back to the
+/// same keys and shapes, and every form applies the same update (Qwen3.5, whose checkpoint is
+/// fused and nested under `model.language_model`, read through transformers 5's flat names).
+#[test]
+fn converted_adapters_keep_their_update_across_forms() {
+    for name in ["qwen3_5_moe", "olmoe"] {
+        let dir = adapters_dir(name);
+        let committed = dir.join("moescope_fused");
+        let tmp = tempfile::tempdir().unwrap();
+        let model = fixture(name);
+        let convert = |from: &Path, form: &str, to: &Path| {
+            let out = moescope(&[
+                "convert-adapter",
+                "--model",
+                model.to_str().unwrap(),
+                "--adapter",
+                from.to_str().unwrap(),
+                "--form",
+                form,
+                "--out",
+                to.to_str().unwrap(),
+            ]);
+            assert!(
+                out.status.success(),
+                "{name} {form}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let per_expert = tmp.path().join("per-expert");
+        let fused = tmp.path().join("fused");
+        convert(&committed, "per-expert", &per_expert);
+        convert(&per_expert, "fused", &fused);
+        assert_eq!(
+            tensor_shapes(&fused.join("adapter_model.safetensors")),
+            tensor_shapes(&committed.join("adapter_model.safetensors")),
+            "{name}"
+        );
+        let ids: Vec<u32> =
+            serde_json::from_value(read_json(&dir.join("spec_fused.json"))["input_ids"].clone())
+                .unwrap();
+        let reference = logits_with(name, Some(&committed), &ids);
+        for out in [&per_expert, &fused] {
+            let d = max_diff(&logits_with(name, Some(out), &ids), &reference);
+            assert!(d < 1e-5, "{name}: {} differs by {d:e}", out.display());
         }
     }
 }
@@ -517,7 +702,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_half_written() {
         )
         .unwrap();
         let t = if k.contains("layers.0.self_attn.q_proj.lora_B") {
-            Tensor::zeros(
+            Tensor::ones(
                 (t.dim(0).unwrap() + 1, t.dim(1).unwrap()),
                 t.dtype(),
                 t.device(),

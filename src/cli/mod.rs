@@ -2,6 +2,7 @@
 //! several of them share (`inputs`: reading profiles and traces; `output`: number formats and
 //! plain-text tables).
 
+pub mod adapter;
 pub mod compare;
 pub mod demo;
 pub mod engine;

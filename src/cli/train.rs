@@ -11,6 +11,7 @@ use clap::Args;
 use super::engine::ModelArgs;
 use crate::data::DataOptions;
 use crate::model::LoadOptions;
+use crate::model::adapter::AdapterFormChoice;
 use crate::selection::accounting::AdapterScope;
 use crate::train::{ExpertChoice, LoraOptions, TrainError, TrainEvent, TrainOptions, run_training};
 
@@ -92,6 +93,14 @@ pub struct TrainArgs {
     /// Held-out data: per-subject perplexity before and after training.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// How the adapter is laid out: `per-expert` (the adapted experts' modules: PEFT with
+    /// transformers 4.x, mistral.rs), `padded` (every expert of the adapted layers, zeros for
+    /// the rest: also vLLM, SGLang and transformers 5 through PEFT's conversion), `fused`
+    /// (transformers 5's `target_parameters` on `mlp.experts.gate_up_proj` / `down_proj`: PEFT
+    /// with transformers 5, vLLM's fused-expert models). `auto`: fused for models only
+    /// transformers 5 runs or checkpoints it saved, else per-expert.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub adapter_form: AdapterFormChoice,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -150,6 +159,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     opts.checkpoint_every = args.checkpoint_every;
     opts.resume = args.resume;
     opts.eval_data = args.eval_data.clone();
+    opts.adapter_form = args.adapter_form;
 
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -207,6 +217,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 s.trainable_params,
                 s.adapter_bytes,
                 s.adapter_dir
+            );
+            println!(
+                "adapter form: {} (loads in {}; --adapter-form picks another)",
+                s.adapter_form.label(),
+                s.adapter_form.loads_in()
             );
             for h in &s.heldout {
                 println!(

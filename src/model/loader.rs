@@ -379,7 +379,12 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
     }
     model.info_mut().storage = storage;
     if let Some(dir) = &opts.adapter {
-        let adapter = super::adapter::Adapter::load(dir)?;
+        let info = model.info();
+        let target = super::adapter::AdapterTarget {
+            family: info.family,
+            layout: &info.layout,
+        };
+        let adapter = super::adapter::Adapter::load(dir, target)?;
         adapter.merge_into(dir, model.as_mut(), opts.routing_only)?;
     }
     Ok(LoadedModel {

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::accounting::AdapterScope;
 use super::{Selection, SelectionError};
 use crate::model::ModuleLayout;
-use crate::model::adapter::config::{AdapterSettings, peft_config};
+use crate::model::adapter::config::{AdapterSettings, PeftTargets, peft_config};
 
 /// LoRA hyper-parameters and scope written into `adapter_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +108,7 @@ pub fn peft_adapter_config(
     };
     peft_config(
         &settings,
-        &target_modules(selection, layout, &options.scope),
+        &PeftTargets::modules(&target_modules(selection, layout, &options.scope)),
     )
 }
 

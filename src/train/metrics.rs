@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, TrainError};
+use crate::model::adapter::AdapterForm;
 
 /// One optimiser step, as written to `metrics.jsonl`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -50,6 +51,9 @@ pub struct TrainSummary {
     pub tokens_per_sec: f64,
     pub heldout: Vec<SubjectPerplexity>,
     pub adapter_dir: String,
+    /// The form the adapter was written in (older summaries: per-expert).
+    #[serde(default)]
+    pub adapter_form: AdapterForm,
 }
 
 /// Progress of a run, for the CLI's bar and the GUI's panel.

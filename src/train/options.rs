@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, TrainError};
 use crate::data::DataOptions;
 use crate::model::LoadOptions;
+use crate::model::adapter::AdapterFormChoice;
 use crate::selection::Selection;
 use crate::selection::accounting::AdapterScope;
 
@@ -78,6 +79,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Held-out data: per-subject perplexity before and after training goes into the summary.
     pub eval_data: Option<PathBuf>,
+    /// The form the finished adapter is written in (the checkpoint is MoEScope's own).
+    pub adapter_form: AdapterFormChoice,
 }
 
 impl TrainOptions {
@@ -106,6 +109,7 @@ impl TrainOptions {
             checkpoint_every: 100,
             resume: false,
             eval_data: None,
+            adapter_form: AdapterFormChoice::Auto,
         }
     }
 

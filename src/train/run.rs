@@ -15,6 +15,7 @@ use super::optim::{AdamW, AdamWSettings};
 use super::options::{ExpertChoice, TrainOptions};
 use super::trainer::Trainer;
 use crate::data::PromptSet;
+use crate::model::adapter::AdapterTarget;
 use crate::selection::accounting::AdapterScope;
 use crate::selection::export::target_modules;
 use crate::selection::{Selection, SelectionRule};
@@ -42,6 +43,9 @@ impl Trainer {
         let loaded = crate::model::load_model(&load, None)?;
         let info = loaded.model.info().clone();
         let device = loaded.device.clone();
+        let adapter_form = opts
+            .adapter_form
+            .resolve(info.family, &model_config(&loaded.files));
 
         on_event(TrainEvent::Status(format!(
             "reading {}",
@@ -106,6 +110,7 @@ impl Trainer {
             selection: None,
             history: Vec::new(),
             heldout_before: None,
+            adapter_form,
             opts,
         };
         // The base model's held-out perplexity: measured before any adapter is attached (a
@@ -287,7 +292,16 @@ impl Trainer {
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<TrainSummary> {
         let adapter = self.adapter();
-        let adapter_bytes = adapter.save(&self.opts.out)?;
+        let target = AdapterTarget {
+            family: self.info.family,
+            layout: &self.info.layout,
+        };
+        let adapter_bytes = adapter.save_as(
+            &self.opts.out,
+            self.adapter_form,
+            target,
+            self.info.num_experts,
+        )?;
         if let Some(s) = &self.selection {
             s.save(&self.opts.out.join("selection.json"))?;
         }
@@ -336,6 +350,7 @@ impl Trainer {
             },
             heldout,
             adapter_dir: self.opts.out.display().to_string(),
+            adapter_form: self.adapter_form,
         };
         let path = self.opts.out.join("training.json");
         let bytes = serde_json::to_vec_pretty(&summary)
@@ -379,4 +394,16 @@ pub fn run_training(
 ) -> Result<TrainSummary> {
     let mut trainer = Trainer::new(opts, on_event)?;
     trainer.run(cancel, on_event)
+}
+
+/// The model's config.json (for the adapter form's detection); `null` when it cannot be read,
+/// which leaves the choice to the family alone.
+fn model_config(files: &crate::model::hub::ModelFiles) -> serde_json::Value {
+    match &files.layout {
+        crate::model::hub::FileLayout::Hf { config, .. } => std::fs::read_to_string(config)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    }
 }

@@ -20,7 +20,7 @@ use super::optim::{AdamW, AdamWSettings, clip_grad_norm};
 use super::options::{ExpertChoice, TrainOptions};
 use crate::data::{DataOptions, PromptSet};
 use crate::inference::nll::sequence_nll;
-use crate::model::adapter::{Adapter, AdapterSettings, LoraPair};
+use crate::model::adapter::{Adapter, AdapterForm, AdapterSettings, LoraPair};
 use crate::model::lora::{LoraDelta, LoraDropout};
 use crate::model::router::NoHook;
 use crate::model::{Batch, ModelInfo, MoeModel, Output, RouteCtx};
@@ -50,6 +50,8 @@ pub struct Trainer {
     pub(super) selection: Option<Selection>,
     pub(super) history: Vec<StepMetrics>,
     pub(super) heldout_before: Option<Vec<(String, usize, f64)>>,
+    /// The form the finished adapter is written in.
+    pub(super) adapter_form: AdapterForm,
 }
 
 impl Trainer {

@@ -408,6 +408,14 @@ impl TrainingPanel {
                     };
                     row("adapter", s.adapter_dir.clone());
                     row(
+                        "form",
+                        format!(
+                            "{} (loads in {})",
+                            s.adapter_form.label(),
+                            s.adapter_form.loads_in()
+                        ),
+                    );
+                    row(
                         "adapted",
                         format!(
                             "{} modules ({} experts)",

@@ -1,9 +1,14 @@
 //! PEFT LoRA adapters: reading, merging into a model and writing an adapter folder
-//! ([`peft`]), and the one `adapter_config.json` builder ([`config`], tensor-free, also used by
+//! ([`peft`]), transformers 5's fused-expert form and its naming ([`fused`]), and the one
+//! `adapter_config.json` builder with the choice of form ([`config`], tensor-free, also used by
 //! selection exports).
 
 pub mod config;
+pub mod fused;
 pub mod peft;
 
-pub use config::{AdapterSettings, peft_config};
+pub use config::{
+    AdapterForm, AdapterFormChoice, AdapterSettings, PeftTargets, detect_form, peft_config,
+};
+pub use fused::AdapterTarget;
 pub use peft::{Adapter, CONFIG_FILE, LoraPair, WEIGHTS_FILE, files};
