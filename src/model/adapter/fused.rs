@@ -245,8 +245,8 @@ impl<'a> FusedNames<'a> {
     pub(crate) fn group(
         &self,
         modules: &BTreeMap<String, LoraPair>,
-    ) -> Result<BTreeMap<SlotKey, Vec<(usize, usize, LoraPair)>>> {
-        let mut slots: BTreeMap<SlotKey, Vec<(usize, usize, LoraPair)>> = BTreeMap::new();
+    ) -> Result<BTreeMap<SlotKey, Vec<ExpertPair>>> {
+        let mut slots: BTreeMap<SlotKey, Vec<ExpertPair>> = BTreeMap::new();
         for (name, pair) in modules {
             let key = if let Some((layer, expert, role)) = self.expert_projection(name) {
                 slots
@@ -375,6 +375,10 @@ impl<'a> FusedNames<'a> {
     }
 }
 
+/// `(expert, role, pair)`: one routed expert's projection (role 0 gate, 1 up, 2 down); other
+/// modules are filed as `(0, 0, pair)`.
+pub(crate) type ExpertPair = (usize, usize, LoraPair);
+
 /// How [`FusedNames::group`] files a module.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum SlotKey {
@@ -449,12 +453,11 @@ pub(crate) fn pad_experts(
         for expert in 0..num_experts {
             for p in &layout.expert_projections {
                 let name = layout.expert_module(layer, expert, &p.name);
-                if !padded.contains_key(&name) {
-                    let pair = LoraPair {
+                if let std::collections::btree_map::Entry::Vacant(slot) = padded.entry(name) {
+                    slot.insert(LoraPair {
                         a: Tensor::zeros((rank, p.in_features), DType::F32, &Device::Cpu)?,
                         b: Tensor::zeros((p.out_features, rank), DType::F32, &Device::Cpu)?,
-                    };
-                    padded.insert(name, pair);
+                    });
                 }
             }
         }
