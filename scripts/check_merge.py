@@ -13,7 +13,7 @@ class transformers picked, and compares its logits with a reference:
   ``--ids`` or the base folder's ``reference.json``.
 
 Exits 1 when the largest absolute logit difference exceeds ``--tolerance`` or the class is not
-``--expect-class``.
+``--expect-class`` (with ``--base``: the class the base model loads as).
 
     python scripts/check_merge.py MERGED --logits tests/fixtures/adapters/olmoe/peft_logits.json \
         --expect-class OlmoeForCausalLM
@@ -73,21 +73,32 @@ def apply_updates(model, updates: dict[str, torch.Tensor]) -> None:
     `down_proj` [E, H, I])."""
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
+    interleaved = getattr(model.config, "model_type", "") == "gpt_oss"
     with torch.no_grad():
-        for name, update in updates.items():
+        for checkpoint_name, update in updates.items():
+            # A text-only class loads a multimodal checkpoint's `model.language_model.*` as `model.*`.
+            names = [checkpoint_name, checkpoint_name.replace("model.language_model.", "model.", 1)]
+            name = next((n for n in names if n in modules or (EXPERT.match(n) and any(
+                p.startswith(EXPERT.match(n)["experts"] + ".") for p in params))), None)
+            if name is None:
+                raise SystemExit(f"{checkpoint_name}: no such module in {type(model).__name__}")
             if name in modules and hasattr(modules[name], "weight"):
                 modules[name].weight += update.to(modules[name].weight.dtype)
                 continue
             m = EXPERT.match(name)
-            if not m:
-                raise SystemExit(f"{name}: no such module in {type(model).__name__}")
             e, role = int(m["e"]), ROLE[m["proj"]]
             fused = params.get(f"{m['experts']}.{'down_proj' if role == 'down' else 'gate_up_proj'}")
             if fused is None:
-                raise SystemExit(f"{name}: no such module or fused expert parameter")
+                raise SystemExit(f"{checkpoint_name}: no such module or fused expert parameter")
+            update = update.to(fused.dtype)
             out = update.shape[0]
-            rows = {"gate": slice(0, out), "up": slice(out, 2 * out), "down": slice(0, out)}[role]
-            fused[e, rows, :] += update.to(fused.dtype)
+            if interleaved:
+                # gpt-oss: x·W layout, [E, H, 2·I] with gate / up in the even / odd columns, down [E, I, H].
+                cols = {"gate": slice(0, 2 * out, 2), "up": slice(1, 2 * out, 2), "down": slice(0, out)}[role]
+                fused[e, :, cols] += update.T
+            else:
+                rows = {"gate": slice(0, out), "up": slice(out, 2 * out), "down": slice(0, out)}[role]
+                fused[e, rows, :] += update
 
 
 def main() -> int:
@@ -112,13 +123,20 @@ def main() -> int:
     else:
         ids = ids or json.loads((args.base / "reference.json").read_text())["input_ids"]
         base = load(args.base)
+        base_class = type(base).__name__
+        unadapted = logits_of(base, ids)
         apply_updates(base, adapter_updates(args.adapter))
         want = logits_of(base, ids)
+        moved = (want - unadapted).abs().max().item()
+        print(f"the adapter's updates move {base_class}'s logits by up to {moved:.3e}")
         source = f"{args.base} + {args.adapter} (updates added in memory)"
         del base
 
     merged = load(args.merged)
     cls = type(merged).__name__
+    if args.base and args.expect_class is None:
+        # The merged folder must load as the same class as the base model.
+        args.expect_class = base_class
     got = logits_of(merged, ids)
     diff = (got - want).abs().max().item()
     ok = diff <= args.tolerance and (args.expect_class is None or cls == args.expect_class)

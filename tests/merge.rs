@@ -186,6 +186,7 @@ fn peft_made_adapters_merge_into_checkpoints_that_give_pefts_logits() {
         let want: Vec<Vec<f32>> = serde_json::from_value(want["logits"].clone()).unwrap();
         let got = logits(&out, None, &ids);
         let d = max_diff(&got, &want);
+        eprintln!("{name}: merged vs PEFT's logits, max difference {d:e}");
         assert!(
             d < 1e-4,
             "{name}: merged logits differ from PEFT's by {d:e}"
@@ -259,6 +260,7 @@ fn a_sharded_checkpoint_keeps_its_shards_and_index() {
         &logits(&out, None, &ids),
         &logits(&model, Some(&adapter_dir), &ids),
     );
+    eprintln!("olmoe_sharded: merged vs adapter at load, max difference {d:e}");
     assert!(d < 1e-4, "merged vs adapter applied at load: {d:e}");
 }
 
@@ -347,6 +349,7 @@ fn fused_qwen3_5_experts_take_each_experts_slice() {
         "the adapter moves the logits"
     );
     let d = max_diff(&logits(&out, None, &ids), &with_adapter);
+    eprintln!("qwen3_5_moe: merged vs adapter at load, max difference {d:e}");
     assert!(d < 1e-4, "merged vs adapter applied at load: {d:e}");
 
     let changed = changed_tensors(&model, &out);
@@ -395,6 +398,7 @@ fn gpt_oss_interleaved_experts_merge_and_mxfp4_ones_are_refused() {
     let with_adapter = logits(&model, Some(&adapter_dir), &ids);
     assert!(max_diff(&logits(&model, None, &ids), &with_adapter) > 1e-3);
     let d = max_diff(&logits(&out, None, &ids), &with_adapter);
+    eprintln!("gpt_oss_bf16: merged vs adapter at load, max difference {d:e}");
     assert!(d < 1e-4, "merged vs adapter applied at load: {d:e}");
 
     // The MXFP4 checkpoint: an adapter on attention alone merges; one on experts is refused,
@@ -510,6 +514,9 @@ fn a_bf16_checkpoint_is_merged_in_f32_and_rounded_back_to_bf16() {
     let d = max_diff(
         &logits(&out, None, &ids),
         &logits(&model, Some(&adapter_dir), &ids),
+    );
+    eprintln!(
+        "olmoe in bf16: merged vs adapter at load, max difference {d:e}; {exact} of {total} elements exactly bf16(W + scale · B·A)"
     );
     assert!(d < 1e-3, "{d:e}");
 }

@@ -140,7 +140,12 @@ pub fn merge_adapter(
     }
     drop(validated);
     let checkpoint = Checkpoint::read(weights)?;
-    let adapter_file = request.adapter.join(WEIGHTS_FILE);
+    // The adapter may be named by its folder or by its adapter_config.json.
+    let adapter_dir = match request.adapter.is_file() {
+        true => request.adapter.parent().unwrap_or(Path::new(".")),
+        false => request.adapter.as_path(),
+    };
+    let adapter_file = adapter_dir.join(WEIGHTS_FILE);
     let plan = plan(
         &checkpoint,
         &adapter,
@@ -178,6 +183,8 @@ pub fn merge_adapter(
     for (shard, edits) in checkpoint.shards.iter().zip(&plan.edits) {
         write_shard(shard, edits, &adapter, scale, partial.path(), &mut monitor)?;
     }
+    // Synced once all are written, so that the OS writes one shard back while the next is read.
+    sync_folder(partial.path())?;
     monitor.check()?;
     let replaced = destination.install(partial)?;
     Ok(MergeSummary {
@@ -204,7 +211,7 @@ fn update_of(pair: &LoraPair) -> Result<Vec<f32>> {
 }
 
 /// Writes `shard` into `dir` under its own name: through a temporary file, renamed once
-/// complete and synced.
+/// complete (and synced with the whole folder by [`sync_folder`]).
 fn write_shard(
     shard: &Shard,
     edits: &BTreeMap<String, Vec<Edit>>,
@@ -257,11 +264,38 @@ fn write_shard(
         copy_range(&map, at..map.len(), &mut out, &tmp_path, monitor)?;
         out.flush().map_err(io)?;
     }
-    tmp.as_file().sync_all().map_err(io)?;
     let target = dir.join(shard.file_name());
     tmp.persist(&target)
         .map_err(|e| MergeError::io(&target, e.error))?;
     Ok(())
+}
+
+/// Flushes every file of `dir`, and `dir` itself, to disk.
+fn sync_folder(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| MergeError::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| MergeError::io(dir, e))?.path();
+        let file = std::fs::File::open(&path).map_err(|e| MergeError::io(&path, e))?;
+        file.sync_all().map_err(|e| MergeError::io(&path, e))?;
+    }
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| MergeError::io(dir, e))?;
+    Ok(())
+}
+
+/// Asks the OS to start reading the chunk of `map` at `from`, so that it arrives while the
+/// current one is written.
+fn prefetch(map: &Mmap, from: usize) {
+    if from < map.len() {
+        #[cfg(unix)]
+        let _ = map.advise_range(
+            memmap2::Advice::WillNeed,
+            from,
+            COPY_CHUNK.min(map.len() - from),
+        );
+    }
 }
 
 /// Copies `range` of `map` to `out` (the file at `path`) in chunks, releasing the pages read.
@@ -275,6 +309,7 @@ fn copy_range(
     let mut at = range.start;
     while at < range.end {
         let end = range.end.min(at + COPY_CHUNK);
+        prefetch(map, end);
         out.write_all(&map[at..end])
             .map_err(|e| MergeError::io(path, e))?;
         release_pages(map, at, end);
