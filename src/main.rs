@@ -2,7 +2,7 @@
 //! library.
 
 use clap::{Parser, Subcommand};
-use moescope::cli::{adapter, compare, demo, engine, import, report, select, steer, train};
+use moescope::cli::{adapter, compare, demo, engine, import, merge, report, select, steer, train};
 
 /// MoEScope: see inside Mixture-of-Experts language models.
 #[derive(Debug, Parser)]
@@ -40,6 +40,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Rewrite a LoRA adapter in another form (per-expert, padded, transformers 5's fused).
     ConvertAdapter(adapter::ConvertAdapterArgs),
+    /// Fold a LoRA adapter into the base model's weights: a safetensors checkpoint in the
+    /// model's own layout.
+    Merge(merge::MergeArgs),
     /// Open the explorer window (the default with no subcommand; the embedded demo unless told).
     Gui(moescope::gui::GuiArgs),
     /// Train the embedded demo MoE (tokenizer + model) from the demo corpus.
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::SteerSpec(a)) => steer::steer_spec_cmd(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::ConvertAdapter(a)) => adapter::run(a),
+        Some(Command::Merge(a)) => merge::run(a),
         Some(Command::TrainDemo(a)) => demo::train_demo(a),
         Some(Command::Gui(a)) => moescope::gui::run(a),
         None => moescope::gui::run(moescope::gui::GuiArgs::default()),

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod engine;
 pub mod import;
 mod inputs;
+pub mod merge;
 mod output;
 pub mod report;
 pub mod select;

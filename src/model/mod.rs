@@ -8,7 +8,8 @@
 //!   the sparse expert dispatch, the decoder stack) the family files are made of; each block's
 //!   forward runs on the direct f32 CPU kernels of [`kernels`], as one of the frozen-part
 //!   training ops of [`autograd`], or as plain candle tensor ops.
-//! - [`lora`] and [`adapter`]: LoRA deltas on the linear layers, and PEFT adapters on disk.
+//! - [`lora`] and [`adapter`]: LoRA deltas on the linear layers, and PEFT adapters on disk;
+//!   [`merge`] folds an adapter into a checkpoint on disk.
 
 pub mod adapter;
 pub mod autograd;
@@ -24,6 +25,7 @@ pub mod layers;
 pub mod loader;
 pub mod lora;
 pub mod memory;
+pub mod merge;
 pub mod module_names;
 pub mod moe_model;
 pub mod mxfp4;
