@@ -21,6 +21,8 @@ moescope=${MOESCOPE:-$root/target/release/moescope}
 make_adapter=${MAKE_ADAPTER:-$root/target/release/examples/make_random_adapter}
 tf457=${TF457:-/tmp/tf457}
 mkdir -p "$work"
+# The outputs go even when a run fails (a full disk, say).
+trap 'rm -rf "$work/merged-moescope" "$work/merged-peft"' EXIT
 adapter=$work/adapter
 if [ ! -f "$adapter/adapter_model.safetensors" ]; then
   "$make_adapter" --model "$model" --out "$adapter" --rank 16 --alpha 32 --experts 8 --attention
