@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
-use moescope::model::adapter::{Adapter, AdapterSettings, LoraPair};
+use moescope::model::adapter::{Adapter, AdapterSettings, AdapterTarget, LoraPair};
 use moescope::model::device::DeviceChoice;
 use moescope::model::merge::{MergeError, MergeRequest, MergeSummary, merge_adapter};
 use moescope::model::router::NoHook;
@@ -22,6 +22,16 @@ use moescope::train::{ExpertChoice, LoraOptions, TrainOptions, run_training};
 use serde_json::Value;
 
 use common::{copy_dir, fixture, moescope};
+
+/// The adapter in `dir` read for the model folder `model` (its config.json alone).
+fn load_adapter(dir: &Path, model: &Path) -> Adapter {
+    let config = model.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let family = moescope::model::loader::detect_family(&config, &json).unwrap();
+    let (layout, _) = moescope::model::families::layout_from_config(family, &text).unwrap();
+    Adapter::load(dir, AdapterTarget { family, layout: &layout }).unwrap()
+}
 
 const PEFT_FIXTURES: [&str; 4] = ["olmoe", "qwen2_moe", "mixtral", "deepseek_v2_group"];
 
@@ -172,7 +182,7 @@ fn peft_made_adapters_merge_into_checkpoints_that_give_pefts_logits() {
         let adapter_dir = adapters_dir(name).join("peft");
         let out = tmp.path().join(name);
         let summary = merge(&model, &adapter_dir, &out);
-        let adapter = Adapter::load(&adapter_dir).unwrap();
+        let adapter = load_adapter(&adapter_dir, &model);
         assert_eq!(summary.modules, adapter.modules.len());
         assert_eq!(summary.tensors_changed, adapter.modules.len(), "{name}");
         assert!(
@@ -242,7 +252,7 @@ fn a_sharded_checkpoint_keeps_its_shards_and_index() {
         ]
     );
     let changed = changed_tensors(&model, &out);
-    let adapter = Adapter::load(&adapter_dir).unwrap();
+    let adapter = load_adapter(&adapter_dir, &model);
     assert!(!changed.is_empty());
     // Experts no token was routed to keep B = 0 after two steps: their tensors stay as they are.
     assert!(changed.is_subset(&weight_names(&adapter)), "{changed:?}");
@@ -465,7 +475,7 @@ fn a_bf16_checkpoint_is_merged_in_f32_and_rounded_back_to_bf16() {
     let adapter_dir = adapters_dir("olmoe").join("peft");
     let out = tmp.path().join("merged");
     merge(&model, &adapter_dir, &out);
-    let adapter = Adapter::load(&adapter_dir).unwrap();
+    let adapter = load_adapter(&adapter_dir, &model);
     assert_eq!(changed_tensors(&model, &out), weight_names(&adapter));
 
     // Every merged element is bf16(W + scale · B·A), the sum taken in f32: within half a bf16
@@ -657,7 +667,7 @@ fn the_cli_merges_replaces_with_force_and_refuses_bad_input() {
 
     // A lora_B one row too tall: module, shapes and both files are named.
     let broken = tmp.path().join("broken");
-    let mut pairs = Adapter::load(&adapter).unwrap();
+    let mut pairs = load_adapter(&adapter, &model);
     let q = pairs
         .modules
         .get_mut("model.layers.0.self_attn.q_proj")
