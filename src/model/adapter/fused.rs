@@ -25,9 +25,17 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::peft::LoraPair;
 use crate::model::error::{ModelError, Result};
 use crate::model::info::{Family, ModuleLayout};
+
+/// One adapted module's low-rank pair.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    /// `[r, in]`, f32 on the CPU.
+    pub a: Tensor,
+    /// `[out, r]`, f32 on the CPU.
+    pub b: Tensor,
+}
 
 /// Where a Qwen3.5 checkpoint keeps its language model.
 const QWEN3_5_NESTED: &str = "model.language_model.";

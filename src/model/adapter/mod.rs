@@ -10,5 +10,5 @@ pub mod peft;
 pub use config::{
     AdapterForm, AdapterFormChoice, AdapterSettings, PeftTargets, detect_form, peft_config,
 };
-pub use fused::AdapterTarget;
-pub use peft::{Adapter, CONFIG_FILE, LoraPair, WEIGHTS_FILE, files};
+pub use fused::{AdapterTarget, LoraPair};
+pub use peft::{Adapter, CONFIG_FILE, WEIGHTS_FILE, files};

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::config::{AdapterForm, AdapterSettings, PeftTargets, peft_config};
 use super::fused::{
-    AdapterTarget, FusedNames, FusedSlot, SlotKey, drop_zero_components, pad_experts,
+    AdapterTarget, FusedNames, FusedSlot, LoraPair, SlotKey, drop_zero_components, pad_experts,
 };
 use crate::model::error::{ModelError, Result};
 use crate::model::info::ModelInfo;
@@ -25,15 +25,6 @@ use crate::model::moe_model::MoeModel;
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
-
-/// One adapted module's low-rank pair.
-#[derive(Debug, Clone)]
-pub struct LoraPair {
-    /// `[r, in]`, f32 on the CPU.
-    pub a: Tensor,
-    /// `[out, r]`, f32 on the CPU.
-    pub b: Tensor,
-}
 
 /// A LoRA adapter: settings and one pair per module, by full module name.
 #[derive(Debug, Clone)]
