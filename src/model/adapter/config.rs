@@ -1,5 +1,5 @@
 //! PEFT's `adapter_config.json` for a LoRA adapter: the one builder, used by adapter writing
-//! and by selection exports, and the choice between the two forms an adapter is written in.
+//! and by selection exports, and the choice among the forms an adapter is written in.
 //! Plain serde, no tensors.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::model::info::Family;
 
-/// The two ways a selective adapter is laid out for PEFT.
+/// The three ways a selective adapter is laid out for PEFT.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum AdapterForm {
@@ -23,7 +23,7 @@ pub enum AdapterForm {
     /// what PEFT's transformers-5 conversion turns into the fused form on load.
     Padded,
     /// transformers 5's fused experts (`target_parameters` on `mlp.experts.gate_up_proj` /
-    /// `down_proj`, unselected experts exactly zero): PEFT ≥ 0.17 with transformers 5.
+    /// `down_proj`, unselected experts exactly zero): PEFT ≥ 0.19 (its `ParamWrapper` layout) with transformers 5.
     Fused,
 }
 
@@ -75,7 +75,7 @@ pub fn detect_form(family: Family, config: &Value) -> AdapterForm {
 }
 
 impl AdapterForm {
-    /// `per-expert` / `fused`, as the CLI spells it.
+    /// `per-expert` / `padded` / `fused`, as the CLI spells it.
     pub fn label(self) -> &'static str {
         match self {
             AdapterForm::PerExpert => "per-expert",

@@ -48,6 +48,22 @@ pub struct AdapterTarget<'a> {
     pub layout: &'a ModuleLayout,
 }
 
+impl AdapterTarget<'_> {
+    /// `name` in the layout's naming: a Qwen3.5 layout under `model.language_model` also takes
+    /// the text model's `model.…` names (what `AutoModelForCausalLM`, and adapters made on it,
+    /// call the same modules). Other names are returned as they are.
+    pub fn checkpoint_name(&self, name: &str) -> String {
+        let nested_layout = self.family == Family::Qwen3_5Moe
+            && self.layout.expert_prefix.starts_with(QWEN3_5_NESTED);
+        match name.strip_prefix("model.") {
+            Some(rest) if nested_layout && !name.starts_with(QWEN3_5_NESTED) => {
+                format!("{QWEN3_5_NESTED}{rest}")
+            }
+            _ => name.to_string(),
+        }
+    }
+}
+
 /// What a fused-form tensor pair adapts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FusedSlot {
@@ -129,15 +145,7 @@ impl<'a> FusedNames<'a> {
     /// transformers 5's module name → MoEScope's (either Qwen3.5 naming is read).
     pub fn from_transformers5(&self, name: &str) -> String {
         match self.target.family {
-            Family::Qwen3_5Moe
-                if self.layout().expert_prefix.starts_with(QWEN3_5_NESTED)
-                    && !name.starts_with(QWEN3_5_NESTED) =>
-            {
-                match name.strip_prefix("model.") {
-                    Some(rest) => format!("{QWEN3_5_NESTED}{rest}"),
-                    None => name.to_string(),
-                }
-            }
+            Family::Qwen3_5Moe => self.target.checkpoint_name(name),
             Family::Mixtral | Family::MiniMaxM2 => name.replace(".mlp.", ".block_sparse_moe."),
             Family::PhiMoe => {
                 let renamed = match name.strip_suffix(".mlp.router") {

@@ -102,7 +102,11 @@ impl Adapter {
                 check_rank(&weights_path, &path, &pair, rank)?;
                 // The padded form's zero pairs of unselected experts adapt nothing.
                 if let Some(pair) = drop_zero_components(&pair.a, &pair.b)? {
-                    add(path, pair, settings.scale_for(rank, alpha))?;
+                    add(
+                        target.checkpoint_name(&path),
+                        pair,
+                        settings.scale_for(rank, alpha),
+                    )?;
                 }
                 continue;
             };
