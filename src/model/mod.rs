@@ -9,10 +9,13 @@
 //!   forward runs on the direct f32 CPU kernels of [`kernels`], as one of the frozen-part
 //!   training ops of [`autograd`], or as plain candle tensor ops.
 //! - [`lora`] and [`adapter`]: LoRA deltas on the linear layers, and PEFT adapters on disk.
+//! - [`chat_template`]: the model's chat template, which turns a conversation into the text
+//!   the model sees.
 
 pub mod adapter;
 pub mod autograd;
 pub mod batch;
+pub mod chat_template;
 pub mod device;
 pub mod error;
 pub mod families;
@@ -32,6 +35,7 @@ pub mod weight;
 pub mod weights;
 
 pub use batch::{Batch, Output};
+pub use chat_template::ChatTemplate;
 pub use device::parse_dtype;
 pub use error::{ModelError, Result};
 pub use info::{AttentionKind, Family, ModelInfo, ModuleLayout, Projection};
