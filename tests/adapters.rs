@@ -18,7 +18,7 @@ use moescope::train::{
 };
 use serde_json::Value;
 
-use common::{fixture, moescope};
+use common::{copy_dir, fixture, moescope};
 
 /// Fixtures with per-expert adapters made by PEFT on transformers 4.57 (tests/fixtures/make_peft.py).
 const FIXTURES: [&str; 5] = [
@@ -598,6 +598,57 @@ fn text_only_data_trains() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out_dir.join("adapter_model.safetensors").exists());
+}
+
+/// The classic ChatML template (as OpenHermes and others ship it).
+const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Chat records (`messages`) train directly: on the fixture, which has no chat template (the
+/// plain layout, said once), and on a copy of it given a chat_template.jinja.
+#[test]
+fn chat_messages_data_trains_with_or_without_a_chat_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let templated = tmp.path().join("olmoe_chatml");
+    copy_dir(&fixture("olmoe"), &templated);
+    std::fs::write(templated.join("chat_template.jinja"), CHATML).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/chat_sample.jsonl");
+    for (model, note) in [
+        (fixture("olmoe"), "has no chat template"),
+        (templated.clone(), "rendered with the chat template of"),
+    ] {
+        let out_dir = tmp.path().join(format!(
+            "adapter_{}",
+            model.file_name().unwrap().to_string_lossy()
+        ));
+        let out = moescope(&[
+            "train",
+            "-m",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--all-experts",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--rank",
+            "2",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{}: {said}", model.display());
+        assert_eq!(said.matches(note).count(), 1, "{said}");
+        let summary = read_json(&out_dir.join("training.json"));
+        assert_eq!(summary["steps"], 2, "{summary}");
+        let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 2);
+        assert!(out_dir.join("adapter_model.safetensors").exists());
+    }
 }
 
 fn assert_fails(out: &std::process::Output, needles: &[&str]) {

@@ -254,6 +254,84 @@ fn profile_writes_a_valid_profile_and_traces() {
     }
 }
 
+/// Chat records are profiled on the text the model sees: the rendering of its chat template
+/// (a copy of the fixture given a ChatML chat_template.jinja), or the plain "role: content"
+/// layout for the fixture, which has none (said once).
+#[test]
+fn profile_routes_chat_data_as_the_model_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let templated = dir.path().join("olmoe_chatml");
+    copy_dir(&fixture("olmoe"), &templated);
+    std::fs::write(
+        templated.join("chat_template.jinja"),
+        "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content | trim + '<|im_end|>\\n' }}{% endfor %}",
+    )
+    .unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/chat_sample.jsonl");
+    let conversations: Vec<Vec<(String, String)>> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let text = |k: &str| m[k].as_str().unwrap().to_string();
+                    (text("role"), text("content"))
+                })
+                .collect()
+        })
+        .collect();
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(fixture("olmoe").join("tokenizer.json")).unwrap();
+    let encode = |text: String| tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+    let chatml = |c: &Vec<(String, String)>| {
+        c.iter()
+            .map(|(role, content)| format!("<|im_start|>{role}\n{content}<|im_end|>\n"))
+            .collect::<String>()
+    };
+    let plain = |c: &Vec<(String, String)>| {
+        c.iter()
+            .map(|(role, content)| format!("{role}: {content}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (model, note, render) in [
+        (
+            templated.clone(),
+            "rendered with the chat template of",
+            &chatml as &dyn Fn(&Vec<(String, String)>) -> String,
+        ),
+        (fixture("olmoe"), "has no chat template", &plain),
+    ] {
+        let out = dir.path().join("p.json");
+        let traces = dir.path().join("t.jsonl");
+        let o = moescope(&[
+            "profile",
+            "--model",
+            &s(&model),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&out),
+            "--traces",
+            &s(&traces),
+        ]);
+        assert!(o.status.success(), "{}: {}", model.display(), stderr(&o));
+        assert_eq!(stderr(&o).matches(note).count(), 1, "{}", stderr(&o));
+        let p = moescope::profile::RoutingProfile::load(&out).unwrap();
+        assert_eq!(p.subject_names(), vec!["math", "cooking", "law", "travel"]);
+        let (_, t) = moescope::profile::traces::read_traces(&traces).unwrap();
+        let mut seen: Vec<Vec<u32>> = t.into_iter().map(|x| x.token_ids).collect();
+        let mut expected: Vec<Vec<u32>> = conversations.iter().map(|c| encode(render(c))).collect();
+        seen.sort();
+        expected.sort();
+        assert_eq!(seen, expected, "{}", model.display());
+    }
+}
+
 #[test]
 fn hub_ids_load_from_the_cache_offline() {
     let cache = tempfile::tempdir().unwrap();

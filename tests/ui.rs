@@ -28,10 +28,7 @@ fn prompts() -> PromptSet {
         ("biology", "cells divide by mitosis and meiosis"),
     ] {
         for i in 0..4 {
-            prompts.push(Prompt {
-                subject: subject.into(),
-                text: format!("{words} {i}"),
-            });
+            prompts.push(Prompt::plain(subject, format!("{words} {i}")));
         }
     }
     PromptSet {

@@ -379,9 +379,10 @@ pub fn trace(args: TraceArgs) -> Result<()> {
 pub struct ProfileArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Dataset: JSONL, CSV or Parquet with a subject and a text column, or a folder of
-    /// `<subject>.txt` prompt files. Without it (and without --model), the demo's bundled
-    /// prompts.
+    /// Dataset: JSONL, JSON, CSV or Parquet with a subject column and a text column (or a
+    /// `messages` / `conversations` column of chat messages, rendered with the model's chat
+    /// template), a .txt file or a folder of `<subject>.txt` prompt files. Without it (and
+    /// without --model), the demo's bundled prompts.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Where to write the profile (JSON).
@@ -456,12 +457,16 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         .expect("valid template"),
     );
     let started = std::time::Instant::now();
+    if prompts.has_conversations() {
+        eprintln!("{}", loaded.chat_template.conversation_note());
+    }
     let opts = ProfileOptions {
         batch_size: args.batch_size,
         max_tokens: args.max_tokens,
         traces: args.traces.clone(),
         schedule: args.schedule,
         spill_dir: args.spill_dir.clone(),
+        chat_template: loaded.chat_template.clone(),
         ..ProfileOptions::default()
     };
     let mut tokens = 0usize;

@@ -35,8 +35,13 @@ pub struct TrainArgs {
     /// Experts per MoE layer that stage 2 adapts (default: a quarter of the experts).
     #[arg(long, requires = "two_stage_das")]
     pub das_top: Option<usize>,
-    /// Training data: JSONL, CSV, Parquet, .txt or a folder of <subject>.txt; MMLU-style rows
-    /// train on question, options and the answer letter.
+    /// Training data: JSONL, JSON, CSV, Parquet, .txt or a folder of <subject>.txt. A text
+    /// column trains as it is; MMLU-style rows train on question, options and the answer
+    /// letter; chat records (a `messages` column of {role, content}, or ShareGPT's
+    /// `conversations` of {from, value}) train on the conversation rendered with the model's
+    /// chat template (plain "role: content" lines when it has none), loss on every token.
+    /// A `subject` / `category` column labels rows; without one the file name does. See
+    /// docs/training-data.md.
     #[arg(long, short = 'd')]
     pub data: PathBuf,
     #[arg(long)]
@@ -174,6 +179,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .expect("valid template"),
     );
     let mut on_event = |e: TrainEvent| match e {
+        // A bar that is not drawn (output not a terminal) prints nothing: notes go to stderr.
+        TrainEvent::Status(s) if bar.is_hidden() => eprintln!("{s}"),
         TrainEvent::Status(s) => bar.println(s),
         TrainEvent::Stage {
             stage,

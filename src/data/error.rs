@@ -108,8 +108,9 @@ pub enum DataError {
 
     /// No column name looks like prompt text and none was given.
     #[error(
-        "{}: no text column (looked for text, prompt, question, or question + options/choices); \
-         available columns: {}; name the column holding the prompt text with --text-column",
+        "{}: no text column (looked for messages, conversations, conversation, question + \
+         options/choices, text, prompt, question); available columns: {}; name the column \
+         holding the prompt text with --text-column",
         .path.display(),
         list_columns(.available)
     )]
@@ -162,6 +163,16 @@ pub enum DataError {
         column: String,
         expected: &'static str,
         found: String,
+    },
+
+    /// A conversation cell that is not a list of `{role, content}` messages (or ShareGPT
+    /// `{from, value}` ones), or one of whose messages cannot be read as text.
+    #[error("{}: {location}: column `{column}`: {problem}", .path.display())]
+    BadConversation {
+        path: PathBuf,
+        location: Location,
+        column: String,
+        problem: String,
     },
 
     /// A multiple-choice row has more options than there are letters A–Z.

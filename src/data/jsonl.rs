@@ -255,11 +255,18 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-fn cell_from_json(value: &Value) -> Cell {
+/// A JSON value as a cell: objects keep their fields (a chat message's `role` and `content`).
+pub(crate) fn cell_from_json(value: &Value) -> Cell {
     match value {
         Value::Null => Cell::Null,
         Value::String(s) => Cell::Text(s.clone()),
         Value::Array(items) => Cell::List(items.iter().map(cell_from_json).collect()),
-        Value::Bool(_) | Value::Number(_) | Value::Object(_) => Cell::Other(value.to_string()),
+        Value::Object(fields) => Cell::Map(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), cell_from_json(v)))
+                .collect(),
+        ),
+        Value::Bool(_) | Value::Number(_) => Cell::Other(value.to_string()),
     }
 }

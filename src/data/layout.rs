@@ -2,13 +2,18 @@
 //!
 //! Subject: `--subject-column` if given, else the first of `subject`, `category`, `domain`,
 //! `topic` present (`category` first for the MMLU-Pro layout). Text: `--text-column` if given
-//! (used as it is), else the multiple-choice layouts — `question` + `options` (MMLU-Pro) or
-//! `question` + `choices` (MMLU) — formatted by [`format_multiple_choice`], else the first of
-//! `text`, `prompt`, `question`. Default names match case-insensitively (an exact match wins);
-//! names given with a flag must match exactly, or case-insensitively if that picks one column.
+//! (used as it is; a cell holding a list of message objects is read as a conversation), else a
+//! conversation column — `messages`, `conversations`, `conversation` (see `chat.rs`) —, else
+//! the multiple-choice layouts — `question` + `options` (MMLU-Pro) or `question` + `choices`
+//! (MMLU) — formatted by [`format_multiple_choice`], else the first of `text`, `prompt`,
+//! `question`. A conversation column wins over text columns beside it (UltraChat and No Robots
+//! carry both `prompt` and `messages`; the conversation is the training example). Default names
+//! match case-insensitively (an exact match wins); names given with a flag must match exactly,
+//! or case-insensitively if that picks one column.
 
 use std::path::Path;
 
+use super::chat::{self, CONVERSATION_DEFAULTS};
 use super::error::{DataError, Location};
 use super::row::{Cell, RawRow};
 use super::{DataOptions, Prompt};
@@ -43,6 +48,8 @@ pub(crate) enum TextPlan {
     /// A question column and a list-of-options column, formatted by
     /// [`format_multiple_choice`].
     MultipleChoice { question: String, options: String },
+    /// A column holding each row's conversation (a list of messages).
+    Conversation(String),
 }
 
 /// Where a row's subject comes from.
@@ -101,9 +108,15 @@ pub(crate) fn resolve(
     columns: &[String],
     opts: &DataOptions,
 ) -> Result<Plan, DataError> {
+    let conversation = match &opts.text_column {
+        None => CONVERSATION_DEFAULTS
+            .iter()
+            .find_map(|d| find_default(columns, d)),
+        Some(_) => None,
+    };
     let question = find_default(columns, "question");
-    let multiple_choice = match (&opts.text_column, question) {
-        (None, Some(q)) => find_default(columns, "options")
+    let multiple_choice = match (&opts.text_column, question, conversation) {
+        (None, Some(q), None) => find_default(columns, "options")
             .map(|o| (q, o, true))
             .or_else(|| find_default(columns, "choices").map(|o| (q, o, false))),
         _ => None,
@@ -134,13 +147,14 @@ pub(crate) fn resolve(
         }
     };
 
-    let text = match (&opts.text_column, multiple_choice) {
-        (Some(name), _) => TextPlan::Column(find_named(path, columns, name, "--text-column")?),
-        (None, Some((q, o, _))) => TextPlan::MultipleChoice {
+    let text = match (&opts.text_column, conversation, multiple_choice) {
+        (Some(name), _, _) => TextPlan::Column(find_named(path, columns, name, "--text-column")?),
+        (None, Some(c), _) => TextPlan::Conversation(c.clone()),
+        (None, None, Some((q, o, _))) => TextPlan::MultipleChoice {
             question: q.clone(),
             options: o.clone(),
         },
-        (None, None) => TEXT_DEFAULTS
+        (None, None, None) => TEXT_DEFAULTS
             .iter()
             .find_map(|d| find_default(columns, d))
             .map(|c| TextPlan::Column(c.clone()))
@@ -160,7 +174,7 @@ impl Plan {
             SubjectPlan::Fixed(_) => Vec::new(),
         };
         match &self.text {
-            TextPlan::Column(t) => out.push(t),
+            TextPlan::Column(t) | TextPlan::Conversation(t) => out.push(t),
             TextPlan::MultipleChoice { question, options } => {
                 out.extend([question.as_str(), options.as_str()]);
             }
@@ -190,6 +204,12 @@ impl Plan {
         let cell = |i: usize| row.cells.get(first_text + i - 1).unwrap_or(&Cell::Null);
 
         let (text, text_column) = match &self.text {
+            TextPlan::Conversation(column) => {
+                return conversation_prompt(path, location, column, cell(1), subject);
+            }
+            TextPlan::Column(column) if holds_messages(cell(1)) => {
+                return conversation_prompt(path, location, column, cell(1), subject);
+            }
             TextPlan::Column(column) => (
                 scalar(path, location, column, cell(1), "prompt text")?.unwrap_or_default(),
                 column,
@@ -212,11 +232,38 @@ impl Plan {
                 column: Some(text_column.clone()),
             });
         }
-        Ok(Prompt { subject, text })
+        Ok(Prompt::plain(subject, text))
     }
 }
 
-/// A cell as text: `None` for null, an error for a list.
+/// Whether a cell is a non-empty list of objects: a conversation, even in a column named as
+/// text.
+fn holds_messages(cell: &Cell) -> bool {
+    matches!(cell, Cell::List(items)
+        if !items.is_empty() && items.iter().all(|i| matches!(i, Cell::Map(_))))
+}
+
+/// The prompt of a conversation cell; a conversation whose every message is empty is an empty
+/// prompt.
+fn conversation_prompt(
+    path: &Path,
+    location: Location,
+    column: &str,
+    cell: &Cell,
+    subject: String,
+) -> Result<Prompt, DataError> {
+    let messages = chat::conversation(path, location, column, cell)?;
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(DataError::EmptyText {
+            path: path.to_path_buf(),
+            location,
+            column: Some(column.to_string()),
+        });
+    }
+    Ok(Prompt::conversation(subject, messages))
+}
+
+/// A cell as text: `None` for null, an object as JSON, an error for a list.
 fn scalar(
     path: &Path,
     location: Location,
@@ -227,6 +274,7 @@ fn scalar(
     match cell {
         Cell::Null => Ok(None),
         Cell::Text(s) | Cell::Other(s) => Ok(Some(s.clone())),
+        Cell::Map(_) => Ok(Some(cell.render())),
         Cell::List(_) => Err(DataError::WrongType {
             path: path.to_path_buf(),
             location,
@@ -258,11 +306,12 @@ fn option_list(
             .map(|item| match item {
                 Cell::Null => Ok(None),
                 Cell::Text(s) | Cell::Other(s) => Ok(Some(s.clone())),
+                Cell::Map(_) => Ok(Some(item.render())),
                 Cell::List(_) => Err(wrong()),
             })
             .collect::<Result<_, _>>()?,
         Cell::Text(s) => parse_list_literal(s).ok_or_else(wrong)?,
-        Cell::Null | Cell::Other(_) => return Err(wrong()),
+        Cell::Null | Cell::Other(_) | Cell::Map(_) => return Err(wrong()),
     };
     let options = without_placeholders(items);
     if options.len() > 26 {

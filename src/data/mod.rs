@@ -8,8 +8,16 @@
 //!   snappy pages), `.txt` (one prompt per line, subject = file stem) or a folder of
 //!   `<subject>.txt` files (see [`load_prompt_dir`]).
 //! - Column choice (see `layout.rs`): `--subject-column` / `--text-column` win; otherwise the
-//!   subject comes from `subject` | `category` | `domain` | `topic` and the text from `text` |
-//!   `prompt` | `question`. The MMLU-Pro layout (`question`, `options`, `category`) and the
+//!   subject comes from `subject` | `category` | `domain` | `topic` and the text from a
+//!   conversation column, else the multiple-choice layouts, else `text` | `prompt` |
+//!   `question`.
+//! - Conversations (see `chat.rs`): a `messages` column (TRL's conversational layout: a list of
+//!   `{"role", "content"}` objects; a Parquet list-of-struct column), or ShareGPT's
+//!   `conversations` / `conversation` (`{"from", "value"}`, `human` → `user`, `gpt` →
+//!   `assistant`) become a [`Prompt`] with [`Prompt::messages`] set and, as its text, the plain
+//!   `"role: content"` lines of [`render_plain`]. Rendering a conversation with a model's chat
+//!   template is the model's business (`crate::model::chat_template`), not this module's.
+//! - The MMLU-Pro layout (`question`, `options`, `category`) and the
 //!   MMLU layout (`question`, `choices`, `subject`) are recognised without flags; their prompt
 //!   is the question followed by the lettered options, one per line, exactly as
 //!   [`format_multiple_choice`] writes it:
@@ -31,6 +39,7 @@
 //! line (JSON Lines, CSV, `.txt`) or row (Parquet, JSON arrays). Empty prompt text, an empty
 //! subject, non-UTF-8 bytes and a dataset with zero rows are errors, never skipped silently.
 
+mod chat;
 mod csv_table;
 mod error;
 mod jsonl;
@@ -45,6 +54,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+pub use chat::{ChatMessage, render_plain};
 pub use error::{DataError, Location};
 pub use layout::{count_lettered_options, format_multiple_choice, multiple_choice_options};
 pub use prompt_dir::{decode_prompt_line, encode_prompt_line, load_prompt_dir};

@@ -173,6 +173,12 @@ fn cell_from_field(
                 .map(|f| cell_from_field(path, location, column, f))
                 .collect::<Result<_, _>>()?,
         ),
+        // A struct, e.g. one `{role, content}` message of a list-of-struct `messages` column.
+        Field::Group(row) => Cell::Map(
+            row.get_column_iter()
+                .map(|(name, f)| Ok((name.clone(), cell_from_field(path, location, column, f)?)))
+                .collect::<Result<_, DataError>>()?,
+        ),
         other => Cell::Other(other.to_string()),
     })
 }

@@ -134,10 +134,7 @@ pub fn load_prompt_dir(dir: &Path) -> Result<PromptSet, DataError> {
     for file in prompt_files(dir)? {
         let subject = subject_of(&file);
         for (_, text) in read_prompt_file(&file)? {
-            prompts.push(Prompt {
-                subject: subject.clone(),
-                text,
-            });
+            prompts.push(Prompt::plain(subject.clone(), text));
         }
     }
     Ok(PromptSet {

@@ -3,11 +3,39 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One prompt and the subject it belongs to.
+use super::chat::{ChatMessage, render_plain};
+
+/// One prompt and the subject it belongs to: plain text, or a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prompt {
     pub subject: String,
+    /// The prompt's text; for a conversation its plain rendering ([`render_plain`]), for
+    /// display. A model is given a conversation rendered with its own chat template
+    /// (`crate::model::chat_template`), not this text.
     pub text: String,
+    /// The messages, when the row is a conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+}
+
+impl Prompt {
+    /// A plain-text prompt.
+    pub fn plain(subject: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            text: text.into(),
+            messages: None,
+        }
+    }
+
+    /// A conversation; its text is the plain rendering of the messages.
+    pub fn conversation(subject: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        Self {
+            subject: subject.into(),
+            text: render_plain(&messages),
+            messages: Some(messages),
+        }
+    }
 }
 
 /// Prompts in file order, with where they came from.
@@ -27,6 +55,11 @@ impl PromptSet {
     /// True when there are no prompts.
     pub fn is_empty(&self) -> bool {
         self.prompts.is_empty()
+    }
+
+    /// Whether any prompt is a conversation (and so is rendered with a chat template).
+    pub fn has_conversations(&self) -> bool {
+        self.prompts.iter().any(|p| p.messages.is_some())
     }
 
     /// Subject names in first-seen order.

@@ -12,7 +12,9 @@ pub(crate) enum Cell {
     Text(String),
     /// A list (JSON array, Parquet LIST).
     List(Vec<Cell>),
-    /// Any other scalar or structure, rendered as text (numbers, booleans, objects, dates).
+    /// An object (JSON object, Parquet struct): its fields in order, e.g. one chat message.
+    Map(Vec<(String, Cell)>),
+    /// Any other scalar or structure, rendered as text (numbers, booleans, dates, Parquet maps).
     Other(String),
 }
 
@@ -22,10 +24,7 @@ impl Cell {
         match self {
             Cell::Null => String::new(),
             Cell::Text(s) | Cell::Other(s) => s.clone(),
-            Cell::List(items) => {
-                let values: Vec<serde_json::Value> = items.iter().map(Cell::to_json).collect();
-                serde_json::Value::Array(values).to_string()
-            }
+            Cell::List(_) | Cell::Map(_) => self.to_json().to_string(),
         }
     }
 
@@ -36,6 +35,20 @@ impl Cell {
             Cell::List(items) => {
                 serde_json::Value::Array(items.iter().map(Cell::to_json).collect())
             }
+            Cell::Map(fields) => serde_json::Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The value of field `name` of an object cell.
+    pub(crate) fn field(&self, name: &str) -> Option<&Cell> {
+        match self {
+            Cell::Map(fields) => fields.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v),
+            _ => None,
         }
     }
 
@@ -45,6 +58,7 @@ impl Cell {
             Cell::Null => "nothing (null)".to_string(),
             Cell::Text(_) => "text".to_string(),
             Cell::List(items) => format!("a list of {} items", items.len()),
+            Cell::Map(_) => format!("the object {}", shorten(&self.render(), 40)),
             Cell::Other(s) => format!("the non-text value {}", shorten(s, 40)),
         }
     }

@@ -1,8 +1,9 @@
 //! Profiling: runs a subject-labelled prompt set through a model in padded batches, stopping
 //! after the last MoE layer, and accumulates a [`RoutingProfile`] (plus optional traces).
 //!
-//! Sequences are tokenised up front (so bad prompts fail before any compute), sorted by length
-//! to keep padding low, and batched; padded positions are masked in attention and never routed,
+//! Sequences are tokenised up front (so bad prompts fail before any compute; a conversation is
+//! rendered with [`ProfileOptions::chat_template`] first, so its routing is recorded on the
+//! text the model sees), sorted by length to keep padding low, and batched; padded positions are masked in attention and never routed,
 //! so the result equals running each sequence alone.
 //!
 //! Two schedules give the same profile, bit for bit ([`Schedule`]): batch-major runs each
@@ -23,7 +24,7 @@ use super::hidden_store::HiddenStore;
 use crate::data::PromptSet;
 use crate::model::moe_model::BatchRoutingHook;
 use crate::model::router::{RouteCtx, RouteEvent, RoutingHook};
-use crate::model::{Batch, LayerwiseModel, ModelError, ModelInfo, MoeModel, Output, loader};
+use crate::model::{Batch, ChatTemplate, LayerwiseModel, ModelError, ModelInfo, MoeModel, Output};
 use crate::profile::traces::TraceWriter;
 use crate::profile::{ProfileModel, ProfileRecorder, RoutingProfile, SequenceTrace};
 
@@ -46,6 +47,9 @@ pub struct ProfileOptions {
     /// A layer-major run's experts take the tokens of consecutive batches of up to this many
     /// (padded) tokens at once, so that each expert's weights are read once per group.
     pub group_tokens: usize,
+    /// How conversations among the prompts become text: the model's chat template
+    /// ([`crate::model::LoadedModel::chat_template`]); the plain layout by default.
+    pub chat_template: ChatTemplate,
 }
 
 impl Default for ProfileOptions {
@@ -58,6 +62,7 @@ impl Default for ProfileOptions {
             hidden_memory: None,
             spill_dir: None,
             group_tokens: 8192,
+            chat_template: ChatTemplate::none(),
         }
     }
 }
@@ -142,6 +147,7 @@ fn tokenise(
     prompts: &PromptSet,
     subjects: &[String],
     tokenizer: &Tokenizer,
+    chat_template: &ChatTemplate,
     info: &ModelInfo,
     max_tokens: Option<usize>,
     want_strings: bool,
@@ -159,7 +165,8 @@ fn tokenise(
         if p.text.trim().is_empty() {
             return Err(ProfileError::Prompt(format!("{} is empty", at())));
         }
-        let mut ids = loader::encode(tokenizer, &p.text)
+        let mut ids = chat_template
+            .encode_prompt(tokenizer, p)
             .map_err(|e| ProfileError::Prompt(format!("{}: {e}", at())))?;
         if ids.is_empty() {
             return Err(ProfileError::Prompt(format!("{} has no tokens", at())));
@@ -232,6 +239,7 @@ pub fn run_profile_observed(
         prompts,
         &subjects,
         tokenizer,
+        &opts.chat_template,
         &info,
         opts.max_tokens,
         keep_traces,

@@ -2,8 +2,8 @@
 //! else `~/.cache/huggingface/hub`), lookups that need no network when the files are cached, and
 //! downloads through `hf-hub` otherwise (none when `HF_HUB_OFFLINE=1`).
 //!
-//! Only data files are fetched (config, tokenizer, safetensors); no code from a model repo is
-//! ever run. A local `.gguf` file is a model too ([`FileLayout::Gguf`]).
+//! Only data files are fetched (config, tokenizer and its chat template, safetensors); no code
+//! from a model repo is ever run. A local `.gguf` file is a model too ([`FileLayout::Gguf`]).
 
 use std::path::{Path, PathBuf};
 
@@ -288,6 +288,10 @@ pub fn resolve_hub(
     let mut repo = HubRepo::new(repo_id, revision, progress);
     let config = repo.fetch("config.json", true)?.expect("required");
     let tokenizer = repo.fetch("tokenizer.json", true)?.expect("required");
+    // The chat template and special tokens, read beside tokenizer.json in the snapshot.
+    for file in ["tokenizer_config.json", "chat_template.jinja"] {
+        repo.fetch(file, false)?;
+    }
     let index = repo.fetch("model.safetensors.index.json", false)?;
     let weights = match &index {
         Some(index) => {

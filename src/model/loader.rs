@@ -17,6 +17,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use tokenizers::Tokenizer;
 
+use super::chat_template::ChatTemplate;
 use super::device::{DeviceChoice, dtype_name};
 use super::error::{ModelError, Result};
 use super::families::{self, BuildCtx};
@@ -51,6 +52,8 @@ pub struct LoadOptions {
 pub struct LoadedModel {
     pub model: Box<dyn MoeModel>,
     pub tokenizer: Tokenizer,
+    /// How conversations become the model's text (its chat template, or the plain layout).
+    pub chat_template: ChatTemplate,
     pub files: ModelFiles,
     pub device: Device,
     pub plan: LoadPlan,
@@ -241,6 +244,7 @@ struct OpenedCheckpoint {
     /// The file errors about the configuration name.
     config_path: std::path::PathBuf,
     tokenizer: Tokenizer,
+    chat_template: ChatTemplate,
     store: Arc<dyn super::weights::TensorStore>,
     stored: StoredWeights,
     /// The language model's parameters (not a vision tower or prediction head beside it).
@@ -261,6 +265,7 @@ fn open_safetensors(
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::msg(format!("{}: not valid JSON: {e}", config_path.display())))?;
     let family = detect_family(config_path, &json)?;
+    let chat_template = ChatTemplate::beside_tokenizer(tokenizer);
     let tokenizer = load_tokenizer_json(tokenizer)?;
     let mut mmap = MmapWeights::open(weights)?;
     apply_quantization_config(config_path, &json, &mut mmap)?;
@@ -279,6 +284,7 @@ fn open_safetensors(
         config: text,
         config_path: config_path.to_path_buf(),
         tokenizer,
+        chat_template,
         store: Arc::new(mmap),
         stored,
         total_params,
@@ -292,10 +298,14 @@ fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
 }
 
 /// Opens a GGUF file (and the other parts of a split one): the family and config from its
-/// metadata, the tokenizer from `tokenizer.json` beside it or else from the metadata.
+/// metadata, the tokenizer from `tokenizer.json` beside it or else from the metadata, the chat
+/// template from the metadata or else from the HF files beside it.
 fn open_gguf(file: &Path, tokenizer: Option<&Path>) -> Result<OpenedCheckpoint> {
     let model = gguf::GgufModel::open(file)?;
     let converted = gguf::arch::convert(&model, file)?;
+    let chat_template = ChatTemplate::from_gguf_metadata(model.metadata(), file)
+        .or_else(|| tokenizer.map(ChatTemplate::beside_tokenizer))
+        .unwrap_or_default();
     let tokenizer = match tokenizer {
         Some(p) => load_tokenizer_json(p)?,
         None => gguf::tokenizer::tokenizer_from_metadata(model.metadata(), file)?,
@@ -314,6 +324,7 @@ fn open_gguf(file: &Path, tokenizer: Option<&Path>) -> Result<OpenedCheckpoint> 
         config: converted.config.to_string(),
         config_path: file.to_path_buf(),
         tokenizer,
+        chat_template,
         store: Arc::new(weights),
         stored,
         total_params,
@@ -337,6 +348,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
         config,
         config_path,
         tokenizer,
+        chat_template,
         store,
         stored,
         total_params,
@@ -390,6 +402,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
     Ok(LoadedModel {
         model,
         tokenizer,
+        chat_template,
         files,
         device,
         plan,

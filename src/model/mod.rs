@@ -10,10 +10,13 @@
 //!   training ops of [`autograd`], or as plain candle tensor ops.
 //! - [`lora`] and [`adapter`]: LoRA deltas on the linear layers, and PEFT adapters on disk;
 //!   [`merge`] folds an adapter into a checkpoint on disk.
+//! - [`chat_template`]: the model's chat template, which turns a conversation into the text
+//!   the model sees.
 
 pub mod adapter;
 pub mod autograd;
 pub mod batch;
+pub mod chat_template;
 pub mod device;
 pub mod error;
 pub mod families;
@@ -34,6 +37,7 @@ pub mod weight;
 pub mod weights;
 
 pub use batch::{Batch, Output};
+pub use chat_template::ChatTemplate;
 pub use device::parse_dtype;
 pub use error::{ModelError, Result};
 pub use info::{AttentionKind, Family, ModelInfo, ModuleLayout, Projection};

@@ -6,7 +6,16 @@
 //! subject = file stem; without blank lines it is a prompt file (one text per line).
 //! Multiple-choice datasets (MMLU / MMLU-Pro layouts) train on the question and its lettered
 //! options followed by the answer cue and the correct letter, exactly the text the evaluation
-//! scores. Micro-batch `i` of the run is a pure
+//! scores.
+//!
+//! Conversational datasets (a `messages` column of `{role, content}` messages, or ShareGPT's
+//! `conversations`; see [`crate::data`]) train on each conversation rendered with the model's
+//! own chat template ([`ChatTemplate`]; the plain `"role: content"` layout for a model without
+//! one), and the loss covers every token of the rendering — system and user turns and the
+//! template's markup included, as TRL's SFT trainer does for conversational data when
+//! assistant-only loss is off. A rendering cut at `max_tokens` loses its end.
+//!
+//! Micro-batch `i` of the run is a pure
 //! function of (seed, i): epoch `i / batches_per_epoch` is a seeded shuffle, so a resumed run
 //! sees the same batches an uninterrupted one would.
 
@@ -19,6 +28,7 @@ use tokenizers::Tokenizer;
 use super::{Result, TrainError};
 use crate::data::{DataOptions, PromptSet, dataset_columns, load_prompts};
 use crate::inference::eval::{ANSWER_CUE, letter, load_items};
+use crate::model::ChatTemplate;
 use crate::model::lora::mix_seed;
 
 /// Training texts, in file order, each with its subject (the file's name for a dataset
@@ -36,7 +46,11 @@ pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {
     }
     let columns = dataset_columns(path)?;
     let has = |name: &str| columns.iter().any(|c| c.eq_ignore_ascii_case(name));
+    let conversation = ["messages", "conversations", "conversation"]
+        .iter()
+        .any(|c| has(c));
     let multiple_choice = opts.text_column.is_none()
+        && !conversation
         && has("question")
         && (has("options") || has("choices"))
         && (has("answer") || has("answer_index"));
@@ -47,9 +61,9 @@ pub fn load_texts(path: &Path, opts: &DataOptions) -> Result<PromptSet> {
     let mut set = PromptSet {
         prompts: items
             .into_iter()
-            .map(|item| crate::data::Prompt {
-                text: format!("{}{ANSWER_CUE} {}", item.prompt, letter(item.answer)),
-                subject: item.subject,
+            .map(|item| {
+                let text = format!("{}{ANSWER_CUE} {}", item.prompt, letter(item.answer));
+                crate::data::Prompt::plain(item.subject, text)
             })
             .collect(),
         source: path.display().to_string(),
@@ -95,10 +109,7 @@ fn load_documents(path: &Path) -> Result<Option<PromptSet>> {
     let prompts = lines
         .split(|l| blank(l))
         .filter(|doc| !doc.is_empty())
-        .map(|doc| crate::data::Prompt {
-            text: doc.join("\n"),
-            subject: subject.clone(),
-        })
+        .map(|doc| crate::data::Prompt::plain(subject.clone(), doc.join("\n")))
         .collect();
     Ok(Some(PromptSet {
         prompts,
@@ -106,16 +117,25 @@ fn load_documents(path: &Path) -> Result<Option<PromptSet>> {
     }))
 }
 
-/// Tokenises every text (special tokens as the tokenizer adds them), cut to `max_tokens`;
+/// Tokenises every text (special tokens as the tokenizer adds them; a conversation rendered
+/// with `chat_template` first, see [`ChatTemplate::encode_prompt`]), cut to `max_tokens`;
 /// sequences under two tokens (nothing to predict) are dropped.
 pub fn tokenise(
     tokenizer: &Tokenizer,
+    chat_template: &ChatTemplate,
     texts: &PromptSet,
     max_tokens: usize,
 ) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::with_capacity(texts.len());
-    for p in &texts.prompts {
-        let mut ids = crate::model::loader::encode(tokenizer, &p.text)?;
+    for (i, p) in texts.prompts.iter().enumerate() {
+        let mut ids = chat_template.encode_prompt(tokenizer, p).map_err(|e| {
+            TrainError::Invalid(format!(
+                "{}: text {} (subject '{}'): {e}",
+                texts.source,
+                i + 1,
+                p.subject
+            ))
+        })?;
         ids.truncate(max_tokens);
         if ids.len() >= 2 {
             out.push(ids);
@@ -208,6 +228,88 @@ mod tests {
             plan.micro_batch(0),
             plan.micro_batch(3),
             "epochs are reshuffled"
+        );
+    }
+
+    #[test]
+    fn conversations_train_under_their_subject_or_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let chat = dir.path().join("support.jsonl");
+        std::fs::write(
+            &chat,
+            concat!(
+                r#"{"messages": [{"role": "user", "content": "Reset my password"}, {"role": "assistant", "content": "Use the link."}]}"#,
+                "\n",
+                r#"{"messages": [{"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "Glad to help."}]}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let set = load_texts(&chat, &DataOptions::default()).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(set.has_conversations());
+        assert!(set.prompts.iter().all(|p| p.subject == "support"));
+        let err = crate::data::load_prompts(&chat, &DataOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("--subject-column"), "{err}");
+
+        let labelled = dir.path().join("labelled.jsonl");
+        std::fs::write(
+            &labelled,
+            r#"{"category": "billing", "conversations": [{"from": "human", "value": "Refund?"}, {"from": "gpt", "value": "Done."}]}"#,
+        )
+        .unwrap();
+        let set = load_texts(&labelled, &DataOptions::default()).unwrap();
+        assert_eq!(set.subjects(), ["billing"]);
+        assert_eq!(set.prompts[0].text, "user: Refund?\nassistant: Done.");
+    }
+
+    #[test]
+    fn a_conversation_is_tokenised_as_its_rendering() {
+        let tokenizer = Tokenizer::from_file(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/models/olmoe/tokenizer.json"),
+        )
+        .unwrap();
+        let encode = |text: &str| crate::model::loader::encode(&tokenizer, text).unwrap();
+        let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        let template = ChatTemplate::compile(chatml, Default::default(), "chatml").unwrap();
+        let conversation = vec![
+            crate::data::ChatMessage::new("user", "Hi"),
+            crate::data::ChatMessage::new("assistant", "Hello there"),
+        ];
+        let set = PromptSet {
+            prompts: vec![
+                crate::data::Prompt::conversation("chat", conversation),
+                crate::data::Prompt::plain("chat", "The court held."),
+            ],
+            source: "mem".into(),
+        };
+        let seqs = tokenise(&tokenizer, &template, &set, 1000).unwrap();
+        assert_eq!(
+            seqs[0],
+            encode(
+                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|>\n"
+            )
+        );
+        assert_eq!(seqs[1], encode("The court held."));
+
+        // Without a template: the plain layout.
+        let seqs = tokenise(&tokenizer, &ChatTemplate::none(), &set, 1000).unwrap();
+        assert_eq!(seqs[0], encode("user: Hi\nassistant: Hello there"));
+
+        // A template that refuses the conversation names the text.
+        let strict = ChatTemplate::compile(
+            "{{ raise_exception('System message required') }}",
+            Default::default(),
+            "strict",
+        )
+        .unwrap();
+        let err = tokenise(&tokenizer, &strict, &set, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mem: text 1 (subject 'chat')") && err.contains("System message required"),
+            "{err}"
         );
     }
 

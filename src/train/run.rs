@@ -52,6 +52,9 @@ impl Trainer {
             opts.data.display()
         )));
         let texts = data::load_texts(&opts.data, &opts.data_options)?;
+        if texts.has_conversations() {
+            on_event(TrainEvent::Status(loaded.chat_template.conversation_note()));
+        }
         let train_texts = match &opts.domain {
             Some(d) => {
                 let rows: Vec<_> = texts.prompts_for(d).cloned().collect();
@@ -70,7 +73,12 @@ impl Trainer {
             None => texts.clone(),
         };
         let max_tokens = opts.max_tokens.min(info.max_position_embeddings);
-        let sequences = data::tokenise(&loaded.tokenizer, &train_texts, max_tokens)?;
+        let sequences = data::tokenise(
+            &loaded.tokenizer,
+            &loaded.chat_template,
+            &train_texts,
+            max_tokens,
+        )?;
         let plan = BatchPlan {
             num_sequences: sequences.len(),
             batch_size: opts.batch_size,
@@ -96,6 +104,7 @@ impl Trainer {
         let mut trainer = Self {
             model: loaded.model,
             tokenizer: loaded.tokenizer,
+            chat_template: loaded.chat_template,
             info,
             device,
             texts,
@@ -160,6 +169,7 @@ impl Trainer {
         let popts = crate::inference::profiling::ProfileOptions {
             batch_size: self.opts.batch_size,
             max_tokens: Some(self.opts.max_tokens),
+            chat_template: self.chat_template.clone(),
             ..Default::default()
         };
         let never = AtomicBool::new(false);

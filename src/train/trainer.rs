@@ -23,7 +23,7 @@ use crate::inference::nll::sequence_nll;
 use crate::model::adapter::{Adapter, AdapterForm, AdapterSettings, LoraPair};
 use crate::model::lora::{LoraDelta, LoraDropout};
 use crate::model::router::NoHook;
-use crate::model::{Batch, ModelInfo, MoeModel, Output, RouteCtx};
+use crate::model::{Batch, ChatTemplate, ModelInfo, MoeModel, Output, RouteCtx};
 use crate::selection::accounting::AdapterScope;
 use crate::selection::export::target_modules;
 use crate::selection::{Selection, SelectionModel, SelectionRule};
@@ -33,6 +33,8 @@ pub struct Trainer {
     pub opts: TrainOptions,
     pub(super) model: Box<dyn MoeModel>,
     pub(super) tokenizer: Tokenizer,
+    /// How conversations in the data become the model's text.
+    pub(super) chat_template: ChatTemplate,
     pub(super) info: ModelInfo,
     pub(super) device: Device,
     pub(super) texts: PromptSet,
@@ -444,7 +446,7 @@ impl Trainer {
                 prompts: texts.prompts_for(&subject).cloned().collect(),
                 source: texts.source.clone(),
             };
-            let seqs = data::tokenise(&self.tokenizer, &set, max_tokens)?;
+            let seqs = data::tokenise(&self.tokenizer, &self.chat_template, &set, max_tokens)?;
             let (nll, n) = sequence_nll(self.model.as_mut(), &seqs, self.opts.batch_size)
                 .map_err(|e| TrainError::Invalid(format!("held-out evaluation: {e}")))?;
             out.push((subject, n, (nll / n.max(1) as f64).exp()));

@@ -28,10 +28,16 @@ impl WorkerState {
         let opts = ProfileOptions {
             batch_size: batch_size.max(1),
             max_tokens,
+            chat_template: loaded.chat_template.clone(),
             ..ProfileOptions::default()
         };
         let total = prompts.len() as u64;
-        self.outbox.progress(job, 0, total, "profiling".into());
+        let label = if prompts.has_conversations() {
+            format!("profiling ({})", loaded.chat_template.conversation_note())
+        } else {
+            "profiling".to_string()
+        };
+        self.outbox.progress(job, 0, total, label);
         let mut tokens = {
             let info = loaded.model.info();
             TokenCounter::new(info.moe_layers.len(), info.num_experts)
