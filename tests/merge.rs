@@ -30,7 +30,14 @@ fn load_adapter(dir: &Path, model: &Path) -> Adapter {
     let json: Value = serde_json::from_str(&text).unwrap();
     let family = moescope::model::loader::detect_family(&config, &json).unwrap();
     let (layout, _) = moescope::model::families::layout_from_config(family, &text).unwrap();
-    Adapter::load(dir, AdapterTarget { family, layout: &layout }).unwrap()
+    Adapter::load(
+        dir,
+        AdapterTarget {
+            family,
+            layout: &layout,
+        },
+    )
+    .unwrap()
 }
 
 const PEFT_FIXTURES: [&str; 4] = ["olmoe", "qwen2_moe", "mixtral", "deepseek_v2_group"];
@@ -665,14 +672,15 @@ fn the_cli_merges_replaces_with_force_and_refuses_bad_input() {
         ],
     );
 
-    // A lora_B one row too tall: module, shapes and both files are named.
+    // A lora_B one row too tall (non-zero: a zero pair adapts nothing and is dropped on
+    // reading): module, shapes and both files are named.
     let broken = tmp.path().join("broken");
     let mut pairs = load_adapter(&adapter, &model);
     let q = pairs
         .modules
         .get_mut("model.layers.0.self_attn.q_proj")
         .unwrap();
-    q.b = Tensor::zeros((65, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    q.b = Tensor::ones((65, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
     pairs.save(&broken).unwrap();
     assert_fails(
         &run(&[

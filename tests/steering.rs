@@ -16,7 +16,7 @@ use moescope::inference::eval::{
 };
 use moescope::inference::generate::{GenerateOptions, argmax, generate};
 use moescope::model::router::{ExpertForce, NoHook};
-use moescope::model::{Batch, LoadedModel, Output, RouteCtx, loader};
+use moescope::model::{Batch, LoadedModel, Output, RouteCtx, tokenize};
 use moescope::steering::diff::{LayerRouting, routing_change, sequence_routing};
 use moescope::steering::{ActiveSteering, ExpertSteer, SteerAction, SteeringSpec};
 
@@ -32,7 +32,7 @@ const TEXT: &str =
     "The quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing.";
 
 fn ids(m: &LoadedModel) -> Vec<u32> {
-    loader::encode(&m.tokenizer, TEXT).unwrap()
+    tokenize::encode(&m.tokenizer, TEXT).unwrap()
 }
 
 fn resolve(m: &LoadedModel, spec: &SteeringSpec) -> ActiveSteering {

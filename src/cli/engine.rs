@@ -15,7 +15,7 @@ use crate::inference::profiling::{
 use crate::inference::trace::trace_tokens;
 use crate::model::device::DeviceChoice;
 use crate::model::memory::human_bytes;
-use crate::model::{LoadOptions, LoadedModel, load_model, loader, parse_dtype};
+use crate::model::{LoadOptions, LoadedModel, load_model, parse_dtype, tokenize};
 
 /// Which model to load and how.
 #[derive(Debug, Clone, Args)]
@@ -294,7 +294,7 @@ pub fn trace(args: TraceArgs) -> Result<()> {
             if t.is_empty() {
                 bail!("--text is empty");
             }
-            loader::encode(&loaded.tokenizer, t)?
+            tokenize::encode(&loaded.tokenizer, t)?
         }
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("pass --text or --ids"),

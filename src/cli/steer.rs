@@ -16,7 +16,7 @@ use crate::analysis::das::GeneralSet;
 use crate::inference::eval::{Estimate, EvalOptions, EvalReport, load_items, run_eval};
 use crate::inference::generate::{GenerateOptions, TextStream, generate, stop_ids};
 use crate::model::router::ExpertForce;
-use crate::model::{LoadedModel, ModelInfo, loader};
+use crate::model::{LoadedModel, ModelInfo, tokenize};
 use crate::profile::RoutingProfile;
 use crate::selection::{Selection, parse_cells};
 use crate::steering::compare::{CompareError, steer_and_compare};
@@ -105,7 +105,7 @@ fn encode_prompt(loaded: &LoadedModel, prompt: &str) -> Result<Vec<u32>> {
     if prompt.trim().is_empty() {
         bail!("--prompt is empty");
     }
-    let ids = loader::encode(&loaded.tokenizer, prompt)?;
+    let ids = tokenize::encode(&loaded.tokenizer, prompt)?;
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }

@@ -25,7 +25,7 @@ use crate::data::{
     DataOptions, count_lettered_options, load_prompts, multiple_choice_options, preview,
 };
 use crate::model::router::{NoHook, Steering};
-use crate::model::{Batch, MoeModel, Output, RouteCtx, loader};
+use crate::model::{Batch, MoeModel, Output, RouteCtx, tokenize};
 use crate::steering::{ActiveSteering, Result, SteerError};
 
 /// One multiple-choice question.
@@ -166,11 +166,11 @@ pub struct Encoded {
 /// Tokenises a question's context and each option letter's continuation.
 pub fn encode_item(tokenizer: &Tokenizer, item: &McItem, max_positions: usize) -> Result<Encoded> {
     let context_text = format!("{}{ANSWER_CUE}", item.prompt);
-    let ctx = loader::encode(tokenizer, &context_text)?;
+    let ctx = tokenize::encode(tokenizer, &context_text)?;
     let mut common = ctx.len();
     let mut fulls = Vec::with_capacity(item.num_options);
     for i in 0..item.num_options {
-        let full = loader::encode(tokenizer, &format!("{context_text} {}", letter(i)))?;
+        let full = tokenize::encode(tokenizer, &format!("{context_text} {}", letter(i)))?;
         let c = ctx.iter().zip(&full).take_while(|(a, b)| a == b).count();
         common = common.min(c);
         fulls.push(full);

@@ -306,7 +306,7 @@ impl ChatTemplate {
     /// begins with the BOS token).
     pub fn encode_prompt(&self, tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<u32>> {
         let Some(messages) = &prompt.messages else {
-            return super::loader::encode(tokenizer, &prompt.text);
+            return super::tokenize::encode(tokenizer, &prompt.text);
         };
         let text = self.render(messages)?;
         if text.trim().is_empty() {
@@ -591,7 +591,7 @@ mod tests {
             assert_eq!(
                 t.encode_prompt(&tokenizer, &Prompt::plain("s", "hello"))
                     .unwrap(),
-                super::super::loader::encode(&tokenizer, "hello").unwrap()
+                super::super::tokenize::encode(&tokenizer, "hello").unwrap()
             );
         }
     }

@@ -460,11 +460,3 @@ fn apply_quantization_config(
         ))),
     }
 }
-
-/// Tokenises `text` as the model's tokenizer is configured to (special tokens included).
-pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    let enc = tokenizer
-        .encode(text, true)
-        .map_err(|e| ModelError::msg(format!("cannot tokenise: {e}")))?;
-    Ok(enc.get_ids().to_vec())
-}

@@ -11,7 +11,7 @@
 //! - [`lora`] and [`adapter`]: LoRA deltas on the linear layers, and PEFT adapters on disk;
 //!   [`merge`] folds an adapter into a checkpoint on disk.
 //! - [`chat_template`]: the model's chat template, which turns a conversation into the text
-//!   the model sees.
+//!   the model sees; [`tokenize`] turns text into token ids.
 
 pub mod adapter;
 pub mod autograd;
@@ -33,6 +33,7 @@ pub mod module_names;
 pub mod moe_model;
 pub mod mxfp4;
 pub mod router;
+pub mod tokenize;
 pub mod weight;
 pub mod weights;
 

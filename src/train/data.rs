@@ -270,7 +270,7 @@ mod tests {
                 .join("tests/fixtures/models/olmoe/tokenizer.json"),
         )
         .unwrap();
-        let encode = |text: &str| crate::model::loader::encode(&tokenizer, text).unwrap();
+        let encode = |text: &str| crate::model::tokenize::encode(&tokenizer, text).unwrap();
         let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
         let template = ChatTemplate::compile(chatml, Default::default(), "chatml").unwrap();
         let conversation = vec![

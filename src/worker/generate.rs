@@ -7,7 +7,7 @@ use super::outbox::PROGRESS_INTERVAL;
 use super::protocol::{Event, JobId};
 use super::state::{JobError, WorkerState};
 use crate::inference::generate::{GenerateOptions, TextStream, stop_ids};
-use crate::model::loader;
+use crate::model::tokenize;
 use crate::steering::SteeringSpec;
 use crate::steering::compare::{CompareError, CompareStep, Side, SteerResult, steer_and_compare};
 
@@ -33,7 +33,7 @@ impl WorkerState {
         let active = spec
             .resolve(&info)
             .map_err(|e| format!("the steering spec does not fit {}: {e}", info.id))?;
-        let ids = loader::encode(&loaded.tokenizer, prompt).map_err(|e| format!("{e:#}"))?;
+        let ids = tokenize::encode(&loaded.tokenizer, prompt).map_err(|e| format!("{e:#}"))?;
         if ids.is_empty() {
             return Err("the prompt has no tokens".to_string().into());
         }

@@ -3,7 +3,7 @@
 
 use super::state::WorkerState;
 use crate::inference::trace::{TokenTrace, trace_tokens};
-use crate::model::loader;
+use crate::model::tokenize;
 
 impl WorkerState {
     pub(super) fn trace(&mut self, text: &str) -> Result<TokenTrace, String> {
@@ -13,7 +13,7 @@ impl WorkerState {
         if text.trim().is_empty() {
             return Err("the prompt is empty".into());
         }
-        let ids = loader::encode(&loaded.tokenizer, text).map_err(|e| format!("{e:#}"))?;
+        let ids = tokenize::encode(&loaded.tokenizer, text).map_err(|e| format!("{e:#}"))?;
         if ids.is_empty() {
             return Err("the prompt has no tokens".into());
         }
