@@ -158,6 +158,82 @@ fn moescope_written_adapters_give_the_logits_peft_computes_with_them() {
     }
 }
 
+/// The `(layer, expert)` cells an adapter folder adapts, read from its per-expert conversion
+/// (which drops experts whose update is zero).
+fn adapted_cells(name: &str, adapter: &Path) -> Vec<(usize, usize)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("per-expert");
+    let run = moescope(&[
+        "convert-adapter",
+        "--model",
+        fixture(name).to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--form",
+        "per-expert",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let pattern =
+        regex::Regex::new(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.").unwrap();
+    let mut cells: Vec<(usize, usize)> = tensor_shapes(&out.join("adapter_model.safetensors"))
+        .keys()
+        .filter_map(|key| {
+            let c = pattern.captures(key)?;
+            Some((c[1].parse().unwrap(), c[2].parse().unwrap()))
+        })
+        .collect();
+    cells.sort();
+    cells.dedup();
+    cells
+}
+
+/// PEFT trained (3 AdamW steps, weight decay on) the padded and fused folders
+/// `select --peft-config` wrote (make_peft_fused.py): the saved adapters adapt exactly the
+/// selected experts, and MoEScope gives PEFT's logits with them.
+#[test]
+fn adapters_peft_trained_from_select_folders_adapt_only_the_selected_experts() {
+    for name in FUSED_FIXTURES {
+        let dir = adapters_dir(name);
+        let spec = read_json(&dir.join("spec_fused.json"));
+        let mut want_cells: Vec<(usize, usize)> = spec["experts"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(layer, experts)| {
+                let layer: usize = layer.parse().unwrap();
+                experts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |e| (layer, e.as_u64().unwrap() as usize))
+            })
+            .collect();
+        want_cells.sort();
+        let forms: &[&str] = if name == "qwen3_5_moe" {
+            &["fused"]
+        } else {
+            &["fused", "padded"]
+        };
+        for form in forms {
+            let adapter = dir.join(format!("peft_from_select_{form}"));
+            assert_eq!(adapted_cells(name, &adapter), want_cells, "{name} ({form})");
+            let (ids, want) =
+                expected_logits(&dir.join(format!("peft_from_select_{form}_logits.json")));
+            let d = max_diff(&logits_with(name, Some(&adapter), &ids), &want);
+            assert!(
+                d < 1e-4,
+                "{name} ({form}): max logit difference to PEFT {d:e}"
+            );
+        }
+    }
+}
+
 /// A selection file for `spec.json`'s cells.
 fn write_selection(name: &str, spec: &Value, path: &Path) {
     let loaded = common::load(name);

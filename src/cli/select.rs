@@ -1,15 +1,16 @@
 //! `moescope select P.json --rule ... --out S.json`: makes an expert selection from a profile
 //! with one of the rules of [`crate::selection::rules`], saves it, optionally exports a PEFT
-//! `adapter_config.json` and an ESFT expert config, and prints its parameter accounting and the
+//! adapter folder to train (in the form the target stack loads) and an ESFT expert config, and prints its parameter accounting and the
 //! routing coverage it captures.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use crate::analysis::hot::{HotSignal, experts_for_budget};
+use crate::model::adapter::{AdapterForm, AdapterFormChoice};
 use crate::profile::{RoutingProfile, RoutingSignal};
 use crate::selection::accounting::{Accounting, require_layout};
-use crate::selection::export::{write_esft_config, write_peft_config};
+use crate::selection::export::{resolve_adapter_form, write_esft_config, write_peft_adapter};
 use crate::selection::rules::random_matched;
 use crate::selection::{
     AccountingOptions, AdapterScope, EsftOptions, PeftOptions, Selection, SelectionModel,
@@ -122,7 +123,7 @@ pub struct SelectArgs {
     /// count-only profiles; auto picks it for them).
     #[arg(long, value_enum, default_value = "auto")]
     pub das_signal: DasSignalArg,
-    /// Seed for `--rule random`.
+    /// Seed for `--rule random`, and for the initial `A` of a padded or fused `--peft-config`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// For `--rule random`: as many experts per layer as this selection has.
@@ -158,9 +159,16 @@ pub struct SelectArgs {
     /// Where to save the selection (moescope-selection JSON).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Write a PEFT adapter_config.json for this selection into DIR.
+    /// Write a PEFT adapter folder for training this selection into DIR: adapter_config.json
+    /// (per-expert form), plus initial weights with the unselected experts exactly zero
+    /// (padded and fused forms, which hold every expert).
     #[arg(long, value_name = "DIR")]
     pub peft_config: Option<PathBuf>,
+    /// Form of the --peft-config adapter: per-expert (transformers 4.x), padded, fused
+    /// (transformers 5.x `target_parameters`), or auto (from the model's family and, when
+    /// --base-model is a local folder, its config.json).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub adapter_form: AdapterFormChoice,
     /// base_model_name_or_path for the PEFT config (default: the profile's model id).
     #[arg(long, value_name = "ID")]
     pub base_model: Option<String>,
@@ -286,6 +294,7 @@ pub fn run_to(args: SelectArgs, out: &mut dyn Write) -> Result<()> {
 
     selection.save(&args.out)?;
     let mut written = vec![args.out.display().to_string()];
+    let mut adapter_form = None;
     if let Some(dir) = &args.peft_config {
         let options = PeftOptions {
             rank: args.rank,
@@ -297,11 +306,14 @@ pub fn run_to(args: SelectArgs, out: &mut dyn Write) -> Result<()> {
                 .unwrap_or_else(|| profile.model.id.clone()),
             scope: scope.clone(),
         };
-        written.push(
-            write_peft_config(dir, &selection, layout, &options)?
-                .display()
-                .to_string(),
+        let form = resolve_adapter_form(
+            args.adapter_form,
+            &profile.model.architecture,
+            &options.base_model,
         );
+        let paths = write_peft_adapter(dir, &selection, layout, &options, form, args.seed)?;
+        written.extend(paths.iter().map(|p| p.display().to_string()));
+        adapter_form = Some(form);
     }
     if let Some(path) = &args.esft {
         let options = EsftOptions {
@@ -317,12 +329,29 @@ pub fn run_to(args: SelectArgs, out: &mut dyn Write) -> Result<()> {
             "selection": selection,
             "accounting": accounting,
             "written": written,
+            "adapter_form": adapter_form,
         });
         serde_json::to_writer_pretty(&mut *out, &value)?;
         writeln!(out)?;
     } else {
         print_accounting(&selection, &accounting, out)?;
         writeln!(out, "wrote {}", written.join(", "))?;
+        if let (Some(form), Some(dir)) = (adapter_form, &args.peft_config) {
+            writeln!(
+                out,
+                "adapter form: {} (loads in {})",
+                form.label(),
+                form.loads_in()
+            )?;
+            if form != AdapterForm::PerExpert {
+                writeln!(
+                    out,
+                    "train it with PeftModel.from_pretrained(model, \"{}\", is_trainable=True): \
+                     unselected experts start at zero and stay zero",
+                    dir.display()
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -479,6 +508,7 @@ mod tests {
             adapter_dtype: AdapterDtype::F32,
             out: out.to_path_buf(),
             peft_config: None,
+            adapter_form: AdapterFormChoice::Auto,
             base_model: None,
             esft: None,
             json: false,

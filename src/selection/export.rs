@@ -4,11 +4,13 @@
 //!   built from the family's [`ModuleLayout`] templates, e.g.
 //!   `model.layers.3.mlp.experts.5.gate_proj` for OLMoE/Qwen or
 //!   `model.layers.3.block_sparse_moe.experts.5.w1` for Mixtral), written into an adapter folder;
+//! - an initial adapter for PEFT to train in the padded or fused form, where the unselected
+//!   experts are present and must stay exactly zero ([`write_peft_adapter`]);
 //! - the ESFT-style expert config `{"experts": {"<layer>": [ids]}, "shared_experts": bool,
 //!   "non_expert_modules": bool}` (every MoE layer listed, possibly with no experts).
 //!
 //! DESIGN.md "PEFT adapter": per-expert `target_modules` load in transformers 4.x + PEFT (not in
-//! transformers 5.x, which fuses experts).
+//! transformers 5.x, which fuses experts; there the fused form's `target_parameters` do).
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,12 @@ use serde_json::{Value, json};
 
 use super::accounting::AdapterScope;
 use super::{Selection, SelectionError};
-use crate::model::ModuleLayout;
-use crate::model::adapter::config::{AdapterSettings, PeftTargets, peft_config};
+use crate::model::adapter::config::{
+    AdapterForm, AdapterFormChoice, AdapterSettings, PeftTargets, peft_config,
+};
+use crate::model::adapter::init::initial_pair;
+use crate::model::adapter::{Adapter, AdapterTarget, files};
+use crate::model::{Family, ModuleLayout, Projection};
 
 /// LoRA hyper-parameters and scope written into `adapter_config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +38,16 @@ pub struct PeftOptions {
 }
 
 impl PeftOptions {
+    fn settings(&self) -> AdapterSettings {
+        AdapterSettings {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            use_rslora: false,
+            base_model: self.base_model.clone(),
+        }
+    }
+
     /// MoE-Sieve's defaults: rank 32, α 64, dropout 0.05, experts only.
     pub fn moe_sieve(base_model: &str) -> Self {
         Self {
@@ -48,49 +64,76 @@ fn fill(template: &str, layer: usize) -> String {
     template.replace("{layer}", &layer.to_string())
 }
 
-/// Full module names of every projection the adapter targets, sorted: the selected experts'
-/// projections plus the attention / router / shared-expert modules in `scope`.
-pub fn target_modules(
+/// One module an adapter on the selection trains: its full name and `in → out` dimensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetModule {
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// Every projection the adapter targets, sorted by name: the selected experts' projections plus
+/// the attention / router / shared-expert modules in `scope`.
+pub fn target_projections(
     selection: &Selection,
     layout: &ModuleLayout,
     scope: &AdapterScope,
-) -> Vec<String> {
+) -> Vec<TargetModule> {
     let moe_layers = &selection.model.moe_layers;
-    let mut modules: Vec<String> = selection
+    let module = |name: String, p: &Projection| TargetModule {
+        name,
+        in_features: p.in_features,
+        out_features: p.out_features,
+    };
+    let mut modules: Vec<TargetModule> = selection
         .cells()
         .flat_map(|(layer, expert)| {
             layout
                 .expert_projections
                 .iter()
-                .map(move |p| layout.expert_module(layer, expert, &p.name))
+                .map(move |p| module(layout.expert_module(layer, expert, &p.name), p))
         })
         .collect();
     if scope.attention {
         for layer in 0..scope.decoder_layers(moe_layers) {
             for p in &layout.attention_projections {
-                modules.push(format!(
-                    "{}.{}",
-                    fill(&layout.attention_prefix, layer),
-                    p.name
-                ));
+                let prefix = fill(&layout.attention_prefix, layer);
+                modules.push(module(format!("{prefix}.{}", p.name), p));
             }
         }
     }
     if scope.router {
-        modules.extend(moe_layers.iter().map(|&l| fill(&layout.router, l)));
+        modules.extend(moe_layers.iter().map(|&l| TargetModule {
+            name: fill(&layout.router, l),
+            in_features: layout.router_in,
+            out_features: selection.model.num_experts,
+        }));
     }
     if scope.shared_experts
         && let Some(prefix) = &layout.shared_expert_prefix
     {
         for &layer in moe_layers {
             for p in &layout.shared_expert_projections {
-                modules.push(format!("{}.{}", fill(prefix, layer), p.name));
+                modules.push(module(format!("{}.{}", fill(prefix, layer), p.name), p));
             }
         }
     }
-    modules.sort();
-    modules.dedup();
+    modules.sort_by(|a, b| a.name.cmp(&b.name));
+    modules.dedup_by(|a, b| a.name == b.name);
     modules
+}
+
+/// Full module names of every projection the adapter targets, sorted (see
+/// [`target_projections`]).
+pub fn target_modules(
+    selection: &Selection,
+    layout: &ModuleLayout,
+    scope: &AdapterScope,
+) -> Vec<String> {
+    target_projections(selection, layout, scope)
+        .into_iter()
+        .map(|m| m.name)
+        .collect()
 }
 
 /// The PEFT `adapter_config.json` of a LoRA adapter on the selection.
@@ -99,26 +142,13 @@ pub fn peft_adapter_config(
     layout: &ModuleLayout,
     options: &PeftOptions,
 ) -> Value {
-    let settings = AdapterSettings {
-        rank: options.rank,
-        alpha: options.alpha,
-        dropout: options.dropout,
-        use_rslora: false,
-        base_model: options.base_model.clone(),
-    };
     peft_config(
-        &settings,
+        &options.settings(),
         &PeftTargets::modules(&target_modules(selection, layout, &options.scope)),
     )
 }
 
-/// Writes `adapter_config.json` into `dir` (created if missing), atomically; returns its path.
-pub fn write_peft_config(
-    dir: &Path,
-    selection: &Selection,
-    layout: &ModuleLayout,
-    options: &PeftOptions,
-) -> Result<PathBuf, SelectionError> {
+fn check_exportable(selection: &Selection, options: &PeftOptions) -> Result<(), SelectionError> {
     if options.rank == 0 {
         return Err(SelectionError::Invalid(
             "LoRA rank must be at least 1".into(),
@@ -129,6 +159,17 @@ pub fn write_peft_config(
             "the selection is empty: the adapter would target no module".into(),
         ));
     }
+    Ok(())
+}
+
+/// Writes `adapter_config.json` into `dir` (created if missing), atomically; returns its path.
+pub fn write_peft_config(
+    dir: &Path,
+    selection: &Selection,
+    layout: &ModuleLayout,
+    options: &PeftOptions,
+) -> Result<PathBuf, SelectionError> {
+    check_exportable(selection, options)?;
     std::fs::create_dir_all(dir).map_err(|e| SelectionError::io(dir, e))?;
     let path = dir.join("adapter_config.json");
     let bytes = serde_json::to_vec_pretty(&peft_adapter_config(selection, layout, options))
@@ -138,6 +179,79 @@ pub fn write_peft_config(
         })?;
     crate::io::write_atomic(&path, &bytes).map_err(|e| SelectionError::io(&path, e))?;
     Ok(path)
+}
+
+/// The form `choice` means for a model of `architecture`; `auto` also reads `base_model`'s
+/// config.json when it is a local folder (a checkpoint transformers 5 saved gets the fused
+/// form). Architectures MoEScope does not know (imported profiles) get per-expert for `auto`.
+pub fn resolve_adapter_form(
+    choice: AdapterFormChoice,
+    architecture: &str,
+    base_model: &str,
+) -> AdapterForm {
+    let Some(family) = Family::from_architecture(architecture) else {
+        return match choice {
+            AdapterFormChoice::Padded => AdapterForm::Padded,
+            AdapterFormChoice::Fused => AdapterForm::Fused,
+            AdapterFormChoice::Auto | AdapterFormChoice::PerExpert => AdapterForm::PerExpert,
+        };
+    };
+    let config = std::fs::read(Path::new(base_model).join("config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null);
+    choice.resolve(family, &config)
+}
+
+/// Writes the adapter folder a PEFT training run on the selection starts from, in `form`;
+/// returns the paths written.
+///
+/// - `per-expert`: `adapter_config.json` alone ([`write_peft_config`]): its `target_modules` are
+///   the selected experts' own modules, and PEFT initialises them.
+/// - `padded` and `fused`: the config and an initial `adapter_model.safetensors`. Every expert of
+///   an adapted layer is in the adapter (as these forms require); the selected experts and the
+///   `scope` modules start as PEFT starts a pair (`A` Kaiming-uniform, drawn from `seed` and the
+///   module's name; `B` zero), every other expert with `A` and `B` both exactly zero. With both
+///   factors zero an expert's gradients are zero, so it stays exactly zero under SGD and AdamW
+///   alike (weight decay of zero is zero) when the folder is trained with
+///   `PeftModel.from_pretrained(model, DIR, is_trainable=True)`.
+pub fn write_peft_adapter(
+    dir: &Path,
+    selection: &Selection,
+    layout: &ModuleLayout,
+    options: &PeftOptions,
+    form: AdapterForm,
+    seed: u64,
+) -> Result<Vec<PathBuf>, SelectionError> {
+    if form == AdapterForm::PerExpert {
+        return Ok(vec![write_peft_config(dir, selection, layout, options)?]);
+    }
+    check_exportable(selection, options)?;
+    let architecture = &selection.model.architecture;
+    let family = Family::from_architecture(architecture).ok_or_else(|| {
+        SelectionError::Invalid(format!(
+            "the {} form needs the model's family, and '{architecture}' is not one MoEScope \
+             knows; write the per-expert form (--adapter-form per-expert)",
+            form.label()
+        ))
+    })?;
+    let modules = target_projections(selection, layout, &options.scope)
+        .into_iter()
+        .map(|m| {
+            let pair = initial_pair(&m.name, options.rank, m.in_features, m.out_features, seed)?;
+            Ok((m.name, pair))
+        })
+        .collect::<crate::model::Result<_>>()
+        .map_err(|e| SelectionError::Invalid(format!("{}: {e}", dir.display())))?;
+    let adapter = Adapter {
+        settings: options.settings(),
+        modules,
+    };
+    let target = AdapterTarget { family, layout };
+    adapter
+        .save_as(dir, form, target, selection.model.num_experts)
+        .map_err(|e| SelectionError::Invalid(e.to_string()))?;
+    Ok(files(dir).to_vec())
 }
 
 /// ESFT's two switches besides the expert list.
@@ -190,7 +304,6 @@ pub fn write_esft_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Projection;
     use crate::selection::SelectionModel;
     use crate::selection::accounting::tests::{olmoe_layout, profile_with_layout};
 
@@ -244,6 +357,159 @@ mod tests {
         let mut sorted = modules.clone();
         sorted.sort();
         assert_eq!(modules, sorted);
+    }
+
+    /// Rows (`axis` 0) or columns of `key`'s tensor in an adapter folder, as f32 vectors.
+    fn lora_tensor(dir: &Path, key: &str) -> (Vec<usize>, Vec<f32>) {
+        let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor(key).unwrap();
+        let values = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), values)
+    }
+
+    fn rows_nonzero(shape: &[usize], values: &[f32]) -> Vec<bool> {
+        values
+            .chunks_exact(shape[1])
+            .map(|row| row.iter().any(|&v| v != 0.0))
+            .collect()
+    }
+
+    #[test]
+    fn fused_initial_adapter_holds_every_expert_with_zeros_outside_the_selection() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fused");
+        let mut opts = PeftOptions::moe_sieve("tiny-olmoe");
+        opts.rank = 2;
+        opts.alpha = 4.0;
+        let written = write_peft_adapter(
+            &out,
+            &selection(),
+            &olmoe_layout(),
+            &opts,
+            AdapterForm::Fused,
+            7,
+        )
+        .unwrap();
+        assert_eq!(written.len(), 2);
+        let v: Value = serde_json::from_slice(&std::fs::read(&written[0]).unwrap()).unwrap();
+        // PEFT's ParamWrapper refuses dropout; gate + up make one rank-2r pair at the same scale.
+        assert_eq!(v["lora_dropout"], 0.0);
+        let params: Vec<&str> = v["target_parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(
+            params.contains(&"model.layers.0.mlp.experts.gate_up_proj"),
+            "{params:?}"
+        );
+        assert!(
+            params.contains(&"model.layers.1.mlp.experts.down_proj"),
+            "{params:?}"
+        );
+        assert_eq!(
+            v["rank_pattern"]["model.layers.0.mlp.experts.gate_up_proj"],
+            4
+        );
+        assert_eq!(
+            v["alpha_pattern"]["model.layers.0.mlp.experts.gate_up_proj"],
+            8.0
+        );
+
+        // Layer 0 selects expert 2 of 4: gate_up A is [4 experts · rank 4, H 16].
+        let key = "base_model.model.model.layers.0.mlp.experts.base_layer.lora_A.weight";
+        let (shape, a) = lora_tensor(&out, key);
+        assert_eq!(shape, vec![16, 16]);
+        let expected: Vec<bool> = (0..16).map(|row| row / 4 == 2).collect();
+        assert_eq!(rows_nonzero(&shape, &a), expected);
+        // Layer 1 selects expert 3: down A is [4 · 2, I 8].
+        let (shape, a) = lora_tensor(
+            &out,
+            "base_model.model.model.layers.1.mlp.experts.lora_A.weight",
+        );
+        assert_eq!(shape, vec![8, 8]);
+        let expected: Vec<bool> = (0..8).map(|row| row / 2 == 3).collect();
+        assert_eq!(rows_nonzero(&shape, &a), expected);
+        // Every B starts at zero: the adapter changes nothing until trained.
+        for key in [
+            "base_model.model.model.layers.0.mlp.experts.base_layer.lora_B.weight",
+            "base_model.model.model.layers.0.mlp.experts.lora_B.weight",
+        ] {
+            assert!(lora_tensor(&out, key).1.iter().all(|&v| v == 0.0), "{key}");
+        }
+        // PEFT's bound for A: 1/√in.
+        assert!(a.iter().all(|v| v.abs() <= 1.0 / 8f32.sqrt()));
+    }
+
+    #[test]
+    fn padded_initial_adapter_has_every_expert_and_per_expert_stays_config_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = PeftOptions::moe_sieve("tiny-olmoe");
+        opts.rank = 2;
+        let padded = dir.path().join("padded");
+        write_peft_adapter(
+            &padded,
+            &selection(),
+            &olmoe_layout(),
+            &opts,
+            AdapterForm::Padded,
+            7,
+        )
+        .unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(padded.join("adapter_config.json")).unwrap())
+                .unwrap();
+        // 2 layers · 4 experts · 3 projections.
+        assert_eq!(v["target_modules"].as_array().unwrap().len(), 24);
+        let a_of = |expert: usize| {
+            let key = format!(
+                "base_model.model.model.layers.0.mlp.experts.{expert}.gate_proj.lora_A.weight"
+            );
+            lora_tensor(&padded, &key).1
+        };
+        assert!(a_of(2).iter().any(|&v| v != 0.0));
+        assert!(a_of(1).iter().all(|&v| v == 0.0));
+
+        let per_expert = dir.path().join("per_expert");
+        let written = write_peft_adapter(
+            &per_expert,
+            &selection(),
+            &olmoe_layout(),
+            &opts,
+            AdapterForm::PerExpert,
+            7,
+        )
+        .unwrap();
+        assert_eq!(written, vec![per_expert.join("adapter_config.json")]);
+        assert!(!per_expert.join("adapter_model.safetensors").exists());
+    }
+
+    #[test]
+    fn fused_form_needs_a_known_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sel = selection();
+        sel.model.architecture = "SomethingElseForCausalLM".into();
+        let opts = PeftOptions::moe_sieve("x");
+        let err = write_peft_adapter(
+            dir.path(),
+            &sel,
+            &olmoe_layout(),
+            &opts,
+            AdapterForm::Fused,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SomethingElseForCausalLM") && err.contains("per-expert"),
+            "{err}"
+        );
     }
 
     #[test]

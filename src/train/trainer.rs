@@ -14,12 +14,13 @@ use tokenizers::Tokenizer;
 
 use super::data::{self, BatchPlan};
 use super::error::{Result, TrainError};
-use super::lora_vars::{AdaptedModule, NO_DROPOUT, kaiming_a, name_seed};
+use super::lora_vars::{AdaptedModule, NO_DROPOUT};
 use super::metrics::{StepMetrics, append_metrics};
 use super::optim::{AdamW, AdamWSettings, clip_grad_norm};
 use super::options::{ExpertChoice, TrainOptions};
 use crate::data::{DataOptions, PromptSet};
 use crate::inference::nll::sequence_nll;
+use crate::model::adapter::init::{kaiming_a, name_seed};
 use crate::model::adapter::{Adapter, AdapterForm, AdapterSettings, LoraPair};
 use crate::model::lora::{LoraDelta, LoraDropout};
 use crate::model::router::NoHook;

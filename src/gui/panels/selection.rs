@@ -11,9 +11,10 @@ use crate::analysis::HotSignal;
 use crate::analysis::das::default_das_signal;
 use crate::gui::state::AppState;
 use crate::gui::widgets::text::human;
+use crate::model::adapter::AdapterFormChoice;
 use crate::profile::{RoutingProfile, RoutingSignal};
 use crate::selection::accounting::require_layout;
-use crate::selection::export::{write_esft_config, write_peft_config};
+use crate::selection::export::{resolve_adapter_form, write_esft_config, write_peft_adapter};
 use crate::selection::{
     Accounting, AccountingOptions, EsftOptions, PeftOptions, Selection, SelectionRule, account,
     select,
@@ -89,6 +90,8 @@ pub struct SelectionPanel {
     pub data: Option<String>,
     pub path_field: String,
     pub peft_dir: String,
+    /// Form of the exported PEFT folder.
+    pub peft_form: AdapterFormChoice,
     pub esft_file: String,
     cache: Option<(AccountingKey, Result<Accounting, String>)>,
 }
@@ -103,6 +106,7 @@ impl Default for SelectionPanel {
             data: None,
             path_field: "selection.json".into(),
             peft_dir: "adapter".into(),
+            peft_form: AdapterFormChoice::Auto,
             esft_file: "esft_experts.json".into(),
             cache: None,
         }
@@ -375,17 +379,45 @@ impl SelectionPanel {
             let label = ui.label("PEFT folder");
             ui.add(egui::TextEdit::singleline(&mut self.peft_dir).desired_width(220.0))
                 .labelled_by(label.id);
-            if ui.button("Export PEFT config").clicked() {
+            egui::ComboBox::from_id_salt("peft_form")
+                .selected_text(self.peft_form.label())
+                .show_ui(ui, |ui| {
+                    for choice in AdapterFormChoice::ALL {
+                        ui.selectable_value(&mut self.peft_form, choice, choice.label());
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "per-expert: transformers 4.x; padded: vLLM / SGLang; fused: transformers 5 \
+                     target_parameters (padded and fused also write initial weights, zero \
+                     outside the selection); auto: from the model",
+                );
+            if ui.button("Export PEFT adapter").clicked() {
                 let dir = PathBuf::from(self.peft_dir.trim());
                 let mut opts = PeftOptions::moe_sieve(&profile.model.id);
                 opts.rank = state.ui.lora_rank;
                 opts.alpha = 2.0 * state.ui.lora_rank as f64;
+                let form = resolve_adapter_form(
+                    self.peft_form,
+                    &profile.model.architecture,
+                    &opts.base_model,
+                );
                 let result = state.selection().and_then(|s| {
                     let layout = require_layout(&profile.model).map_err(|e| format!("{e:#}"))?;
-                    write_peft_config(&dir, &s, layout, &opts).map_err(|e| format!("{e:#}"))
+                    write_peft_adapter(&dir, &s, layout, &opts, form, self.seed)
+                        .map_err(|e| format!("{e:#}"))
                 });
                 match result {
-                    Ok(p) => state.info(format!("wrote {}", p.display())),
+                    Ok(paths) => state.info(format!(
+                        "wrote {} ({} form: {})",
+                        paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        form.label(),
+                        form.loads_in()
+                    )),
                     Err(e) => state.error(e),
                 }
             }

@@ -41,6 +41,23 @@ pub enum AdapterFormChoice {
 }
 
 impl AdapterFormChoice {
+    pub const ALL: [AdapterFormChoice; 4] = [
+        AdapterFormChoice::Auto,
+        AdapterFormChoice::PerExpert,
+        AdapterFormChoice::Padded,
+        AdapterFormChoice::Fused,
+    ];
+
+    /// `auto` / `per-expert` / `padded` / `fused`, as the CLI spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            AdapterFormChoice::Auto => "auto",
+            AdapterFormChoice::PerExpert => AdapterForm::PerExpert.label(),
+            AdapterFormChoice::Padded => AdapterForm::Padded.label(),
+            AdapterFormChoice::Fused => AdapterForm::Fused.label(),
+        }
+    }
+
     /// The form to write for `family` whose config.json is `config`.
     pub fn resolve(self, family: Family, config: &Value) -> AdapterForm {
         match self {

@@ -1,10 +1,11 @@
 //! PEFT LoRA adapters: reading, merging into a model and writing an adapter folder
 //! ([`peft`]), transformers 5's fused-expert form and its naming ([`fused`]), and the one
 //! `adapter_config.json` builder with the choice of form ([`config`], tensor-free, also used by
-//! selection exports).
+//! selection exports), and PEFT's initialisation of a fresh pair ([`init`]).
 
 pub mod config;
 pub mod fused;
+pub mod init;
 pub mod peft;
 
 pub use config::{
