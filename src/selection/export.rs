@@ -12,6 +12,7 @@
 //! DESIGN.md "PEFT adapter": per-expert `target_modules` load in transformers 4.x + PEFT (not in
 //! transformers 5.x, which fuses experts; there the fused form's `target_parameters` do).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use crate::model::adapter::config::{
     AdapterForm, AdapterFormChoice, AdapterSettings, PeftTargets, peft_config,
 };
 use crate::model::adapter::init::initial_pair;
-use crate::model::adapter::{Adapter, AdapterTarget, files};
+use crate::model::adapter::{Adapter, AdapterTarget, LoraPair, files};
 use crate::model::{Family, ModuleLayout, Projection};
 
 /// LoRA hyper-parameters and scope written into `adapter_config.json`.
@@ -209,7 +210,7 @@ pub fn resolve_adapter_form(
 /// - `per-expert`: `adapter_config.json` alone ([`write_peft_config`]): its `target_modules` are
 ///   the selected experts' own modules, and PEFT initialises them.
 /// - `padded` and `fused`: the config and an initial `adapter_model.safetensors`. Every expert of
-///   an adapted layer is in the adapter (as these forms require); the selected experts and the
+///   an adapted layer (for `padded`, of every MoE layer) is in the adapter; the selected experts and the
 ///   `scope` modules start as PEFT starts a pair (`A` Kaiming-uniform, drawn from `seed` and the
 ///   module's name; `B` zero), every other expert with `A` and `B` both exactly zero. With both
 ///   factors zero an expert's gradients are zero, so it stays exactly zero under SGD and AdamW
@@ -235,14 +236,33 @@ pub fn write_peft_adapter(
             form.label()
         ))
     })?;
-    let modules = target_projections(selection, layout, &options.scope)
-        .into_iter()
-        .map(|m| {
-            let pair = initial_pair(&m.name, options.rank, m.in_features, m.out_features, seed)?;
-            Ok((m.name, pair))
-        })
-        .collect::<crate::model::Result<_>>()
-        .map_err(|e| SelectionError::Invalid(format!("{}: {e}", dir.display())))?;
+    let model_error =
+        |e: crate::model::ModelError| SelectionError::Invalid(format!("{}: {e}", dir.display()));
+    let mut modules: BTreeMap<String, LoraPair> =
+        target_projections(selection, layout, &options.scope)
+            .into_iter()
+            .map(|m| {
+                let pair =
+                    initial_pair(&m.name, options.rank, m.in_features, m.out_features, seed)?;
+                Ok((m.name, pair))
+            })
+            .collect::<crate::model::Result<_>>()
+            .map_err(model_error)?;
+    if form == AdapterForm::Padded {
+        // PEFT's transformers-5 conversion of per-expert keys targets `gate_up_proj` /
+        // `down_proj` in every layer once one layer has them, initialising the layers the
+        // adapter lacks as trainable: so every MoE layer is padded, with zeros.
+        for &layer in &selection.model.moe_layers {
+            for p in &layout.expert_projections {
+                let name = layout.expert_module(layer, 0, &p.name);
+                if !modules.contains_key(&name) {
+                    let zero = LoraPair::zeros(options.rank, p.in_features, p.out_features)
+                        .map_err(model_error)?;
+                    modules.insert(name, zero);
+                }
+            }
+        }
+    }
     let adapter = Adapter {
         settings: options.settings(),
         modules,
@@ -453,9 +473,12 @@ mod tests {
         let mut opts = PeftOptions::moe_sieve("tiny-olmoe");
         opts.rank = 2;
         let padded = dir.path().join("padded");
+        // Only layer 1 is selected; layer 0 is padded too (zeros), so that PEFT's
+        // transformers-5 conversion does not make it trainable.
+        let layer1_only = Selection::explicit(selection().model, [(1, 3)]).unwrap();
         write_peft_adapter(
             &padded,
-            &selection(),
+            &layer1_only,
             &olmoe_layout(),
             &opts,
             AdapterForm::Padded,
@@ -465,16 +488,17 @@ mod tests {
         let v: Value =
             serde_json::from_slice(&std::fs::read(padded.join("adapter_config.json")).unwrap())
                 .unwrap();
-        // 2 layers · 4 experts · 3 projections.
+        // Every MoE layer (2) · 4 experts · 3 projections.
         assert_eq!(v["target_modules"].as_array().unwrap().len(), 24);
-        let a_of = |expert: usize| {
+        let a_of = |layer: usize, expert: usize| {
             let key = format!(
-                "base_model.model.model.layers.0.mlp.experts.{expert}.gate_proj.lora_A.weight"
+                "base_model.model.model.layers.{layer}.mlp.experts.{expert}.gate_proj.lora_A.weight"
             );
             lora_tensor(&padded, &key).1
         };
-        assert!(a_of(2).iter().any(|&v| v != 0.0));
-        assert!(a_of(1).iter().all(|&v| v == 0.0));
+        assert!(a_of(1, 3).iter().any(|&v| v != 0.0));
+        assert!(a_of(1, 1).iter().all(|&v| v == 0.0));
+        assert!(a_of(0, 3).iter().all(|&v| v == 0.0));
 
         let per_expert = dir.path().join("per_expert");
         let written = write_peft_adapter(

@@ -37,6 +37,17 @@ pub struct LoraPair {
     pub b: Tensor,
 }
 
+impl LoraPair {
+    /// A pair adapting nothing, and (both factors zero, so zero gradients) staying so when
+    /// trained: `A` `[rank, in_dim]` and `B` `[out_dim, rank]` zero.
+    pub fn zeros(rank: usize, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            a: Tensor::zeros((rank, in_dim), DType::F32, &Device::Cpu)?,
+            b: Tensor::zeros((out_dim, rank), DType::F32, &Device::Cpu)?,
+        })
+    }
+}
+
 /// Where a Qwen3.5 checkpoint keeps its language model.
 const QWEN3_5_NESTED: &str = "model.language_model.";
 
@@ -470,10 +481,7 @@ pub(crate) fn pad_experts(
             for p in &layout.expert_projections {
                 let name = layout.expert_module(layer, expert, &p.name);
                 if let std::collections::btree_map::Entry::Vacant(slot) = padded.entry(name) {
-                    slot.insert(LoraPair {
-                        a: Tensor::zeros((rank, p.in_features), DType::F32, &Device::Cpu)?,
-                        b: Tensor::zeros((p.out_features, rank), DType::F32, &Device::Cpu)?,
-                    });
+                    slot.insert(LoraPair::zeros(rank, p.in_features, p.out_features)?);
                 }
             }
         }
