@@ -101,7 +101,7 @@ const AGREEMENT_TEXT: &str = "The committee met on a cold Tuesday in March to di
 /// Share of (token, MoE layer) rows where `a` and `b` choose the same set of experts on
 /// [`AGREEMENT_TEXT`].
 fn same_expert_sets(a: &mut LoadedModel, b: &mut LoadedModel) -> f64 {
-    let ids = moescope::model::loader::encode(&a.tokenizer, AGREEMENT_TEXT).unwrap();
+    let ids = moescope::model::tokenize::encode(&a.tokenizer, AGREEMENT_TEXT).unwrap();
     let (mut same, mut rows) = (0, 0);
     // Pieces that fit the fixtures' 256-position context.
     for piece in ids.chunks(128) {

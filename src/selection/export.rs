@@ -255,10 +255,11 @@ pub fn write_peft_adapter(
         for &layer in &selection.model.moe_layers {
             for p in &layout.expert_projections {
                 let name = layout.expert_module(layer, 0, &p.name);
-                if !modules.contains_key(&name) {
-                    let zero = LoraPair::zeros(options.rank, p.in_features, p.out_features)
-                        .map_err(model_error)?;
-                    modules.insert(name, zero);
+                if let std::collections::btree_map::Entry::Vacant(slot) = modules.entry(name) {
+                    slot.insert(
+                        LoraPair::zeros(options.rank, p.in_features, p.out_features)
+                            .map_err(model_error)?,
+                    );
                 }
             }
         }
