@@ -15,8 +15,9 @@
 //! `lstrip_blocks` on, the loop controls (`break`, `continue`), a `raise_exception(message)`
 //! function, and Python's string, dict and list methods (`.strip()`, `.startswith()`,
 //! `.items()`, …). The context is `messages` (a list of `{role, content}`), the special tokens
-//! the model has and `add_generation_prompt = false` (the conversation is complete: it is
-//! trained on or profiled, not continued). `{% generation %}` blocks (transformers' assistant
+//! the model has, `tools` and `documents` as none, and `add_generation_prompt = false` (the
+//! conversation is complete: it is trained on or profiled, not continued). Renderings are
+//! checked against transformers' own in `tests/chat_templates.rs`. `{% generation %}` blocks (transformers' assistant
 //! mask marker) render as their body. There is no `strftime_now`: templates that ask for it
 //! (Llama 3) fall back to their fixed date, so a rendering does not depend on the day.
 //!
@@ -283,9 +284,13 @@ impl ChatTemplate {
                 Value::from(message)
             })
             .collect();
+        // transformers passes `tools` and `documents` as None when there are none (so
+        // `tools is not none` is false, as it would not be for an undefined name).
         let mut context: BTreeMap<&'static str, Value> = BTreeMap::from([
             ("messages", Value::from(messages)),
             ("add_generation_prompt", Value::from(false)),
+            ("tools", Value::from(())),
+            ("documents", Value::from(())),
         ]);
         let tokens = [
             ("bos_token", &self.tokens.bos),
