@@ -14,6 +14,7 @@ use moescope::data::{Prompt, PromptSet};
 use moescope::gui::state::{JobKind, RunningJob};
 use moescope::gui::{MoeScopeApp, Tab, UiState};
 use moescope::inference::profiling::{ProfileOptions, run_profile};
+use moescope::model::adapter::AdapterFormChoice;
 use moescope::model::{LoadOptions, load_model};
 use moescope::profile::{ProfileSource, RoutingProfile, RoutingSignal};
 use moescope::worker::Event;
@@ -177,6 +178,36 @@ fn a_rule_fills_the_selection() {
     }
     // The accounting shows up.
     assert!(h.query_by_label_contains("reduction").is_some());
+}
+
+#[test]
+fn the_selection_exports_a_fused_peft_adapter_to_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fused");
+    let mut h = harness();
+    h.state_mut().state.ui.tab = Tab::Selection;
+    h.run();
+    h.get_by_label("Apply rule").click();
+    h.run();
+    h.state_mut().selection.peft_dir = dir.display().to_string();
+    h.state_mut().selection.peft_form = AdapterFormChoice::Fused;
+    h.run();
+    h.get_by_label("Export PEFT adapter").click();
+    h.run();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let parameters = config["target_parameters"].as_array().unwrap();
+    assert!(
+        parameters
+            .iter()
+            .any(|p| p.as_str().unwrap().ends_with("mlp.experts.gate_up_proj")),
+        "{config}"
+    );
+    assert!(dir.join("adapter_model.safetensors").exists());
+    assert!(
+        h.query_by_label_contains("fused form").is_some(),
+        "the status line names the form"
+    );
 }
 
 #[test]
