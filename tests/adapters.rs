@@ -10,15 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 use moescope::model::adapter::AdapterFormChoice;
 use moescope::model::device::DeviceChoice;
-use moescope::model::router::NoHook;
-use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
 use moescope::selection::accounting::AdapterScope;
 use moescope::train::{
     ExpertChoice, LoraOptions, TrainError, TrainEvent, TrainOptions, Trainer, run_training,
 };
 use serde_json::Value;
 
-use common::{copy_dir, fixture, moescope};
+use common::{copy_dir, fixture, logits_of, max_logit_diff, moescope};
 
 /// Fixtures with per-expert adapters made by PEFT on transformers 4.57 (tests/fixtures/make_peft.py).
 const FIXTURES: [&str; 5] = [
@@ -52,21 +50,7 @@ fn data() -> PathBuf {
 
 /// Logits `[t][vocab]` of the fixture with `adapter` merged, for `ids`.
 fn logits_with(name: &str, adapter: Option<&Path>, ids: &[u32]) -> Vec<Vec<f32>> {
-    let opts = LoadOptions {
-        model: fixture(name).display().to_string(),
-        device: DeviceChoice::Cpu,
-        adapter: adapter.map(Path::to_path_buf),
-        ..Default::default()
-    };
-    let mut loaded = load_model(&opts, None).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let batch = Batch::from_sequences(&[ids.to_vec()], &loaded.device).unwrap();
-    let mut hook = NoHook;
-    let logits = loaded
-        .model
-        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
-        .unwrap()
-        .unwrap();
-    logits.squeeze(0).unwrap().to_vec2().unwrap()
+    logits_of(&fixture(name), adapter, ids)
 }
 
 fn expected_logits(path: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
@@ -81,17 +65,6 @@ fn expected_logits(path: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
     (ids, logits)
 }
 
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(p, q)| (p - q).abs())
-        })
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn peft_made_adapters_give_pefts_logits() {
     for name in FIXTURES {
@@ -99,11 +72,11 @@ fn peft_made_adapters_give_pefts_logits() {
         let (ids, want) = expected_logits(&dir.join("peft_logits.json"));
         let base = logits_with(name, None, &ids);
         assert!(
-            max_diff(&base, &want) > 0.1,
+            max_logit_diff(&base, &want) > 0.1,
             "{name}: the fixture adapter should move the logits"
         );
         let got = logits_with(name, Some(&dir.join("peft")), &ids);
-        let d = max_diff(&got, &want);
+        let d = max_logit_diff(&got, &want);
         assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
     }
 }
@@ -115,11 +88,11 @@ fn peft_fused_adapters_on_transformers5_give_pefts_logits() {
         let (ids, want) = expected_logits(&dir.join("peft_fused_logits.json"));
         let base = logits_with(name, None, &ids);
         assert!(
-            max_diff(&base, &want) > 0.1,
+            max_logit_diff(&base, &want) > 0.1,
             "{name}: the fixture adapter should move the logits"
         );
         let got = logits_with(name, Some(&dir.join("peft_fused")), &ids);
-        let d = max_diff(&got, &want);
+        let d = max_logit_diff(&got, &want);
         assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
     }
 }
@@ -138,7 +111,7 @@ fn moescope_fused_and_padded_adapters_give_the_logits_peft_computes_on_transform
             let (ids, want) =
                 expected_logits(&dir.join(format!("moescope_{form}_in_peft_logits.json")));
             let got = logits_with(name, Some(&dir.join(format!("moescope_{form}"))), &ids);
-            let d = max_diff(&got, &want);
+            let d = max_logit_diff(&got, &want);
             assert!(
                 d < 1e-4,
                 "{name} ({form}): max logit difference to PEFT {d:e}"
@@ -153,7 +126,7 @@ fn moescope_written_adapters_give_the_logits_peft_computes_with_them() {
         let dir = adapters_dir(name);
         let (ids, want) = expected_logits(&dir.join("moescope_in_peft_logits.json"));
         let got = logits_with(name, Some(&dir.join("moescope")), &ids);
-        let d = max_diff(&got, &want);
+        let d = max_logit_diff(&got, &want);
         assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
     }
 }
@@ -225,7 +198,7 @@ fn adapters_peft_trained_from_select_folders_adapt_only_the_selected_experts() {
             assert_eq!(adapted_cells(name, &adapter), want_cells, "{name} ({form})");
             let (ids, want) =
                 expected_logits(&dir.join(format!("peft_from_select_{form}_logits.json")));
-            let d = max_diff(&logits_with(name, Some(&adapter), &ids), &want);
+            let d = max_logit_diff(&logits_with(name, Some(&adapter), &ids), &want);
             assert!(
                 d < 1e-4,
                 "{name} ({form}): max logit difference to PEFT {d:e}"
@@ -358,7 +331,7 @@ fn trained_fused_and_padded_adapters_have_the_layout_peft_loaded() {
         let ids: Vec<u32> = serde_json::from_value(spec["input_ids"].clone()).unwrap();
         let reference = logits_with(name, Some(&per_form[0]), &ids);
         for out in &per_form[1..] {
-            let d = max_diff(&logits_with(name, Some(out), &ids), &reference);
+            let d = max_logit_diff(&logits_with(name, Some(out), &ids), &reference);
             assert!(
                 d < 1e-5,
                 "{name}: {} differs from per-expert by {d:e}",
@@ -470,7 +443,7 @@ fn converted_adapters_keep_their_update_across_forms() {
                 .unwrap();
         let reference = logits_with(name, Some(&committed), &ids);
         for out in [&per_expert, &fused] {
-            let d = max_diff(&logits_with(name, Some(out), &ids), &reference);
+            let d = max_logit_diff(&logits_with(name, Some(out), &ids), &reference);
             assert!(d < 1e-5, "{name}: {} differs by {d:e}", out.display());
         }
     }

@@ -15,13 +15,11 @@ use candle_core::{Device, Tensor};
 use moescope::model::adapter::{Adapter, AdapterSettings, AdapterTarget, LoraPair};
 use moescope::model::device::DeviceChoice;
 use moescope::model::merge::{MergeError, MergeRequest, MergeSummary, merge_adapter};
-use moescope::model::router::NoHook;
-use moescope::model::{Batch, LoadOptions, Output, RouteCtx, load_model};
 use moescope::selection::accounting::AdapterScope;
 use moescope::train::{ExpertChoice, LoraOptions, TrainOptions, run_training};
 use serde_json::Value;
 
-use common::{copy_dir, fixture, moescope};
+use common::{copy_dir, fixture, logits_of, max_logit_diff, moescope};
 
 /// The adapter in `dir` read for the model folder `model` (its config.json alone).
 fn load_adapter(dir: &Path, model: &Path) -> Adapter {
@@ -67,33 +65,6 @@ fn merge(model: &Path, adapter: &Path, out: &Path) -> MergeSummary {
     let never = AtomicBool::new(false);
     merge_adapter(&request(model, adapter, out), &never, &mut |_| {})
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
-}
-
-/// Logits `[t][vocab]` of the model folder `model` (with `adapter` merged at load), for `ids`.
-fn logits(model: &Path, adapter: Option<&Path>, ids: &[u32]) -> Vec<Vec<f32>> {
-    let opts = LoadOptions {
-        model: model.display().to_string(),
-        device: DeviceChoice::Cpu,
-        adapter: adapter.map(Path::to_path_buf),
-        ..Default::default()
-    };
-    let mut loaded = load_model(&opts, None).unwrap_or_else(|e| panic!("{model:?}: {e}"));
-    let batch = Batch::from_sequences(&[ids.to_vec()], &loaded.device).unwrap();
-    let mut hook = NoHook;
-    let out = loaded
-        .model
-        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
-        .unwrap()
-        .unwrap();
-    out.squeeze(0).unwrap().to_vec2().unwrap()
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
 }
 
 fn reference_ids(model: &Path) -> Vec<u32> {
@@ -201,8 +172,8 @@ fn peft_made_adapters_merge_into_checkpoints_that_give_pefts_logits() {
         let want = read_json(&adapters_dir(name).join("peft_logits.json"));
         let ids: Vec<u32> = serde_json::from_value(want["input_ids"].clone()).unwrap();
         let want: Vec<Vec<f32>> = serde_json::from_value(want["logits"].clone()).unwrap();
-        let got = logits(&out, None, &ids);
-        let d = max_diff(&got, &want);
+        let got = logits_of(&out, None, &ids);
+        let d = max_logit_diff(&got, &want);
         eprintln!("{name}: merged vs PEFT's logits, max difference {d:e}");
         assert!(
             d < 1e-4,
@@ -273,9 +244,9 @@ fn a_sharded_checkpoint_keeps_its_shards_and_index() {
     assert!(shards_touched.len() > 1, "{shards_touched:?}");
 
     let ids = reference_ids(&model);
-    let d = max_diff(
-        &logits(&out, None, &ids),
-        &logits(&model, Some(&adapter_dir), &ids),
+    let d = max_logit_diff(
+        &logits_of(&out, None, &ids),
+        &logits_of(&model, Some(&adapter_dir), &ids),
     );
     eprintln!("olmoe_sharded: merged vs adapter at load, max difference {d:e}");
     assert!(d < 1e-4, "merged vs adapter applied at load: {d:e}");
@@ -359,13 +330,13 @@ fn fused_qwen3_5_experts_take_each_experts_slice() {
     assert_eq!(summary.tensors_changed, 4 + 4);
 
     let ids = reference_ids(&model);
-    let base = logits(&model, None, &ids);
-    let with_adapter = logits(&model, Some(&adapter_dir), &ids);
+    let base = logits_of(&model, None, &ids);
+    let with_adapter = logits_of(&model, Some(&adapter_dir), &ids);
     assert!(
-        max_diff(&base, &with_adapter) > 1e-2,
+        max_logit_diff(&base, &with_adapter) > 1e-2,
         "the adapter moves the logits"
     );
-    let d = max_diff(&logits(&out, None, &ids), &with_adapter);
+    let d = max_logit_diff(&logits_of(&out, None, &ids), &with_adapter);
     eprintln!("qwen3_5_moe: merged vs adapter at load, max difference {d:e}");
     assert!(d < 1e-4, "merged vs adapter applied at load: {d:e}");
 
@@ -412,9 +383,9 @@ fn gpt_oss_interleaved_experts_merge_and_mxfp4_ones_are_refused() {
     let summary = merge(&model, &adapter_dir, &out);
     assert_eq!(summary.tensors_changed, 4);
     let ids = reference_ids(&model);
-    let with_adapter = logits(&model, Some(&adapter_dir), &ids);
-    assert!(max_diff(&logits(&model, None, &ids), &with_adapter) > 1e-3);
-    let d = max_diff(&logits(&out, None, &ids), &with_adapter);
+    let with_adapter = logits_of(&model, Some(&adapter_dir), &ids);
+    assert!(max_logit_diff(&logits_of(&model, None, &ids), &with_adapter) > 1e-3);
+    let d = max_logit_diff(&logits_of(&out, None, &ids), &with_adapter);
     eprintln!("gpt_oss_bf16: merged vs adapter at load, max difference {d:e}");
     assert!(d < 1e-4, "merged vs adapter applied at load: {d:e}");
 
@@ -528,9 +499,9 @@ fn a_bf16_checkpoint_is_merged_in_f32_and_rounded_back_to_bf16() {
 
     // MoEScope with the merged bf16 folder ≈ the bf16 base with the adapter merged at load.
     let ids = reference_ids(&fixture("olmoe"));
-    let d = max_diff(
-        &logits(&out, None, &ids),
-        &logits(&model, Some(&adapter_dir), &ids),
+    let d = max_logit_diff(
+        &logits_of(&out, None, &ids),
+        &logits_of(&model, Some(&adapter_dir), &ids),
     );
     eprintln!(
         "olmoe in bf16: merged vs adapter at load, max difference {d:e}; {exact} of {total} elements exactly bf16(W + scale · B·A)"

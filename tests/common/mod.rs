@@ -49,3 +49,37 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// Logits `[t][vocab]` of the model at `model` (folder or file), with `adapter` merged at load,
+/// for one sequence `ids`.
+pub fn logits_of(model: &Path, adapter: Option<&Path>, ids: &[u32]) -> Vec<Vec<f32>> {
+    use moescope::model::router::NoHook;
+    use moescope::model::{Batch, Output, RouteCtx};
+    let opts = LoadOptions {
+        model: model.display().to_string(),
+        device: DeviceChoice::Cpu,
+        adapter: adapter.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    let mut loaded = load_model(&opts, None).unwrap_or_else(|e| panic!("{model:?}: {e}"));
+    let batch = Batch::from_sequences(&[ids.to_vec()], &loaded.device).unwrap();
+    let mut hook = NoHook;
+    let logits = loaded
+        .model
+        .forward(&batch, Output::AllLogits, &mut RouteCtx::new(&mut hook))
+        .unwrap()
+        .unwrap();
+    logits.squeeze(0).unwrap().to_vec2().unwrap()
+}
+
+/// The largest absolute difference between two `[t][vocab]` logit tables of the same shape.
+pub fn max_logit_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
