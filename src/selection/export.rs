@@ -12,7 +12,6 @@
 //! DESIGN.md "PEFT adapter": per-expert `target_modules` load in transformers 4.x + PEFT (not in
 //! transformers 5.x, which fuses experts; there the fused form's `target_parameters` do).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,11 +19,11 @@ use serde_json::{Value, json};
 
 use super::accounting::AdapterScope;
 use super::{Selection, SelectionError};
+use crate::model::adapter::AdapterTarget;
 use crate::model::adapter::config::{
     AdapterForm, AdapterFormChoice, AdapterSettings, PeftTargets, peft_config,
 };
-use crate::model::adapter::init::initial_pair;
-use crate::model::adapter::{Adapter, AdapterTarget, LoraPair, files};
+use crate::model::adapter::init::{FreshModule, write_initial_adapter};
 use crate::model::{Family, ModuleLayout, Projection};
 
 /// LoRA hyper-parameters and scope written into `adapter_config.json`.
@@ -236,43 +235,46 @@ pub fn write_peft_adapter(
             form.label()
         ))
     })?;
-    let model_error =
-        |e: crate::model::ModelError| SelectionError::Invalid(format!("{}: {e}", dir.display()));
-    let mut modules: BTreeMap<String, LoraPair> =
-        target_projections(selection, layout, &options.scope)
-            .into_iter()
-            .map(|m| {
-                let pair =
-                    initial_pair(&m.name, options.rank, m.in_features, m.out_features, seed)?;
-                Ok((m.name, pair))
-            })
-            .collect::<crate::model::Result<_>>()
-            .map_err(model_error)?;
+    let fresh = |m: TargetModule, trained: bool| FreshModule {
+        name: m.name,
+        in_features: m.in_features,
+        out_features: m.out_features,
+        trained,
+    };
+    let mut modules: Vec<FreshModule> = target_projections(selection, layout, &options.scope)
+        .into_iter()
+        .map(|m| fresh(m, true))
+        .collect();
     if form == AdapterForm::Padded {
         // PEFT's transformers-5 conversion of per-expert keys targets `gate_up_proj` /
         // `down_proj` in every layer once one layer has them, initialising the layers the
-        // adapter lacks as trainable: so every MoE layer is padded, with zeros.
+        // adapter lacks as trainable: so every MoE layer is padded, with zeros (the form pads
+        // the other experts of a layer with one expert present).
         for &layer in &selection.model.moe_layers {
             for p in &layout.expert_projections {
                 let name = layout.expert_module(layer, 0, &p.name);
-                if let std::collections::btree_map::Entry::Vacant(slot) = modules.entry(name) {
-                    slot.insert(
-                        LoraPair::zeros(options.rank, p.in_features, p.out_features)
-                            .map_err(model_error)?,
-                    );
+                if !modules.iter().any(|m| m.name == name) {
+                    let m = TargetModule {
+                        name,
+                        in_features: p.in_features,
+                        out_features: p.out_features,
+                    };
+                    modules.push(fresh(m, false));
                 }
             }
         }
     }
-    let adapter = Adapter {
-        settings: options.settings(),
-        modules,
-    };
     let target = AdapterTarget { family, layout };
-    adapter
-        .save_as(dir, form, target, selection.model.num_experts)
-        .map_err(|e| SelectionError::Invalid(e.to_string()))?;
-    Ok(files(dir).to_vec())
+    write_initial_adapter(
+        dir,
+        &options.settings(),
+        &modules,
+        form,
+        target,
+        selection.model.num_experts,
+        seed,
+    )
+    .map_err(|e| SelectionError::Invalid(e.to_string()))
 }
 
 /// ESFT's two switches besides the expert list.

@@ -2,11 +2,19 @@
 //! uniform in `±1/√in`), `B` zero, so a fresh adapter changes nothing until it is trained. The
 //! per-module seed is derived from the run's seed and the module's name, so a module's start
 //! does not depend on which other modules are adapted.
+//!
+//! Also a whole fresh adapter on disk ([`write_initial_adapter`]), for PEFT to train: modules
+//! to train start as above, the others with `A` and `B` both zero, which keeps them zero.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::fused::LoraPair;
+use super::config::{AdapterForm, AdapterSettings};
+use super::fused::{AdapterTarget, LoraPair};
+use super::peft::{Adapter, files};
 use crate::model::error::Result;
 use crate::model::lora::mix_seed;
 
@@ -39,6 +47,48 @@ pub fn initial_pair(
         a: kaiming_a(rank, in_dim, name_seed(seed, name), &Device::Cpu)?,
         b: Tensor::zeros((out_dim, rank), candle_core::DType::F32, &Device::Cpu)?,
     })
+}
+
+/// One module of a fresh adapter: its full name, `in → out` dimensions, and whether it is to be
+/// trained (PEFT's start) or to stay zero (`A` and `B` both zero: zero gradients, so it stays
+/// exactly zero under SGD and AdamW alike, weight decay included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshModule {
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub trained: bool,
+}
+
+/// Writes a fresh adapter of `modules` into `dir` in `form` for the model `target` names
+/// (`num_experts` routed experts per MoE layer), config and weights; returns the paths written.
+pub fn write_initial_adapter(
+    dir: &Path,
+    settings: &AdapterSettings,
+    modules: &[FreshModule],
+    form: AdapterForm,
+    target: AdapterTarget<'_>,
+    num_experts: usize,
+    seed: u64,
+) -> Result<Vec<PathBuf>> {
+    let rank = settings.rank;
+    let pairs = modules
+        .iter()
+        .map(|m| {
+            let pair = if m.trained {
+                initial_pair(&m.name, rank, m.in_features, m.out_features, seed)?
+            } else {
+                LoraPair::zeros(rank, m.in_features, m.out_features)?
+            };
+            Ok((m.name.clone(), pair))
+        })
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let adapter = Adapter {
+        settings: settings.clone(),
+        modules: pairs,
+    };
+    adapter.save_as(dir, form, target, num_experts)?;
+    Ok(files(dir).to_vec())
 }
 
 #[cfg(test)]
