@@ -16,7 +16,7 @@ use moescope::train::{
 };
 use serde_json::Value;
 
-use common::{copy_dir, fixture, logits_of, max_logit_diff, moescope};
+use common::{assert_fails, copy_dir, fixture, logits_of, max_logit_diff, moescope};
 
 /// Fixtures with per-expert adapters made by PEFT on transformers 4.57 (tests/fixtures/make_peft.py).
 const FIXTURES: [&str; 5] = [
@@ -32,6 +32,16 @@ const FUSED_FIXTURES: [&str; 4] = ["olmoe", "qwen3_moe", "mixtral", "qwen3_5_moe
 
 /// The fused fixtures MoEScope trains (not Qwen3.5: no training through gated DeltaNet).
 const TRAINABLE_FUSED_FIXTURES: [&str; 3] = ["olmoe", "qwen3_moe", "mixtral"];
+
+/// The forms PEFT on transformers 5 loads for a fused fixture: Qwen3.5 checkpoints are fused,
+/// so transformers has no per-expert conversion for them and only the fused form loads.
+fn transformers5_forms(name: &str) -> &'static [&'static str] {
+    if name == "qwen3_5_moe" {
+        &["fused"]
+    } else {
+        &["fused", "padded"]
+    }
+}
 
 fn adapters_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -101,12 +111,7 @@ fn peft_fused_adapters_on_transformers5_give_pefts_logits() {
 fn moescope_fused_and_padded_adapters_give_the_logits_peft_computes_on_transformers5() {
     for name in FUSED_FIXTURES {
         let dir = adapters_dir(name);
-        // Qwen3.5 checkpoints are fused: transformers 5 loads only the fused form for them.
-        let forms: &[&str] = if name == "qwen3_5_moe" {
-            &["fused"]
-        } else {
-            &["fused", "padded"]
-        };
+        let forms = transformers5_forms(name);
         for form in forms {
             let (ids, want) =
                 expected_logits(&dir.join(format!("moescope_{form}_in_peft_logits.json")));
@@ -131,11 +136,8 @@ fn moescope_written_adapters_give_the_logits_peft_computes_with_them() {
     }
 }
 
-/// The `(layer, expert)` cells an adapter folder adapts, read from its per-expert conversion
-/// (which drops experts whose update is zero).
-fn adapted_cells(name: &str, adapter: &Path) -> Vec<(usize, usize)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("per-expert");
+/// `moescope convert-adapter` of `adapter` (for the fixture `name`) to `form` in `out`.
+fn convert_adapter(name: &str, adapter: &Path, form: &str, out: &Path) {
     let run = moescope(&[
         "convert-adapter",
         "--model",
@@ -143,15 +145,23 @@ fn adapted_cells(name: &str, adapter: &Path) -> Vec<(usize, usize)> {
         "--adapter",
         adapter.to_str().unwrap(),
         "--form",
-        "per-expert",
+        form,
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(
         run.status.success(),
-        "{name}: {}",
+        "{name} {form}: {}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// The `(layer, expert)` cells an adapter folder adapts, read from its per-expert conversion
+/// (which drops experts whose update is zero).
+fn adapted_cells(name: &str, adapter: &Path) -> Vec<(usize, usize)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("per-expert");
+    convert_adapter(name, adapter, "per-expert", &out);
     let pattern =
         regex::Regex::new(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.").unwrap();
     let mut cells: Vec<(usize, usize)> = tensor_shapes(&out.join("adapter_model.safetensors"))
@@ -188,11 +198,7 @@ fn adapters_peft_trained_from_select_folders_adapt_only_the_selected_experts() {
             })
             .collect();
         want_cells.sort();
-        let forms: &[&str] = if name == "qwen3_5_moe" {
-            &["fused"]
-        } else {
-            &["fused", "padded"]
-        };
+        let forms = transformers5_forms(name);
         for form in forms {
             let adapter = dir.join(format!("peft_from_select_{form}"));
             assert_eq!(adapted_cells(name, &adapter), want_cells, "{name} ({form})");
@@ -410,29 +416,10 @@ fn converted_adapters_keep_their_update_across_forms() {
         let dir = adapters_dir(name);
         let committed = dir.join("moescope_fused");
         let tmp = tempfile::tempdir().unwrap();
-        let model = fixture(name);
-        let convert = |from: &Path, form: &str, to: &Path| {
-            let out = moescope(&[
-                "convert-adapter",
-                "--model",
-                model.to_str().unwrap(),
-                "--adapter",
-                from.to_str().unwrap(),
-                "--form",
-                form,
-                "--out",
-                to.to_str().unwrap(),
-            ]);
-            assert!(
-                out.status.success(),
-                "{name} {form}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let per_expert = tmp.path().join("per-expert");
         let fused = tmp.path().join("fused");
-        convert(&committed, "per-expert", &per_expert);
-        convert(&per_expert, "fused", &fused);
+        convert_adapter(name, &committed, "per-expert", &per_expert);
+        convert_adapter(name, &per_expert, "fused", &fused);
         assert_eq!(
             tensor_shapes(&fused.join("adapter_model.safetensors")),
             tensor_shapes(&committed.join("adapter_model.safetensors")),
@@ -698,15 +685,6 @@ fn chat_messages_data_trains_with_or_without_a_chat_template() {
         assert_eq!(metrics.lines().count(), 2);
         assert!(out_dir.join("adapter_model.safetensors").exists());
     }
-}
-
-fn assert_fails(out: &std::process::Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {err}");
-    for n in needles {
-        assert!(err.contains(n), "error should mention '{n}': {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use moescope::selection::accounting::AdapterScope;
 use moescope::train::{ExpertChoice, LoraOptions, TrainOptions, run_training};
 use serde_json::Value;
 
-use common::{copy_dir, fixture, logits_of, max_logit_diff, moescope};
+use common::{assert_fails, copy_dir, fixture, logits_of, max_logit_diff, moescope};
 
 /// The adapter in `dir` read for the model folder `model` (its config.json alone).
 fn load_adapter(dir: &Path, model: &Path) -> Adapter {
@@ -547,15 +547,6 @@ fn other_weight_formats_and_sub_folders_are_left_out_and_the_rest_copied() {
         assert!(names.contains(kept), "{kept}: {names:?}");
     }
     assert!(!names.contains("original") && !names.contains("pytorch_model.bin"));
-}
-
-fn assert_fails(out: &std::process::Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {err}");
-    for n in needles {
-        assert!(err.contains(n), "error should mention '{n}': {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// Entries of `dir` (the output folders' parent): nothing half-written may remain there.

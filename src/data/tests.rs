@@ -59,6 +59,41 @@ enum Col<'a> {
     StructField(Vec<Option<Vec<Option<&'a str>>>>),
 }
 
+/// Values and definition / repetition levels of a list column whose rows are null, empty, or
+/// lists of (possibly null) strings: a null row is level 0, an empty one 1, a null item
+/// `value_def - 1` and a present one `value_def` (3 for `list<string>`, 4 for a struct field).
+fn list_levels(
+    lists: &[Option<Vec<Option<&str>>>],
+    value_def: i16,
+) -> (Vec<ByteArray>, Vec<i16>, Option<Vec<i16>>) {
+    let (mut values, mut def, mut rep) = (Vec::new(), Vec::new(), Vec::new());
+    for list in lists {
+        match list {
+            None => {
+                def.push(0);
+                rep.push(0);
+            }
+            Some(items) if items.is_empty() => {
+                def.push(1);
+                rep.push(0);
+            }
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Some(v) => {
+                            values.push(ByteArray::from(*v));
+                            def.push(value_def);
+                        }
+                        None => def.push(value_def - 1),
+                    }
+                    rep.push(i16::from(i > 0));
+                }
+            }
+        }
+    }
+    (values, def, Some(rep))
+}
+
 fn write_parquet(path: &Path, schema: &str, columns: Vec<Col<'_>>, codec: Compression) {
     let schema = Arc::new(parse_message_type(schema).expect("schema"));
     let props = Arc::new(WriterProperties::builder().set_compression(codec).build());
@@ -74,56 +109,13 @@ fn write_parquet(path: &Path, schema: &str, columns: Vec<Col<'_>>, codec: Compre
                 (values, def, None)
             }
             Col::Lists(lists) => {
-                let (mut values, mut def, mut rep) = (Vec::new(), Vec::new(), Vec::new());
-                for list in &lists {
-                    match list {
-                        None => {
-                            def.push(0);
-                            rep.push(0);
-                        }
-                        Some(items) if items.is_empty() => {
-                            def.push(1);
-                            rep.push(0);
-                        }
-                        Some(items) => {
-                            for (i, item) in items.iter().enumerate() {
-                                values.push(ByteArray::from(*item));
-                                def.push(3);
-                                rep.push(i16::from(i > 0));
-                            }
-                        }
-                    }
-                }
-                (values, def, Some(rep))
+                let lists: Vec<Option<Vec<Option<&str>>>> = lists
+                    .into_iter()
+                    .map(|l| l.map(|items| items.into_iter().map(Some).collect()))
+                    .collect();
+                list_levels(&lists, 3)
             }
-            Col::StructField(lists) => {
-                let (mut values, mut def, mut rep) = (Vec::new(), Vec::new(), Vec::new());
-                for list in &lists {
-                    match list {
-                        None => {
-                            def.push(0);
-                            rep.push(0);
-                        }
-                        Some(items) if items.is_empty() => {
-                            def.push(1);
-                            rep.push(0);
-                        }
-                        Some(items) => {
-                            for (i, item) in items.iter().enumerate() {
-                                match item {
-                                    Some(v) => {
-                                        values.push(ByteArray::from(*v));
-                                        def.push(4);
-                                    }
-                                    None => def.push(3),
-                                }
-                                rep.push(i16::from(i > 0));
-                            }
-                        }
-                    }
-                }
-                (values, def, Some(rep))
-            }
+            Col::StructField(lists) => list_levels(&lists, 4),
         };
         cw.typed::<ByteArrayType>()
             .write_batch(&values, Some(&def), rep.as_deref())

@@ -83,3 +83,14 @@ pub fn max_logit_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         })
         .fold(0.0, f32::max)
 }
+
+/// A finished `moescope` run failed, without a panic, and its error names every one of
+/// `needles`.
+pub fn assert_fails(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error should mention '{n}': {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
