@@ -28,10 +28,10 @@ const FIXTURES: [&str; 5] = [
 ];
 
 /// Fixtures with fused adapters made by PEFT on transformers 5 (make_peft_fused.py).
-const FUSED_FIXTURES: [&str; 4] = ["olmoe", "qwen3_moe", "mixtral", "qwen3_5_moe"];
+const FUSED_FIXTURES: [&str; 5] = ["olmoe", "qwen3_moe", "mixtral", "qwen3_5_moe", "minimax_m2"];
 
 /// The fused fixtures MoEScope trains (not Qwen3.5: no training through gated DeltaNet).
-const TRAINABLE_FUSED_FIXTURES: [&str; 3] = ["olmoe", "qwen3_moe", "mixtral"];
+const TRAINABLE_FUSED_FIXTURES: [&str; 4] = ["olmoe", "qwen3_moe", "mixtral", "minimax_m2"];
 
 /// The forms PEFT on transformers 5 loads for a fused fixture: Qwen3.5 checkpoints are fused,
 /// so transformers has no per-expert conversion for them and only the fused form loads.
