@@ -28,15 +28,24 @@ const FIXTURES: [&str; 5] = [
 ];
 
 /// Fixtures with fused adapters made by PEFT on transformers 5 (make_peft_fused.py).
-const FUSED_FIXTURES: [&str; 5] = ["olmoe", "qwen3_moe", "mixtral", "qwen3_5_moe", "minimax_m2"];
+const FUSED_FIXTURES: [&str; 6] = [
+    "olmoe",
+    "qwen3_moe",
+    "mixtral",
+    "qwen3_5_moe",
+    "minimax_m2",
+    "gemma4",
+];
 
 /// The fused fixtures MoEScope trains (not Qwen3.5: no training through gated DeltaNet).
-const TRAINABLE_FUSED_FIXTURES: [&str; 4] = ["olmoe", "qwen3_moe", "mixtral", "minimax_m2"];
+const TRAINABLE_FUSED_FIXTURES: [&str; 5] =
+    ["olmoe", "qwen3_moe", "mixtral", "minimax_m2", "gemma4"];
 
-/// The forms PEFT on transformers 5 loads for a fused fixture: Qwen3.5 checkpoints are fused,
-/// so transformers has no per-expert conversion for them and only the fused form loads.
+/// The forms PEFT on transformers 5 loads for a fused fixture: Qwen3.5 and Gemma 4 checkpoints
+/// store their experts fused, so transformers has no per-expert conversion for them and only
+/// the fused form loads.
 fn transformers5_forms(name: &str) -> &'static [&'static str] {
-    if name == "qwen3_5_moe" {
+    if matches!(name, "qwen3_5_moe" | "gemma4") {
         &["fused"]
     } else {
         &["fused", "padded"]
@@ -163,7 +172,8 @@ fn adapted_cells(name: &str, adapter: &Path) -> Vec<(usize, usize)> {
     let out = tmp.path().join("per-expert");
     convert_adapter(name, adapter, "per-expert", &out);
     let pattern =
-        regex::Regex::new(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.").unwrap();
+        regex::Regex::new(r"layers\.(\d+)\.(?:(?:mlp|block_sparse_moe)\.)?experts\.(\d+)\.")
+            .unwrap();
     let mut cells: Vec<(usize, usize)> = tensor_shapes(&out.join("adapter_model.safetensors"))
         .keys()
         .filter_map(|key| {
@@ -288,7 +298,11 @@ fn trained_fused_and_padded_adapters_have_the_layout_peft_loaded() {
             run_training(opts, &never, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
             per_form.push(out);
         }
+        let forms = transformers5_forms(name);
         for (out, committed) in [(&per_form[1], "padded"), (&per_form[2], "fused")] {
+            if !forms.contains(&committed) {
+                continue;
+            }
             let committed = dir.join(format!("moescope_{committed}"));
             assert_eq!(
                 tensor_shapes(&out.join("adapter_model.safetensors")),
@@ -316,8 +330,10 @@ fn trained_fused_and_padded_adapters_have_the_layout_peft_loaded() {
                 continue;
             };
             let module = module.replace(".base_layer", "");
+            // `….layers.L.mlp.experts`, or Gemma 4's `….layers.L.experts`.
             let Some(layer) = module
                 .strip_suffix(".mlp.experts")
+                .or_else(|| module.strip_suffix(".experts"))
                 .and_then(|m| m.rsplit('.').next())
             else {
                 continue;

@@ -46,6 +46,49 @@ fn every_fixture_layout_follows_from_its_config() {
     assert_eq!(families, all, "every family has a fixture");
 }
 
+/// Every attention, router and shared-expert module a fixture's layout names is a linear layer
+/// of the loaded model with the layout's shape, layer by layer (Gemma 4's full-attention layers
+/// and Qwen3.5's gated-attention layers have projections of their own).
+#[test]
+fn every_layout_module_is_a_linear_layer_of_its_shape() {
+    for name in fixture_names() {
+        let mut loaded = common::load(&name);
+        let info = loaded.model.info().clone();
+        let linears: std::collections::BTreeMap<String, (usize, usize)> = loaded
+            .model
+            .linears_mut()
+            .into_iter()
+            .map(|(n, l)| (n, (l.in_dim(), l.out_dim())))
+            .collect();
+        let layout = &info.layout;
+        let fill = |template: &str, layer: usize| template.replace("{layer}", &layer.to_string());
+        let mut expected: Vec<(String, &Projection)> = Vec::new();
+        for layer in 0..info.num_layers {
+            for p in layout.attention_projections_of(layer) {
+                let prefix = fill(&layout.attention_prefix, layer);
+                expected.push((format!("{prefix}.{}", p.name), p));
+            }
+        }
+        if let Some(prefix) = &layout.shared_expert_prefix {
+            for &layer in &info.moe_layers {
+                for p in &layout.shared_expert_projections {
+                    expected.push((format!("{}.{}", fill(prefix, layer), p.name), p));
+                }
+            }
+        }
+        for (module, p) in expected {
+            let Some(&(inp, out)) = linears.get(&module) else {
+                panic!("{name}: the layout names {module}, which the model does not have");
+            };
+            assert_eq!(
+                (inp, out),
+                (p.in_features, p.out_features),
+                "{name}: {module} [in, out]"
+            );
+        }
+    }
+}
+
 /// DeepSeek-V3's own config (671B parameters, never loaded here): MLA projections with
 /// low-rank queries, 256 routed experts of width 2048 and one shared expert.
 #[test]

@@ -3,6 +3,7 @@
 //! shows and profiles record.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::router::ScoreFn;
 
@@ -138,13 +139,27 @@ pub struct ModuleLayout {
     pub shared_expert_projections: Vec<Projection>,
     /// `model.layers.{layer}.self_attn`.
     pub attention_prefix: String,
+    /// Every decoder layer's attention projections, unless [`Self::attention_overrides`]
+    /// gives a layer its own.
     pub attention_projections: Vec<Projection>,
+    /// Layers whose attention projections differ from the others': Gemma 4's full-attention
+    /// layers (larger heads, no `v_proj` with `attention_k_eq_v`), Qwen3.5's gated-attention
+    /// layers among its DeltaNet ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attention_overrides: BTreeMap<usize, Vec<Projection>>,
     /// Full name of the router linear, e.g. `model.layers.{layer}.mlp.gate`.
     pub router: String,
     pub router_in: usize,
 }
 
 impl ModuleLayout {
+    /// Decoder layer `layer`'s attention projections.
+    pub fn attention_projections_of(&self, layer: usize) -> &[Projection] {
+        self.attention_overrides
+            .get(&layer)
+            .unwrap_or(&self.attention_projections)
+    }
+
     pub fn expert_module(&self, layer: usize, expert: usize, proj: &str) -> String {
         format!(
             "{}.{proj}",

@@ -88,8 +88,9 @@ fn extras(
 ) -> ParamBreakdown {
     let moe = moe_layers.len() as u64;
     let attention = if scope.attention {
-        scope.decoder_layers(moe_layers) as u64
-            * lora_params_of(&layout.attention_projections, rank)
+        (0..scope.decoder_layers(moe_layers))
+            .map(|layer| lora_params_of(layout.attention_projections_of(layer), rank))
+            .sum()
     } else {
         0
     };
@@ -287,6 +288,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|n| Projection::new(n, 16, 16))
                 .collect(),
+            attention_overrides: Default::default(),
             router: "model.layers.{layer}.mlp.gate".into(),
             router_in: 16,
         }

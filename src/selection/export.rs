@@ -96,7 +96,7 @@ pub fn target_projections(
         .collect();
     if scope.attention {
         for layer in 0..scope.decoder_layers(moe_layers) {
-            for p in &layout.attention_projections {
+            for p in layout.attention_projections_of(layer) {
                 let prefix = fill(&layout.attention_prefix, layer);
                 modules.push(module(format!("{prefix}.{}", p.name), p));
             }

@@ -423,6 +423,7 @@ mod tests {
                 shared_expert_projections: vec![],
                 attention_prefix: String::new(),
                 attention_projections: vec![],
+                attention_overrides: Default::default(),
                 router: String::new(),
                 router_in: 4,
             },

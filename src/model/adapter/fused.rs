@@ -526,6 +526,7 @@ mod tests {
             shared_expert_projections: vec![],
             attention_prefix: "model.layers.{layer}.self_attn".into(),
             attention_projections: vec![],
+            attention_overrides: Default::default(),
             router: format!("model.layers.{{layer}}.{moe}.gate"),
             router_in: 4,
         }

@@ -422,6 +422,7 @@ fn layout(cfg: &Config) -> ModuleLayout {
             cfg.num_kv_heads(),
             cfg.head_dim(),
         ),
+        attention_overrides: Default::default(),
         router: "model.layers.{layer}.mlp.router".into(),
         router_in: h,
     }

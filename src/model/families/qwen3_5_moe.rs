@@ -250,7 +250,7 @@ fn attention_kinds(mixers: &[Mixer]) -> Vec<AttentionKind> {
 }
 
 /// The module layout of the language model whose tensors sit under `text`.
-fn layout(c: &TextConfig, text: &str) -> ModuleLayout {
+fn layout(c: &TextConfig, text: &str, mixers: &[Mixer]) -> ModuleLayout {
     let (h, nh, nkv, hd) = (
         c.hidden_size,
         c.num_attention_heads,
@@ -260,21 +260,27 @@ fn layout(c: &TextConfig, text: &str) -> ModuleLayout {
     let shared_size = c.shared_expert_intermediate_size;
     let dn = c.delta_net();
     let gate_up_down = ["gate_proj", "up_proj", "down_proj"];
-    // Attention projections relative to the layer: a layer has either the gated attention's
-    // (`self_attn.*`) or the DeltaNet's (`linear_attn.*`); the layout lists both sets.
-    let mut attention_projections = vec![
-        Projection::new("self_attn.q_proj", h, 2 * nh * hd),
-        Projection::new("self_attn.k_proj", h, nkv * hd),
-        Projection::new("self_attn.v_proj", h, nkv * hd),
-        Projection::new("self_attn.o_proj", nh * hd, h),
-    ];
-    attention_projections.extend([
+    // Attention projections relative to the layer: a layer has either the DeltaNet's
+    // (`linear_attn.*`, most layers) or the gated attention's (`self_attn.*`, the overrides).
+    let attention_projections = vec![
         Projection::new("linear_attn.in_proj_qkv", h, dn.conv_channels()),
         Projection::new("linear_attn.in_proj_z", h, dn.value_dim()),
         Projection::new("linear_attn.in_proj_b", h, dn.num_value_heads),
         Projection::new("linear_attn.in_proj_a", h, dn.num_value_heads),
         Projection::new("linear_attn.out_proj", dn.value_dim(), h),
-    ]);
+    ];
+    let gated_attention = vec![
+        Projection::new("self_attn.q_proj", h, 2 * nh * hd),
+        Projection::new("self_attn.k_proj", h, nkv * hd),
+        Projection::new("self_attn.v_proj", h, nkv * hd),
+        Projection::new("self_attn.o_proj", nh * hd, h),
+    ];
+    let attention_overrides = mixers
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| **m == Mixer::Full)
+        .map(|(li, _)| (li, gated_attention.clone()))
+        .collect();
     ModuleLayout {
         // The checkpoint fuses each layer's experts into `experts.gate_up_proj` and
         // `experts.down_proj`; expert modules are named as in the unfused layout transformers
@@ -289,6 +295,7 @@ fn layout(c: &TextConfig, text: &str) -> ModuleLayout {
         },
         attention_prefix: format!("{text}.layers.{{layer}}"),
         attention_projections,
+        attention_overrides,
         router: format!("{text}.layers.{{layer}}.mlp.gate"),
         router_in: h,
     }
@@ -300,7 +307,7 @@ pub fn config_layout(json: &str) -> Result<(ModuleLayout, Vec<AttentionKind>)> {
     let parsed = text_config(json)?;
     let mixers = parsed.text.mixers()?;
     Ok((
-        layout(&parsed.text, parsed.text_prefix()),
+        layout(&parsed.text, parsed.text_prefix(), &mixers),
         attention_kinds(&mixers),
     ))
 }
@@ -462,7 +469,7 @@ pub fn load(json: &str, vb: WeightSource, ctx: &BuildCtx) -> Result<Box<dyn MoeM
         hidden_size: h,
         vocab_size: c.vocab_size,
         max_position_embeddings: c.max_position_embeddings,
-        layout: layout(c, text),
+        layout: layout(c, text, &mixers),
     }
     .into_info(ctx);
     Ok(Box::new(DecoderStack {

@@ -141,6 +141,7 @@ impl StandardSpec {
                 self.num_kv_heads,
                 self.head_dim,
             ),
+            attention_overrides: Default::default(),
             router: format!("model.layers.{{layer}}.{moe}.gate"),
             router_in: h,
         }

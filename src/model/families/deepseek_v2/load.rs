@@ -178,6 +178,7 @@ fn layout(cfg: &Config) -> ModuleLayout {
             .unwrap_or_default(),
         attention_prefix: "model.layers.{layer}.self_attn".into(),
         attention_projections: attention_projections(cfg),
+        attention_overrides: Default::default(),
         router: "model.layers.{layer}.mlp.gate".into(),
         router_in: h,
     }

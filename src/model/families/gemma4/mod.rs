@@ -253,7 +253,8 @@ fn attention_kinds(c: &TextConfig) -> Vec<AttentionKind> {
 /// (`[I, H]` each, the halves of `gate_up_proj[expert]`) and `down_proj` (`[H, I]`), which
 /// count the same parameters. The dense MLP beside the experts is listed as the shared expert.
 /// The attention projections are those of the sliding-window layers (most layers); the
-/// full-attention layers have larger heads and, with `attention_k_eq_v`, no `v_proj`.
+/// full-attention layers, with larger heads and, with `attention_k_eq_v`, no `v_proj`, are
+/// overrides.
 fn layout(c: &TextConfig, moe: Option<MoeSettings>) -> ModuleLayout {
     let h = c.hidden_size;
     let gated = |inter: usize| {
@@ -264,6 +265,20 @@ fn layout(c: &TextConfig, moe: Option<MoeSettings>) -> ModuleLayout {
         ]
     };
     let (nh, d, nkv) = (c.num_attention_heads, c.head_dim, c.num_key_value_heads);
+    // Full-attention layers: their own head size and KV heads, and no `v_proj` when the keys
+    // are the values.
+    let attention_overrides = (0..c.num_hidden_layers)
+        .filter(|&li| !c.is_sliding(li))
+        .map(|li| {
+            let a = c.layer_attention(li);
+            let mut projections =
+                super::standard_attention_projections(h, nh, a.num_kv_heads, a.head_dim);
+            if a.k_eq_v {
+                projections.retain(|p| p.name != "v_proj");
+            }
+            (li, projections)
+        })
+        .collect();
     ModuleLayout {
         expert_prefix: format!("{TEXT_PREFIX}.layers.{{layer}}.experts.{{expert}}"),
         expert_projections: moe.map_or_else(Vec::new, |m| gated(m.intermediate_size)),
@@ -271,6 +286,7 @@ fn layout(c: &TextConfig, moe: Option<MoeSettings>) -> ModuleLayout {
         shared_expert_projections: moe.map_or_else(Vec::new, |_| gated(c.intermediate_size)),
         attention_prefix: format!("{TEXT_PREFIX}.layers.{{layer}}.self_attn"),
         attention_projections: super::standard_attention_projections(h, nh, nkv, d),
+        attention_overrides,
         router: format!("{TEXT_PREFIX}.layers.{{layer}}.router.proj"),
         router_in: h,
     }
