@@ -84,36 +84,49 @@ fn expected_logits(path: &Path) -> (Vec<u32>, Vec<Vec<f32>>) {
     (ids, logits)
 }
 
-#[test]
-fn peft_made_adapters_give_pefts_logits() {
-    for name in FIXTURES {
+/// MoEScope's logits for the fixture `name` with `adapter` merged equal PEFT's, recorded in
+/// `peft_logits` (within 1e-4); returns the input ids and PEFT's logits.
+fn assert_gives_pefts_logits(
+    name: &str,
+    adapter: &Path,
+    peft_logits: &Path,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let (ids, want) = expected_logits(peft_logits);
+    let d = max_logit_diff(&logits_with(name, Some(adapter), &ids), &want);
+    assert!(
+        d < 1e-4,
+        "{name} ({}): max logit difference to PEFT {d:e}",
+        adapter.display()
+    );
+    (ids, want)
+}
+
+/// The PEFT-made adapters in `adapter` folders give PEFT's logits in `logits_file`, which
+/// differ from the base model's.
+fn assert_peft_made_adapters_give_pefts_logits(names: &[&str], adapter: &str, logits_file: &str) {
+    for name in names {
         let dir = adapters_dir(name);
-        let (ids, want) = expected_logits(&dir.join("peft_logits.json"));
-        let base = logits_with(name, None, &ids);
+        let (ids, want) =
+            assert_gives_pefts_logits(name, &dir.join(adapter), &dir.join(logits_file));
         assert!(
-            max_logit_diff(&base, &want) > 0.1,
+            max_logit_diff(&logits_with(name, None, &ids), &want) > 0.1,
             "{name}: the fixture adapter should move the logits"
         );
-        let got = logits_with(name, Some(&dir.join("peft")), &ids);
-        let d = max_logit_diff(&got, &want);
-        assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
     }
 }
 
 #[test]
+fn peft_made_adapters_give_pefts_logits() {
+    assert_peft_made_adapters_give_pefts_logits(&FIXTURES, "peft", "peft_logits.json");
+}
+
+#[test]
 fn peft_fused_adapters_on_transformers5_give_pefts_logits() {
-    for name in FUSED_FIXTURES {
-        let dir = adapters_dir(name);
-        let (ids, want) = expected_logits(&dir.join("peft_fused_logits.json"));
-        let base = logits_with(name, None, &ids);
-        assert!(
-            max_logit_diff(&base, &want) > 0.1,
-            "{name}: the fixture adapter should move the logits"
-        );
-        let got = logits_with(name, Some(&dir.join("peft_fused")), &ids);
-        let d = max_logit_diff(&got, &want);
-        assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
-    }
+    assert_peft_made_adapters_give_pefts_logits(
+        &FUSED_FIXTURES,
+        "peft_fused",
+        "peft_fused_logits.json",
+    );
 }
 
 #[test]
@@ -122,13 +135,10 @@ fn moescope_fused_and_padded_adapters_give_the_logits_peft_computes_on_transform
         let dir = adapters_dir(name);
         let forms = transformers5_forms(name);
         for form in forms {
-            let (ids, want) =
-                expected_logits(&dir.join(format!("moescope_{form}_in_peft_logits.json")));
-            let got = logits_with(name, Some(&dir.join(format!("moescope_{form}"))), &ids);
-            let d = max_logit_diff(&got, &want);
-            assert!(
-                d < 1e-4,
-                "{name} ({form}): max logit difference to PEFT {d:e}"
+            assert_gives_pefts_logits(
+                name,
+                &dir.join(format!("moescope_{form}")),
+                &dir.join(format!("moescope_{form}_in_peft_logits.json")),
             );
         }
     }
@@ -138,10 +148,11 @@ fn moescope_fused_and_padded_adapters_give_the_logits_peft_computes_on_transform
 fn moescope_written_adapters_give_the_logits_peft_computes_with_them() {
     for name in FIXTURES {
         let dir = adapters_dir(name);
-        let (ids, want) = expected_logits(&dir.join("moescope_in_peft_logits.json"));
-        let got = logits_with(name, Some(&dir.join("moescope")), &ids);
-        let d = max_logit_diff(&got, &want);
-        assert!(d < 1e-4, "{name}: max logit difference to PEFT {d:e}");
+        assert_gives_pefts_logits(
+            name,
+            &dir.join("moescope"),
+            &dir.join("moescope_in_peft_logits.json"),
+        );
     }
 }
 
@@ -212,12 +223,10 @@ fn adapters_peft_trained_from_select_folders_adapt_only_the_selected_experts() {
         for form in forms {
             let adapter = dir.join(format!("peft_from_select_{form}"));
             assert_eq!(adapted_cells(name, &adapter), want_cells, "{name} ({form})");
-            let (ids, want) =
-                expected_logits(&dir.join(format!("peft_from_select_{form}_logits.json")));
-            let d = max_logit_diff(&logits_with(name, Some(&adapter), &ids), &want);
-            assert!(
-                d < 1e-4,
-                "{name} ({form}): max logit difference to PEFT {d:e}"
+            assert_gives_pefts_logits(
+                name,
+                &adapter,
+                &dir.join(format!("peft_from_select_{form}_logits.json")),
             );
         }
     }
