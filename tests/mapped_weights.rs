@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{copy_dir, fixture, moescope_env as moescope};
+use common::{bf16_copy, copy_dir, fixture, moescope_env as moescope};
 use std::path::Path;
 use std::process::Output;
 
@@ -112,40 +112,6 @@ fn layer_major_profiles_equal_batch_major_ones_for_every_family() {
             "{name}: spilled traces differ"
         );
     }
-}
-
-/// A copy of the OLMoE fixture with every tensor stored as bf16.
-fn bf16_copy(to: &Path) {
-    let from = fixture("olmoe");
-    std::fs::create_dir_all(to).unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap();
-    }
-    let bytes = std::fs::read(from.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut owned = Vec::new();
-    for (name, view) in st.tensors() {
-        assert_eq!(view.dtype(), safetensors::Dtype::F32);
-        let data: Vec<u8> = view
-            .data()
-            .chunks_exact(4)
-            .flat_map(|b| {
-                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                half::bf16::from_f32(v).to_le_bytes()
-            })
-            .collect();
-        owned.push((name, view.shape().to_vec(), data));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-        .iter()
-        .map(|(n, shape, d)| {
-            let v =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), d)
-                    .unwrap();
-            (n.clone(), v)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &to.join("model.safetensors")).unwrap();
 }
 
 #[test]

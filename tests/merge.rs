@@ -19,7 +19,7 @@ use moescope::selection::accounting::AdapterScope;
 use moescope::train::{ExpertChoice, LoraOptions, TrainOptions, run_training};
 use serde_json::Value;
 
-use common::{assert_fails, copy_dir, fixture, logits_of, max_logit_diff, moescope};
+use common::{assert_fails, bf16_copy, copy_dir, fixture, logits_of, max_logit_diff, moescope};
 
 /// The adapter in `dir` read for the model folder `model` (its config.json alone).
 fn load_adapter(dir: &Path, model: &Path) -> Adapter {
@@ -409,40 +409,6 @@ fn gpt_oss_interleaved_experts_merge_and_mxfp4_ones_are_refused() {
     );
     assert!(err.contains("MXFP4"), "{err}");
     assert!(!tmp.path().join("refused").exists());
-}
-
-/// A copy of the OLMoE fixture with every tensor stored as bf16.
-fn bf16_copy(to: &Path) {
-    let from = fixture("olmoe");
-    copy_dir(&from, to);
-    let shard = read_shard(&from.join("model.safetensors"));
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = shard
-        .tensors
-        .into_iter()
-        .map(|(name, (_, shape, data))| {
-            let bf16: Vec<u8> = data
-                .chunks_exact(4)
-                .flat_map(|b| {
-                    half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
-                })
-                .collect();
-            (name, shape, bf16)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-        .iter()
-        .map(|(n, shape, d)| {
-            let v =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), d)
-                    .unwrap();
-            (n.clone(), v)
-        })
-        .collect();
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize_to_file(views, metadata, &to.join("model.safetensors")).unwrap();
 }
 
 #[test]

@@ -94,3 +94,41 @@ pub fn assert_fails(out: &Output, needles: &[&str]) {
     }
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A copy of the OLMoE fixture (every file) with every tensor stored as bf16, rounded to
+/// nearest, the header's `{"format": "pt"}` metadata kept.
+pub fn bf16_copy(to: &Path) {
+    let from = fixture("olmoe");
+    copy_dir(&from, to);
+    let bytes = std::fs::read(from.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let bf16: Vec<u8> = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| {
+                    half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+                })
+                .collect();
+            (name, view.shape().to_vec(), bf16)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, shape, d)| {
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), d)
+                    .unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    safetensors::serialize_to_file(views, metadata, &to.join("model.safetensors")).unwrap();
+}
