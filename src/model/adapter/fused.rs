@@ -88,9 +88,9 @@ pub(crate) enum FusedSlot {
 
 /// Module and parameter names of one model in transformers 5.
 pub struct FusedNames<'a> {
+    /// Its layout's expert projections are gate, up and down, in that order ([`Self::new`]
+    /// checks), so a projection's index in the layout is its role.
     target: AdapterTarget<'a>,
-    /// Index in the layout's expert projections of gate, up and down.
-    roles: [usize; 3],
 }
 
 impl<'a> FusedNames<'a> {
@@ -105,7 +105,6 @@ impl<'a> FusedNames<'a> {
             ));
         }
         let projections = &target.layout.expert_projections;
-        let roles = [0, 1, 2];
         let fits = projections.len() == 3
             && projections[0].in_features == projections[1].in_features
             && projections[0].out_features == projections[1].out_features
@@ -118,7 +117,7 @@ impl<'a> FusedNames<'a> {
                 target.family.architecture()
             )));
         }
-        Ok(Self { target, roles })
+        Ok(Self { target })
     }
 
     fn layout(&self) -> &ModuleLayout {
@@ -127,7 +126,7 @@ impl<'a> FusedNames<'a> {
 
     /// (hidden, intermediate) of one expert.
     fn expert_dims(&self) -> (usize, usize) {
-        let gate = &self.layout().expert_projections[self.roles[0]];
+        let gate = &self.layout().expert_projections[0];
         (gate.in_features, gate.out_features)
     }
 
@@ -192,9 +191,7 @@ impl<'a> FusedNames<'a> {
 
     /// (layer, expert, role index 0 gate / 1 up / 2 down) of a routed expert projection.
     fn expert_projection(&self, name: &str) -> Option<(usize, usize, usize)> {
-        let (layer, expert, projection) = expert_cell(self.layout(), name)?;
-        let role = self.roles.iter().position(|&i| i == projection)?;
-        Some((layer, expert, role))
+        expert_cell(self.layout(), name)
     }
 
     /// Is `name` an attention, shared-expert or (linear) router module of the layout?
@@ -381,7 +378,7 @@ impl<'a> FusedNames<'a> {
         let b3 = b.reshape((out_dim, rank, num_experts))?;
         let layout = self.layout();
         let name = |e: usize, role: usize| {
-            layout.expert_module(layer, e, &layout.expert_projections[self.roles[role]].name)
+            layout.expert_module(layer, e, &layout.expert_projections[role].name)
         };
         let mut out = Vec::new();
         for e in 0..num_experts {
